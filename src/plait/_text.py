@@ -1,0 +1,39 @@
+"""Small text helpers for error messages: short reprs, suggestions, lists."""
+
+from __future__ import annotations
+
+import difflib
+import reprlib
+from collections.abc import Iterable
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 5
+_repr.maxlevel = 3
+
+
+def short_repr(value: object) -> str:
+    """A repr that stays short for large or deeply nested values."""
+    try:
+        return _repr.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(value).__name__} object (repr failed)>"
+
+
+def quoted(names: Iterable[str]) -> str:
+    """``'a', 'b', 'c'``."""
+    return ", ".join(repr(n) for n in names)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` (with a leading space) or an empty string."""
+    matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    if not matches:
+        return ""
+    return f" Did you mean {' or '.join(repr(m) for m in matches)}?"
+
+
+def plural(count: int, word: str, plural_word: str | None = None) -> str:
+    """``1 input``, ``2 inputs``."""
+    return f"{count} {word if count == 1 else (plural_word or word + 's')}"

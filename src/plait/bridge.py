@@ -1,0 +1,195 @@
+"""Run a coroutine to completion from sync code, wherever that code runs.
+
+``run_sync`` picks one of three loops:
+
+* **No loop running in this thread** (a script, a worker thread): the thread's
+  own persistent event loop (an ``asyncio.Runner`` kept per thread). Objects
+  that nodes bind to the loop, such as an HTTP client cached in a module
+  global, stay usable across calls from the same thread; Ctrl-C in the main
+  thread cancels the work cleanly and raises ``KeyboardInterrupt``.
+* **A loop is running in this thread** (Jupyter, an async function, a sync node
+  called from a loop): the shared *portal* loop, one background thread that
+  stays up for the life of the process. The calling thread blocks until the
+  work is done, so its own loop is paused meanwhile; a ``RunningLoopWarning``
+  says so once. ``await`` the async form instead to keep that loop running.
+* **Called from the portal loop itself** (a nested sync call inside work that
+  is already on the portal): a temporary loop thread, so it never deadlocks.
+
+The caller's contextvars are visible inside the coroutine in every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import contextvars
+import threading
+import warnings
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from plait.errors import RunningLoopWarning
+
+T = TypeVar("T")
+
+_thread_state = threading.local()
+_portal_lock = threading.Lock()
+_portal: _LoopThread | None = None
+_warned_running_loop = False
+
+
+def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+    """Run ``coro`` to completion and return its result, from any sync context.
+
+    Works in a script, in a worker thread, and inside a running event loop
+    (without nest_asyncio): see the module docstring for which loop runs it.
+    ``timeout`` (seconds) cancels the coroutine and raises ``TimeoutError``.
+    """
+    return _run_sync(coro, timeout=timeout, stacklevel=3)
+
+
+def drive_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends, without any event loop.
+
+    plait's scheduler does not suspend when every node is a plain sync call, so
+    such runs skip the event loop entirely. Raises RuntimeError (after closing
+    the coroutine) if it does suspend.
+    """
+    ctx = contextvars.copy_context()
+    try:
+        ctx.run(coro.send, None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    coro.close()
+    raise RuntimeError("plait internal error: an inline run tried to suspend")
+
+
+def _run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None, stacklevel: int) -> T:
+    if timeout is not None:
+        coro = _with_timeout(coro, timeout)
+    ctx = contextvars.copy_context()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return _thread_runner().run(coro, context=ctx)
+    _warn_running_loop(stacklevel + 1)
+    portal = _get_portal()
+    if running is portal.loop:
+        with _LoopThread("plait-nested") as nested:
+            return nested.run(coro, ctx)
+    return portal.run(coro, ctx)
+
+
+async def _with_timeout(coro: Coroutine[Any, Any, T], seconds: float) -> T:
+    async with asyncio.timeout(seconds):
+        return await coro
+
+
+def _warn_running_loop(stacklevel: int) -> None:
+    global _warned_running_loop
+    if _warned_running_loop:
+        return
+    _warned_running_loop = True
+    warnings.warn(
+        "a sync plait call (run, run_sync ...) was made inside a running event loop; it "
+        "runs on a background loop and blocks this one until it finishes. In async code "
+        "(a Jupyter cell, an async def) use the async form instead: await pipeline.arun(...)",
+        RunningLoopWarning,
+        stacklevel=stacklevel,
+    )
+
+
+class _RunnerHolder:
+    """Keeps a thread's Runner and closes it when the thread's locals are cleared."""
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+
+    def __del__(self) -> None:
+        # Fails harmlessly at interpreter shutdown or with another loop running here.
+        with contextlib.suppress(Exception):
+            self.runner.close()
+
+
+def _thread_runner() -> asyncio.Runner:
+    holder: _RunnerHolder | None = getattr(_thread_state, "holder", None)
+    if holder is None:
+        holder = _thread_state.holder = _RunnerHolder()
+        if threading.current_thread() is threading.main_thread():
+            atexit.register(holder.runner.close)
+    return holder.runner
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread; coroutines are submitted to it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(started,), name=name, daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def _serve(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(started.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> T:
+        """Run ``coro`` on this loop in ``ctx``; block the calling thread until done.
+
+        If the wait is interrupted (Ctrl-C), the task is cancelled and awaited
+        before the interruption propagates.
+        """
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+        task_box: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coro, context=ctx)
+            task_box.append(task)
+            task.add_done_callback(lambda t: _copy_outcome(t, outcome))
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return outcome.result()
+        except BaseException:
+            if not outcome.done():
+                self.loop.call_soon_threadsafe(lambda: task_box[0].cancel())
+                concurrent.futures.wait([outcome])
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+    def __enter__(self) -> _LoopThread:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _copy_outcome(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
+    if task.cancelled():
+        outcome.set_exception(asyncio.CancelledError())
+    elif (exc := task.exception()) is not None:
+        outcome.set_exception(exc)
+    else:
+        outcome.set_result(task.result())
+
+
+def _get_portal() -> _LoopThread:
+    global _portal
+    with _portal_lock:
+        if _portal is None:
+            _portal = _LoopThread("plait-portal")
+            atexit.register(_portal.stop)
+        return _portal

@@ -1,0 +1,200 @@
+"""Compiled plans: the part of a graph one run needs, flattened to ints and lists.
+
+A plan is compiled once per (selected outputs, names given) and cached on the
+pipeline, so the scheduler's hot loop touches only lists, tuples and ints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from operator import itemgetter
+from typing import Any, Final
+
+from plait._text import plural, quoted
+from plait.errors import MissingInputsError
+from plait.graph import Graph
+from plait.node import Node
+
+#: Placeholder for a slot whose value is not computed yet.
+EMPTY: Final = object()
+
+
+class Step:
+    """One node of a plan: where its arguments come from and where its results go."""
+
+    __slots__ = (
+        "arg_slots",
+        "func",
+        "getter",
+        "is_async",
+        "keyword",
+        "node",
+        "out_slots",
+        "positional",
+        "successors",
+    )
+
+    def __init__(
+        self,
+        node: Node[..., Any],
+        positional: tuple[int, ...],
+        keyword: tuple[tuple[str, int], ...],
+        out_slots: tuple[int, ...],
+    ) -> None:
+        self.node = node
+        self.func: Callable[..., Any] = node.func
+        self.is_async = node.is_async
+        self.positional = positional
+        self.keyword = keyword
+        #: values -> tuple of positional args; None when there is at most one.
+        self.getter: Callable[[Sequence[Any]], tuple[Any, ...]] | None = (
+            itemgetter(*positional) if len(positional) > 1 else None
+        )
+        self.out_slots = out_slots
+        #: (parameter, slot) for every argument, for error notes.
+        self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
+        self.successors: tuple[int, ...] = ()
+
+    def args(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        """Positional arguments for this call."""
+        if self.getter is not None:
+            return self.getter(values)
+        return (values[self.positional[0]],) if self.positional else ()
+
+    def kwargs(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Keyword-only arguments for this call."""
+        return {name: values[slot] for name, slot in self.keyword}
+
+
+class Plan:
+    """The steps of one run, in topological order, wired by integer slots.
+
+    Slots hold values: the run's inputs first, then parameter defaults, then
+    node outputs. ``template`` is copied per run and the inputs written in.
+    """
+
+    __slots__ = (
+        "has_async",
+        "indegree",
+        "input_slots",
+        "output_slots",
+        "roots",
+        "steps",
+        "template",
+    )
+
+    def __init__(
+        self,
+        steps: tuple[Step, ...],
+        template: tuple[Any, ...],
+        input_slots: tuple[tuple[str, int], ...],
+        output_slots: tuple[tuple[str, int], ...],
+    ) -> None:
+        self.steps = steps
+        self.template = template
+        self.input_slots = input_slots
+        self.output_slots = output_slots
+        self.has_async = any(s.is_async for s in steps)
+        indegree = [0] * len(steps)
+        for step in steps:
+            for succ in step.successors:
+                indegree[succ] += 1
+        self.indegree = tuple(indegree)
+        self.roots = tuple(i for i, d in enumerate(indegree) if d == 0)
+
+    def new_values(self, inputs: dict[str, Any]) -> list[Any]:
+        """A fresh slot list for one run, with ``inputs`` written in."""
+        values = list(self.template)
+        for name, slot in self.input_slots:
+            values[slot] = inputs[name]
+        return values
+
+    def outputs(self, values: Sequence[Any]) -> dict[str, Any]:
+        """The selected outputs of a finished run."""
+        return {name: values[slot] for name, slot in self.output_slots}
+
+
+def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[str]) -> Plan:
+    """Compile the nodes needed for ``outputs`` (all when None), given input names ``given``.
+
+    Raises :class:`~plait.errors.MissingInputsError` listing every required input
+    that is not in ``given``, with the nodes that need it.
+    """
+    if outputs is None:
+        needed = graph.order
+        selected: Sequence[str] = [o for i in needed for o in graph.nodes[i].outputs]
+    else:
+        wanted = graph.needed_for(outputs)
+        needed = tuple(i for i in graph.order if i in wanted)
+        selected = outputs
+    nodes = graph.nodes
+
+    missing: dict[str, list[str]] = {}
+    input_slot: dict[str, int] = {}
+    template: list[Any] = []
+
+    def new_slot(value: Any) -> int:
+        template.append(value)
+        return len(template) - 1
+
+    for index in needed:
+        for param in nodes[index].required_inputs:
+            if graph.producer_index(param) is None and param not in given:
+                missing.setdefault(param, []).append(nodes[index].name)
+    if missing:
+        raise _missing_inputs_error(graph, missing)
+
+    # Inputs first, then defaults and outputs as they come: all in one slot list.
+    for index in needed:
+        for param in nodes[index].inputs:
+            if graph.producer_index(param) is None and param in given and param not in input_slot:
+                input_slot[param] = new_slot(EMPTY)
+    output_slot: dict[str, int] = {}
+    step_of: dict[int, int] = {}
+    steps: list[Step] = []
+    for index in needed:
+        item = nodes[index]
+
+        def source(param: str, item: Node[..., Any] = item) -> int:
+            slot = output_slot.get(param)
+            if slot is None:
+                slot = input_slot.get(param)
+            if slot is None:  # an input nobody gave: this node's own default
+                slot = new_slot(item.defaults[param])
+            return slot
+
+        positional = tuple(source(p) for p in item.positional)
+        keyword = tuple((p, source(p)) for p in item.keyword)
+        outs = tuple(new_slot(EMPTY) for _ in item.outputs)
+        output_slot.update(zip(item.outputs, outs, strict=True))
+        step_of[index] = len(steps)
+        steps.append(Step(item, positional, keyword, outs))
+
+    successors: list[list[int]] = [[] for _ in steps]
+    for index in needed:
+        for pred in graph.predecessor_indices[index]:
+            successors[step_of[pred]].append(step_of[index])
+    for step, succ in zip(steps, successors, strict=True):
+        step.successors = tuple(succ)
+
+    return Plan(
+        tuple(steps),
+        tuple(template),
+        tuple(input_slot.items()),
+        tuple((name, output_slot[name]) for name in selected),
+    )
+
+
+def _missing_inputs_error(graph: Graph, missing: dict[str, list[str]]) -> MissingInputsError:
+    lines = []
+    for param, needers in missing.items():
+        described = ", ".join(graph[n].describe() for n in needers)
+        lines.append(
+            f"  {param!r}, needed by {'node' if len(needers) == 1 else 'nodes'} {described}"
+        )
+    message = (
+        f"missing {plural(len(missing), 'required input')}: {quoted(missing)}\n"
+        + "\n".join(lines)
+        + "\nPass them in inputs={...} or bind them with pipeline.bind(...)."
+    )
+    return MissingInputsError(message, {p: tuple(n) for p, n in missing.items()})

@@ -1,0 +1,228 @@
+"""The one scheduler: runs a compiled plan as a dataflow on the current event loop.
+
+Every node starts the moment its own inputs are ready. Async nodes run as tasks
+on the loop; sync nodes run inline (a plain call) or, when the engine has a node
+executor, as jobs on it. A run owns everything it starts: when a node fails or
+the caller is cancelled, every in-flight task is cancelled and every executor
+job is cancelled or waited for before the exception propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+from plait._text import short_repr
+from plait.engine.plan import Plan, Step
+from plait.errors import OutputArityError
+
+
+async def run_plan(plan: Plan, values: list[Any], executor: Executor | None = None) -> None:
+    """Run every step of ``plan``, writing results into ``values``.
+
+    With no async node and no executor this never suspends: dataflow order is
+    then simply the plan's topological order, and each node is a plain call.
+    """
+    if executor is None and not plan.has_async:
+        for step in plan.steps:
+            _store(step, values, _call(step, values))
+        return
+    await _Dataflow(plan, values, executor).run()
+
+
+def _call(step: Step, values: list[Any]) -> Any:
+    """Call a sync step inline; annotate any exception with the node and its inputs."""
+    try:
+        if step.keyword:
+            return step.func(*step.args(values), **step.kwargs(values))
+        if step.getter is not None:
+            return step.func(*step.getter(values))
+        if step.positional:
+            return step.func(values[step.positional[0]])
+        return step.func()
+    except Exception as exc:
+        annotate(exc, step, values)
+        raise
+
+
+def _store(step: Step, values: list[Any], result: Any) -> None:
+    outs = step.out_slots
+    if len(outs) == 1:
+        values[outs[0]] = result
+        return
+    if not isinstance(result, tuple) or len(result) != len(outs):
+        exc = OutputArityError(
+            f"node {step.node.name!r} declares {len(outs)} outputs "
+            f"{step.node.output_name!r} and must return a tuple of length {len(outs)}; "
+            f"it returned {type(result).__name__} {short_repr(result)}"
+        )
+        annotate(exc, step, values)
+        raise exc
+    for slot, value in zip(outs, result, strict=True):
+        values[slot] = value
+
+
+def annotate(exc: BaseException, step: Step, values: Sequence[Any]) -> None:
+    """Add a note to ``exc`` naming the node and a short repr of its inputs."""
+    args = ", ".join(f"{name}={short_repr(values[slot])}" for name, slot in step.arg_slots)
+    outputs = ", ".join(step.node.outputs)
+    exc.add_note(f"plait: raised in node {step.node.name!r} (→ {outputs}) called with ({args})")
+
+
+class _Dataflow:
+    """State of one run of a plan that has async nodes or an executor."""
+
+    __slots__ = (
+        "done",
+        "executor",
+        "inflight",
+        "jobs",
+        "launched",
+        "loop",
+        "plan",
+        "remaining",
+        "thread_context",
+        "values",
+        "waiter",
+    )
+
+    def __init__(self, plan: Plan, values: list[Any], executor: Executor | None) -> None:
+        self.plan = plan
+        self.values = values
+        self.executor = executor
+        # Thread workers see the caller's contextvars; other executors get plain calls
+        # (a contextvars.Context cannot be pickled to a process or a cluster).
+        self.thread_context = isinstance(executor, ThreadPoolExecutor)
+        self.loop = asyncio.get_running_loop()
+        self.remaining = list(plan.indegree)
+        self.inflight: dict[asyncio.Future[Any], int] = {}
+        self.jobs: dict[asyncio.Future[Any], Any] = {}  # executor jobs: concurrent future
+        self.done: deque[asyncio.Future[Any]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.launched = False  # tasks created since the loop last ran
+
+    async def run(self) -> None:
+        steps = self.plan.steps
+        inline: deque[int] = deque()
+        for index in self.plan.roots:
+            self._ready(index, inline)
+        try:
+            while True:
+                while inline:
+                    index = inline.popleft()
+                    if self.launched:
+                        # Let freshly created tasks reach their first await (send
+                        # their request, say) before this call blocks the loop.
+                        self.launched = False
+                        await asyncio.sleep(0)
+                    step = steps[index]
+                    _store(step, self.values, _call(step, self.values))
+                    self._release(step, inline)
+                if not self.inflight:
+                    return
+                while not self.done:
+                    self.waiter = self.loop.create_future()
+                    await self.waiter
+                self.launched = False
+                while self.done:
+                    future = self.done.popleft()
+                    index = self.inflight.pop(future)
+                    self.jobs.pop(future, None)
+                    step = steps[index]
+                    try:
+                        result = future.result()
+                    except BaseException as exc:
+                        annotate(exc, step, self.values)
+                        raise
+                    _store(step, self.values, result)
+                    self._release(step, inline)
+        except BaseException:
+            await self._cancel_inflight()
+            raise
+
+    def _ready(self, index: int, inline: deque[int]) -> None:
+        step = self.plan.steps[index]
+        if step.is_async:
+            self._start_task(index, step)
+        elif self.executor is not None:
+            self._submit(index, step)
+        else:
+            inline.append(index)
+
+    def _release(self, step: Step, inline: deque[int]) -> None:
+        remaining = self.remaining
+        for succ in step.successors:
+            remaining[succ] -= 1
+            if remaining[succ] == 0:
+                self._ready(succ, inline)
+
+    def _start_task(self, index: int, step: Step) -> None:
+        values = self.values
+        try:
+            coro = step.func(*step.args(values), **step.kwargs(values))
+        except Exception as exc:
+            annotate(exc, step, values)
+            raise
+        task = self.loop.create_task(coro, name=f"plait node {step.node.name}")
+        self._track(task, index)
+        self.launched = True
+
+    def _submit(self, index: int, step: Step) -> None:
+        assert self.executor is not None
+        values = self.values
+        args, kwargs = step.args(values), step.kwargs(values)
+        try:
+            if self.thread_context:
+                ctx = contextvars.copy_context()
+                job = self.executor.submit(ctx.run, step.func, *args, **kwargs)
+            else:  # the Node pickles by reference where its function would not
+                job = self.executor.submit(step.node, *args, **kwargs)
+        except Exception as exc:
+            annotate(exc, step, values)
+            raise
+        future = asyncio.wrap_future(job, loop=self.loop)
+        self.jobs[future] = job
+        self._track(future, index)
+
+    def _track(self, future: asyncio.Future[Any], index: int) -> None:
+        self.inflight[future] = index
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: asyncio.Future[Any]) -> None:
+        self.done.append(future)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _cancel_inflight(self) -> None:
+        """Cancel everything in flight and wait until all of it has finished.
+
+        A job already running on a thread cannot be stopped; it is waited for, so
+        nothing the run started outlives it. Further cancellation of the caller
+        during this wait is deferred until the wait is over.
+        """
+        if not self.inflight:
+            return
+        for future in self.inflight:
+            job = self.jobs.get(future)
+            if job is not None:
+                job.cancel()  # a queued job never starts; a running one finishes
+            else:
+                future.cancel()
+        pending = set(self.inflight)
+        cancelled: asyncio.CancelledError | None = None
+        while pending:
+            try:
+                _, pending = await asyncio.wait(pending)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        for future in self.inflight:
+            if not future.cancelled():
+                future.exception()  # retrieved: no "exception was never retrieved"
+        self.inflight.clear()
+        if cancelled is not None:
+            raise cancelled

@@ -1,0 +1,75 @@
+"""Exceptions and warnings raised by plait.
+
+plait's own errors subclass :class:`PlaitError` and, where natural, a builtin
+(``ValueError``, ``TypeError``) so ordinary ``except`` clauses keep working.
+Exceptions raised by user code are never wrapped: they propagate with their own
+type and carry a note (``BaseException.add_note``) naming the node that raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PlaitError(Exception):
+    """Base class for every error plait raises itself."""
+
+
+class NodeDefinitionError(PlaitError, TypeError):
+    """A function cannot become a node (``*args``, bad ``output_name`` ...)."""
+
+
+class GraphError(PlaitError, ValueError):
+    """The nodes given to a :class:`~plait.Pipeline` do not form a valid graph."""
+
+
+class DuplicateOutputError(GraphError):
+    """Two nodes produce the same output name."""
+
+
+class DuplicateNodeNameError(GraphError):
+    """Two nodes share one name; names identify nodes in errors and results."""
+
+
+class CycleError(GraphError):
+    """The graph has a cycle; :attr:`cycle` lists the node names along it."""
+
+    def __init__(self, message: str, cycle: Sequence[str]) -> None:
+        super().__init__(message)
+        self.cycle: tuple[str, ...] = tuple(cycle)
+
+
+class InputError(PlaitError, ValueError):
+    """The arguments of a run or bind (inputs, output_name) do not fit the pipeline."""
+
+
+class MissingInputsError(InputError, TypeError):
+    """Required inputs were not given; :attr:`missing` maps each to the nodes needing it."""
+
+    def __init__(self, message: str, missing: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class UnknownOutputError(PlaitError, ValueError):
+    """An output name that no node of the pipeline produces."""
+
+
+class OutputArityError(PlaitError, TypeError):
+    """A node with a tuple ``output_name`` did not return a tuple of that length."""
+
+
+class EngineError(PlaitError, ValueError):
+    """An engine or executor was configured wrongly."""
+
+
+class PlaitWarning(UserWarning):
+    """Base class for warnings plait emits."""
+
+
+class UnusedInputWarning(PlaitWarning):
+    """An input was given that no node of the pipeline uses (often a typo)."""
+
+
+class RunningLoopWarning(PlaitWarning, RuntimeWarning):
+    """A sync entry point was called inside a running event loop and blocks it."""

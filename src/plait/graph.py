@@ -1,0 +1,258 @@
+"""The pipeline graph: which node produces each name, who consumes it, in what order.
+
+Pure data, built and validated once. Everything is iterative, so a 100,000-node
+chain never touches the recursion limit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from plait._text import did_you_mean, quoted
+from plait.errors import (
+    CycleError,
+    DuplicateNodeNameError,
+    DuplicateOutputError,
+    GraphError,
+    UnknownOutputError,
+)
+from plait.node import Node
+
+
+class Graph:
+    """An immutable, validated DAG of :class:`~plait.Node` objects.
+
+    Nodes are linked by name: a node consumes output ``y`` when one of its
+    parameters is named ``y``. Parameters that no node produces are the graph's
+    inputs. Construction raises :class:`~plait.errors.GraphError` subclasses for
+    duplicate outputs, duplicate node names and cycles (with the cycle's path).
+    """
+
+    __slots__ = (
+        "_by_name",
+        "_consumers",
+        "_input_defaults",
+        "_nodes",
+        "_order",
+        "_predecessors",
+        "_producer",
+        "_successors",
+    )
+
+    def __init__(self, nodes: Iterable[Node[..., Any]]) -> None:
+        self._nodes: tuple[Node[..., Any], ...] = tuple(nodes)
+        if not self._nodes:
+            raise GraphError("a pipeline needs at least one node; got an empty list")
+        self._by_name: dict[str, int] = {}
+        self._producer: dict[str, int] = {}
+        for index, item in enumerate(self._nodes):
+            self._register(index, item)
+
+        # Inputs: parameters no node produces, with the nodes consuming each.
+        self._consumers: dict[str, list[int]] = {}
+        preds: list[tuple[int, ...]] = []
+        succs: list[list[int]] = [[] for _ in self._nodes]
+        for index, item in enumerate(self._nodes):
+            distinct: dict[int, None] = {}
+            for param in item.inputs:
+                producer = self._producer.get(param)
+                if producer is None:
+                    self._consumers.setdefault(param, []).append(index)
+                elif producer not in distinct:
+                    distinct[producer] = None
+                    succs[producer].append(index)
+            preds.append(tuple(distinct))
+        self._predecessors = tuple(preds)
+        self._successors = tuple(tuple(s) for s in succs)
+        # An input is optional only if every node consuming it has a default for it.
+        self._input_defaults: dict[str, bool] = {
+            name: all(name in self._nodes[i].defaults for i in consumers)
+            for name, consumers in self._consumers.items()
+        }
+        self._order = self._topological_order()
+
+    def _register(self, index: int, item: object) -> None:
+        if not isinstance(item, Node):
+            raise GraphError(
+                f"item {index} of nodes is {item!r}, not a Node; decorate the function with "
+                "@node or wrap it: node(fn, output_name=...)"
+            )
+        other = self._by_name.get(item.name)
+        if other is not None:
+            if self._nodes[other] is item:
+                raise DuplicateNodeNameError(f"node {item.name!r} is listed twice in nodes")
+            raise DuplicateNodeNameError(
+                f"two nodes are named {item.name!r}: {self._nodes[other].describe()} and "
+                f"{item.describe()}; give one a distinct name with node(..., name=...)"
+            )
+        self._by_name[item.name] = index
+        for output in item.outputs:
+            first = self._producer.get(output)
+            if first is not None:
+                raise DuplicateOutputError(
+                    f"output {output!r} is produced by two nodes: {self._nodes[first].name!r} "
+                    f"and {item.name!r}; each output name must come from one node, so rename "
+                    "one with output_name=..."
+                )
+            self._producer[output] = index
+
+    def _topological_order(self) -> tuple[int, ...]:
+        """Kahn's algorithm; stable (ties keep the order nodes were given in)."""
+        indegree = [len(p) for p in self._predecessors]
+        queue = deque(i for i, d in enumerate(indegree) if d == 0)
+        order: list[int] = []
+        while queue:
+            index = queue.popleft()
+            order.append(index)
+            for succ in self._successors[index]:
+                indegree[succ] -= 1
+                if indegree[succ] == 0:
+                    queue.append(succ)
+        if len(order) < len(self._nodes):
+            self._raise_cycle(indegree)
+        return tuple(order)
+
+    def _raise_cycle(self, indegree: list[int]) -> None:
+        # Every node left with indegree > 0 has a predecessor also left over, so
+        # walking predecessors from any of them must come back on itself.
+        start = next(i for i, d in enumerate(indegree) if d > 0)
+        seen: dict[int, int] = {}
+        walk: list[int] = []
+        current = start
+        while current not in seen:
+            seen[current] = len(walk)
+            walk.append(current)
+            current = next(p for p in self._predecessors[current] if indegree[p] > 0)
+        loop = walk[seen[current] :]
+        loop.reverse()  # predecessor order -> dataflow order
+        names = [self._nodes[i].name for i in loop]
+        names.append(names[0])
+        edges = [
+            f"{self._nodes[a].name!r} consumes "
+            f"{quoted(o for o in self._nodes[b].outputs if o in self._nodes[a].inputs)} "
+            f"from {self._nodes[b].name!r}"
+            for a, b in zip(loop[1:] + loop[:1], loop, strict=True)
+        ]
+        raise CycleError(
+            f"the nodes form a cycle: {' -> '.join(names)} ({'; '.join(edges)}); a pipeline "
+            "must be acyclic, so break the cycle by renaming an input or output",
+            names,
+        )
+
+    # --- read-only view -------------------------------------------------------
+
+    @property
+    def nodes(self) -> tuple[Node[..., Any], ...]:
+        """The nodes, in the order they were given."""
+        return self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node[..., Any]]:
+        return iter(self._nodes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> Node[..., Any]:
+        """The node called ``name``."""
+        try:
+            return self._nodes[self._by_name[name]]
+        except KeyError:
+            raise KeyError(
+                f"no node is named {name!r}.{did_you_mean(name, self._by_name)} "
+                f"Nodes: {quoted(self._by_name)}"
+            ) from None
+
+    def topological_order(self) -> tuple[Node[..., Any], ...]:
+        """Every node after all the nodes it consumes from."""
+        return tuple(self._nodes[i] for i in self._order)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every output name, in node order."""
+        return tuple(self._producer)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names that nodes consume but no node produces, in order of first use."""
+        return tuple(self._consumers)
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """Inputs at least one node has no default for."""
+        return tuple(n for n, optional in self._input_defaults.items() if not optional)
+
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """Inputs every consuming node has a default for."""
+        return tuple(n for n, optional in self._input_defaults.items() if optional)
+
+    @property
+    def input_consumers(self) -> Mapping[str, tuple[str, ...]]:
+        """For each input, the names of the nodes consuming it."""
+        return MappingProxyType(
+            {n: tuple(self._nodes[i].name for i in c) for n, c in self._consumers.items()}
+        )
+
+    def producer(self, output: str) -> Node[..., Any]:
+        """The node producing ``output``."""
+        return self._nodes[self._producer_index(output)]
+
+    def predecessors(self, name: str) -> tuple[Node[..., Any], ...]:
+        """The nodes whose outputs node ``name`` consumes."""
+        return tuple(self._nodes[i] for i in self._predecessors[self._index(name)])
+
+    def successors(self, name: str) -> tuple[Node[..., Any], ...]:
+        """The nodes consuming an output of node ``name``."""
+        return tuple(self._nodes[i] for i in self._successors[self._index(name)])
+
+    # --- for the engine -----------------------------------------------------
+
+    def index_of(self, node_name: str) -> int:
+        """Position of node ``node_name`` in :attr:`nodes`."""
+        return self._index(node_name)
+
+    def producer_index(self, output: str) -> int | None:
+        """Position of the node producing ``output``, or None for an input."""
+        return self._producer.get(output)
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """Topological order as positions in :attr:`nodes`."""
+        return self._order
+
+    @property
+    def predecessor_indices(self) -> tuple[tuple[int, ...], ...]:
+        return self._predecessors
+
+    def needed_for(self, outputs: Iterable[str]) -> set[int]:
+        """Positions of the nodes that must run to produce ``outputs``."""
+        stack = [self._producer_index(o) for o in outputs]
+        needed: set[int] = set()
+        while stack:
+            index = stack.pop()
+            if index not in needed:
+                needed.add(index)
+                stack.extend(self._predecessors[index])
+        return needed
+
+    def _index(self, name: str) -> int:
+        self[name]  # raises the helpful KeyError
+        return self._by_name[name]
+
+    def _producer_index(self, output: str) -> int:
+        index = self._producer.get(output)
+        if index is None:
+            raise UnknownOutputError(
+                f"no node produces output {output!r}.{did_you_mean(output, self._producer)} "
+                f"Available outputs: {quoted(self._producer)}"
+            )
+        return index
+
+    def __repr__(self) -> str:
+        return f"<Graph: {len(self._nodes)} nodes, inputs {quoted(self._consumers) or 'none'}>"

@@ -1,0 +1,250 @@
+"""Nodes: a function, the inputs its parameters name, and the outputs it produces."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
+
+from plait.errors import NodeDefinitionError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Marker for "this parameter has no default".
+NO_DEFAULT: Final = inspect.Parameter.empty
+
+OutputName = str | tuple[str, ...]
+
+
+class Node(Generic[P, R]):
+    """A function wired into a pipeline by its parameter names.
+
+    Each parameter names an input: the output of another node or a pipeline
+    input. A parameter with a default is optional: the default is used when
+    nothing provides it. The node produces ``output_name``; a tuple
+    ``output_name`` means the function returns a tuple of that length, one
+    value per name.
+
+    A node stays callable as the plain function::
+
+        >>> @node(output_name="total")
+        ... def add(a, b=1):
+        ...     return a + b
+        >>> add(2)
+        3
+        >>> add.inputs, add.outputs
+        (('a', 'b'), ('total',))
+    """
+
+    func: Callable[P, R]
+    name: str
+    output_name: OutputName
+    outputs: tuple[str, ...]
+    is_async: bool
+    cache: bool
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        output_name: OutputName | None = None,
+        name: str | None = None,
+        cache: bool = True,
+    ) -> None:
+        if isinstance(func, Node):
+            func = func.func
+        if not callable(func):
+            raise NodeDefinitionError(
+                f"node() needs a function or other callable, got {type(func).__name__}: {func!r}"
+            )
+        default_name = _callable_name(func)
+        self.func = func
+        self.name = _check_name(name if name is not None else default_name)
+        self.output_name, self.outputs = _check_output_name(
+            output_name if output_name is not None else default_name, self.name
+        )
+        self.is_async = _is_async_callable(func)
+        self.cache = cache
+        self._defaults, self.positional, self.keyword = _read_parameters(func, self.name)
+        self.inputs: tuple[str, ...] = self.positional + self.keyword
+        functools.update_wrapper(self, func, updated=())
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        """Default values of the optional inputs, by parameter name."""
+        return MappingProxyType(self._defaults)
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """Parameters without a default: something must provide them."""
+        return tuple(p for p in self.inputs if p not in self._defaults)
+
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """Parameters with a default, used when nothing provides them."""
+        return tuple(p for p in self.inputs if p in self._defaults)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def describe(self) -> str:
+        """``name(a, b=1) → y``: the node as error messages show it."""
+        params = ", ".join(
+            f"{p}={self._defaults[p]!r}" if p in self._defaults else p for p in self.inputs
+        )
+        single = isinstance(self.output_name, str)
+        outs = self.outputs[0] if single else f"({', '.join(self.outputs)})"
+        return f"{self.name}({params}) → {outs}"
+
+    def __repr__(self) -> str:
+        return f"Node({self.describe()})"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A decorated module-level function is reachable by name as this Node:
+        # pickle it by reference, as pickle does for plain functions.
+        qualname: str = getattr(self, "__qualname__", "")
+        if _lookup(getattr(self, "__module__", None), qualname) is self:
+            return qualname
+        return (_rebuild, (self.func, self.output_name, self.name, self.cache))
+
+
+def _rebuild(
+    func: Callable[..., Any], output_name: OutputName, name: str, cache: bool
+) -> Node[..., Any]:
+    return Node(func, output_name=output_name, name=name, cache=cache)
+
+
+@overload
+def node(
+    func: Callable[P, R],
+    /,
+    *,
+    output_name: OutputName | None = None,
+    name: str | None = None,
+    cache: bool = True,
+) -> Node[P, R]: ...
+
+
+@overload
+def node(
+    func: None = None,
+    /,
+    *,
+    output_name: OutputName | None = None,
+    name: str | None = None,
+    cache: bool = True,
+) -> Callable[[Callable[P, R]], Node[P, R]]: ...
+
+
+def node(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    output_name: OutputName | None = None,
+    name: str | None = None,
+    cache: bool = True,
+) -> Node[P, R] | Callable[[Callable[P, R]], Node[P, R]]:
+    """Turn a function (sync or ``async def``) into a pipeline :class:`Node`.
+
+    Use it bare (``@node``: the output is named after the function), with options
+    (``@node(output_name="y")``, ``@node(output_name=("q", "r"))`` for a function
+    returning a 2-tuple), or as a call for functions you don't own
+    (``node(math.sqrt, output_name="root")``).
+
+    Args:
+        output_name: the name (or tuple of names) other nodes use to consume the result.
+        name: the node's name in errors and results; defaults to the function's name.
+        cache: whether a pipeline cache may store this node's results. Caching
+            (``Pipeline(cache=...)``) is not available yet; the flag is kept for it.
+    """
+    if func is None:
+        return lambda f: Node(f, output_name=output_name, name=name, cache=cache)
+    return Node(func, output_name=output_name, name=name, cache=cache)
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    name = getattr(inner, "__name__", None)
+    return name if isinstance(name, str) else type(inner).__name__
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise NodeDefinitionError(f"a node name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName, tuple[str, ...]]:
+    if isinstance(output_name, str) and output_name:
+        return output_name, (output_name,)
+    if isinstance(output_name, tuple) and output_name:
+        if not all(isinstance(n, str) and n for n in output_name):
+            raise NodeDefinitionError(
+                f"node {node_name!r}: every name in output_name must be a non-empty string, "
+                f"got {output_name!r}"
+            )
+        if len(set(output_name)) != len(output_name):
+            raise NodeDefinitionError(
+                f"node {node_name!r}: output_name {output_name!r} repeats a name"
+            )
+        return output_name, output_name
+    raise NodeDefinitionError(
+        f"node {node_name!r}: output_name must be a non-empty string or a non-empty tuple "
+        f"of strings, got {output_name!r}"
+    )
+
+
+def _is_async_callable(func: Callable[..., Any]) -> bool:
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    if inspect.isasyncgenfunction(inner):
+        raise NodeDefinitionError(
+            f"{_callable_name(func)!r} is an async generator function; a node must return "
+            "its value. Collect the items in an async def that returns a list."
+        )
+    if inspect.iscoroutinefunction(inner):
+        return True
+    call = getattr(inner, "__call__", None)  # noqa: B004 - objects whose __call__ is async
+    return not inspect.isroutine(inner) and inspect.iscoroutinefunction(call)
+
+
+def _read_parameters(
+    func: Callable[..., Any], node_name: str
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        raise NodeDefinitionError(
+            f"cannot read the parameters of {node_name!r} ({exc}); wrap it in a def "
+            "whose parameters name its inputs"
+        ) from None
+    defaults: dict[str, Any] = {}
+    positional: list[str] = []
+    keyword: list[str] = []
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            star = "*" if param.kind is param.VAR_POSITIONAL else "**"
+            raise NodeDefinitionError(
+                f"node {node_name!r} has a {star}{param.name} parameter. Node inputs are wired "
+                "by parameter name, so each input must be a named parameter; replace "
+                f"{star}{param.name} with explicit parameters."
+            )
+        if param.default is not NO_DEFAULT:
+            defaults[param.name] = param.default
+        (keyword if param.kind is param.KEYWORD_ONLY else positional).append(param.name)
+    return defaults, tuple(positional), tuple(keyword)
+
+
+def _lookup(module_name: str | None, qualname: str) -> object:
+    module = sys.modules.get(module_name or "")
+    obj: object = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj

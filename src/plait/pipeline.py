@@ -1,0 +1,278 @@
+"""Pipeline: an immutable, validated graph of nodes and the engine that runs it."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from plait import bridge
+from plait._text import did_you_mean, quoted
+from plait.engine import Engine
+from plait.engine.plan import Plan, compile_plan
+from plait.errors import InputError, UnusedInputWarning
+from plait.graph import Graph
+from plait.node import Node
+
+OutputSelection = str | Sequence[str] | None
+
+_DEFAULT_ENGINE = Engine()
+
+
+class _Shared:
+    """What every pipeline derived from one graph shares: the graph and its plans."""
+
+    __slots__ = ("graph", "lock", "plans")
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.plans: dict[tuple[tuple[str, ...] | None, frozenset[str]], Plan] = {}
+        self.lock = threading.Lock()
+
+
+class Pipeline:
+    """Nodes wired by name into a validated graph, run with automatic concurrency.
+
+    The graph is built and checked once, here: duplicate outputs, duplicate node
+    names and cycles raise :class:`~plait.errors.GraphError` subclasses. The order of
+    ``nodes`` does not matter. Pipelines are immutable: :meth:`bind`,
+    :meth:`unbind`, :meth:`with_engine` and :meth:`with_name` return new ones.
+
+        >>> @node(output_name="y")
+        ... def double(x):
+        ...     return 2 * x
+        >>> @node(output_name="z")
+        ... async def inc(y):
+        ...     return y + 1
+        >>> Pipeline([inc, double]).run(inputs={"x": 3})
+        {'y': 6, 'z': 7}
+
+    Args:
+        nodes: the nodes, in any order.
+        engine: how nodes run (default: sync nodes inline, async nodes as tasks).
+        name: a name for errors and reprs.
+    """
+
+    __slots__ = ("_bound", "_engine", "_name", "_shared")
+
+    def __init__(
+        self,
+        nodes: Iterable[Node[..., Any]],
+        *,
+        engine: Engine | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(nodes, Node):
+            raise TypeError("Pipeline takes a list of nodes: Pipeline([my_node])")
+        self._shared = _Shared(Graph(nodes))
+        self._engine = _check_engine(engine)
+        self._name = name
+        self._bound: Mapping[str, Any] = MappingProxyType({})
+
+    def _derive(
+        self,
+        *,
+        engine: Engine | None = None,
+        name: str | None = None,
+        bound: Mapping[str, Any] | None = None,
+    ) -> Pipeline:
+        new = object.__new__(Pipeline)
+        new._shared = self._shared
+        new._engine = self._engine if engine is None else engine
+        new._name = self._name if name is None else name
+        new._bound = self._bound if bound is None else MappingProxyType(dict(bound))
+        return new
+
+    # --- the graph ----------------------------------------------------------
+
+    @property
+    def graph(self) -> Graph:
+        """A read-only view of the graph: nodes, producers, consumers, order."""
+        return self._shared.graph
+
+    @property
+    def nodes(self) -> tuple[Node[..., Any], ...]:
+        return self.graph.nodes
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every input: names that nodes consume and no node produces."""
+        return self.graph.inputs
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """Inputs some node has no default for (whether bound or not)."""
+        return self.graph.required_inputs
+
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        """Inputs every consuming node has a default for."""
+        return self.graph.optional_inputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.graph.outputs
+
+    @property
+    def bound_inputs(self) -> Mapping[str, Any]:
+        """Inputs fixed with :meth:`bind`."""
+        return self._bound
+
+    @property
+    def unfulfilled_args(self) -> tuple[str, ...]:
+        """Required inputs not bound: what every run must pass in ``inputs``."""
+        return tuple(n for n in self.graph.required_inputs if n not in self._bound)
+
+    # --- derived pipelines --------------------------------------------------
+
+    def bind(self, **inputs: Any) -> Pipeline:
+        """A new pipeline with these inputs fixed (a run's ``inputs`` may override them)."""
+        for name in inputs:
+            self._check_input_name(name, "bind")
+        return self._derive(bound={**self._bound, **inputs})
+
+    def unbind(self, *names: str) -> Pipeline:
+        """A new pipeline without these bound inputs."""
+        unknown = [n for n in names if n not in self._bound]
+        if unknown:
+            raise InputError(
+                f"cannot unbind {quoted(unknown)}: not bound. "
+                f"Bound inputs: {quoted(self._bound) or 'none'}"
+            )
+        return self._derive(bound={k: v for k, v in self._bound.items() if k not in names})
+
+    def with_engine(self, engine: Engine) -> Pipeline:
+        """A new pipeline that runs on ``engine``."""
+        return self._derive(engine=_check_engine(engine))
+
+    def with_name(self, name: str) -> Pipeline:
+        """A new pipeline called ``name``."""
+        return self._derive(name=name)
+
+    # --- running --------------------------------------------------------------
+
+    async def arun(
+        self, inputs: Mapping[str, Any] | None = None, output_name: OutputSelection = None
+    ) -> dict[str, Any]:
+        """Run the pipeline on the current event loop; the native form of :meth:`run`.
+
+        Returns a dict of node outputs: all of them, or those named by
+        ``output_name`` (a name or a list of names), in which case only the nodes
+        needed for them run and only their inputs are required.
+        """
+        plan, values = self._prepare(inputs, output_name)
+        await self._engine.arun_plan(plan, values)
+        return plan.outputs(values)
+
+    def run(
+        self, inputs: Mapping[str, Any] | None = None, output_name: OutputSelection = None
+    ) -> dict[str, Any]:
+        """Run the pipeline from sync code and return its outputs; see :meth:`arun`.
+
+        Works in a script, in worker threads and inside a running event loop
+        (where it blocks that loop until done and warns once: prefer ``await
+        arun()`` there). Ctrl-C cancels the whole run.
+        """
+        plan, values = self._prepare(inputs, output_name)
+        if self._engine.inline and not plan.has_async:
+            # Nothing can suspend: run without any event loop.
+            bridge.drive_inline(self._engine.arun_plan(plan, values))
+        else:
+            bridge._run_sync(self._engine.arun_plan(plan, values), timeout=None, stacklevel=3)
+        return plan.outputs(values)
+
+    def _prepare(
+        self, inputs: Mapping[str, Any] | None, output_name: OutputSelection
+    ) -> tuple[Plan, list[Any]]:
+        """Check everything that can be checked before a run; return its plan and slots."""
+        if inputs is None:
+            given = dict(self._bound)
+        elif isinstance(inputs, Mapping):
+            given = {**self._bound, **inputs} if self._bound else dict(inputs)
+        else:
+            raise InputError(
+                f"inputs must be a mapping of input name to value, got {type(inputs).__name__}"
+            )
+        outputs = _normalize_outputs(output_name)
+        key = (outputs, frozenset(given))
+        plan = self._shared.plans.get(key)
+        if plan is None:
+            plan = self._compile(outputs, given)
+            with self._shared.lock:
+                self._shared.plans[key] = plan
+        return plan, plan.new_values(given)
+
+    def _compile(self, outputs: tuple[str, ...] | None, given: Mapping[str, Any]) -> Plan:
+        graph = self.graph
+        for name in given:
+            if graph.producer_index(name) is not None:
+                raise InputError(
+                    f"{name!r} is an output of node {graph.producer(name).name!r}, not an "
+                    f"input; pipeline inputs are {quoted(graph.inputs) or 'none'}"
+                )
+            if name not in graph.inputs:
+                warnings.warn(
+                    f"input {name!r} is not used by any node and is ignored."
+                    f"{did_you_mean(name, graph.inputs)} Pipeline inputs: "
+                    f"{quoted(graph.inputs) or 'none'}",
+                    UnusedInputWarning,
+                    stacklevel=4,
+                )
+        return compile_plan(graph, outputs, given)
+
+    def _check_input_name(self, name: str, verb: str) -> None:
+        graph = self.graph
+        if name in graph.inputs:
+            return
+        if graph.producer_index(name) is not None:
+            raise InputError(
+                f"cannot {verb} {name!r}: it is an output of node {graph.producer(name).name!r}, "
+                f"not an input. Inputs: {quoted(graph.inputs) or 'none'}"
+            )
+        raise InputError(
+            f"cannot {verb} {name!r}: no node takes an input of that name."
+            f"{did_you_mean(name, graph.inputs)} Inputs: {quoted(graph.inputs) or 'none'}"
+        )
+
+    def __repr__(self) -> str:
+        name = f"{self._name!r}, " if self._name else ""
+        inputs = quoted(self.input_names) or "none"
+        return (
+            f"Pipeline({name}{len(self.graph)} nodes, inputs: {inputs}, "
+            f"outputs: {quoted(self.output_names)})"
+        )
+
+
+def _normalize_outputs(output_name: OutputSelection) -> tuple[str, ...] | None:
+    if output_name is None:
+        return None
+    if isinstance(output_name, str):
+        return (output_name,)
+    if isinstance(output_name, Sequence) and all(isinstance(n, str) for n in output_name):
+        if not output_name:
+            raise InputError("output_name is an empty list; pass None to get every output")
+        return tuple(dict.fromkeys(output_name))
+    raise TypeError(
+        f"output_name must be None, an output name or a list of names, got {output_name!r}"
+    )
+
+
+def _check_engine(engine: object) -> Engine:
+    if engine is None:
+        return _DEFAULT_ENGINE
+    if not isinstance(engine, Engine):
+        raise TypeError(
+            f"engine must be a plait.Engine, got {type(engine).__name__}; "
+            "to run on an executor use Engine(node_executor=executor)"
+        )
+    return engine

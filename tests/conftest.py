@@ -1,0 +1,31 @@
+"""Suite-wide guards: no asyncio error logs, and a fresh "warn once" state per test."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from plait import bridge
+
+
+@pytest.fixture(autouse=True)
+def no_asyncio_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail any test after which asyncio logged an error.
+
+    That covers "Task was destroyed but it is pending", "exception was never
+    retrieved" and exceptions in callbacks, on any loop plait used.
+    """
+    yield
+    gc.collect()
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    errors = [r for r in records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert not errors, "asyncio logged errors:\n" + "\n".join(r.getMessage() for r in errors)
+
+
+@pytest.fixture(autouse=True)
+def fresh_running_loop_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running-loop warning is once per process; give each test its own "once"."""
+    monkeypatch.setattr(bridge, "_warned_running_loop", False)

@@ -1,0 +1,353 @@
+"""Runs anywhere: scripts, threads, inside a running loop, nested, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import plait
+from plait import Engine, Pipeline, RunningLoopWarning, node, run_sync
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+@node(output_name="y")
+def sync_double(x):
+    return 2 * x
+
+
+@node(output_name="z")
+async def async_inc(y):
+    await asyncio.sleep(0.001)
+    return y + 1
+
+
+PIPE = Pipeline([sync_double, async_inc])
+
+
+def test_run_from_plain_sync_code() -> None:
+    assert PIPE.run(inputs={"x": 1}) == {"y": 2, "z": 3}
+
+
+def test_run_from_many_threads_at_once() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: PIPE.run(inputs={"x": i})["z"], range(64)))
+    assert results == [2 * i + 1 for i in range(64)]
+
+
+def test_run_inside_a_running_loop_works_and_warns_once() -> None:
+    async def main() -> list[dict[str, Any]]:
+        with pytest.warns(RunningLoopWarning, match=r"await pipeline.arun\(\.\.\.\)") as record:
+            first = PIPE.run(inputs={"x": 1})
+        assert record[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = PIPE.run(inputs={"x": 2})  # no second warning
+        return [first, second]
+
+    assert asyncio.run(main()) == [{"y": 2, "z": 3}, {"y": 4, "z": 5}]
+
+
+def test_all_sync_pipeline_inside_a_running_loop_does_not_warn() -> None:
+    async def main() -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return Pipeline([sync_double]).run(inputs={"x": 1})
+
+    assert asyncio.run(main()) == {"y": 2}
+
+
+def test_running_loop_is_not_blocked_forever_by_its_own_tasks() -> None:
+    # The caller's loop is paused while run() waits, but nothing deadlocks.
+    async def main() -> dict[str, Any]:
+        ticker = asyncio.create_task(asyncio.sleep(0.01))
+        with pytest.warns(RunningLoopWarning):
+            result = PIPE.run(inputs={"x": 1})
+        await ticker
+        return result
+
+    assert asyncio.run(main()) == {"y": 2, "z": 3}
+
+
+@node(output_name="seen")
+def read_var_sync():
+    return request_id.get()
+
+
+@node(output_name="seen_async")
+async def read_var_async():
+    return request_id.get()
+
+
+CTX_PIPE = Pipeline([read_var_sync, read_var_async])
+
+
+def test_contextvars_visible_from_a_script() -> None:
+    token = request_id.set("script")
+    try:
+        assert CTX_PIPE.run() == {"seen": "script", "seen_async": "script"}
+    finally:
+        request_id.reset(token)
+
+
+def test_contextvars_visible_inside_a_running_loop_both_forms() -> None:
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        request_id.set("in-loop")
+        with pytest.warns(RunningLoopWarning):
+            via_run = CTX_PIPE.run()
+        return via_run, await CTX_PIPE.arun()
+
+    expected = {"seen": "in-loop", "seen_async": "in-loop"}
+    assert asyncio.run(main()) == (expected, expected)
+
+
+def test_contextvars_visible_from_threads() -> None:
+    def in_thread(i: int) -> dict[str, Any]:
+        request_id.set(f"thread-{i}")
+        return CTX_PIPE.run()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(in_thread, range(4)))
+    assert [r["seen_async"] for r in results] == [f"thread-{i}" for i in range(4)]
+
+
+def test_nodes_cannot_change_the_callers_context() -> None:
+    @node(output_name="o")
+    async def setter():
+        request_id.set("changed by node")
+
+    Pipeline([setter]).run()
+    assert request_id.get() == "unset"
+
+
+class LoopBoundClient:
+    """Stands in for an httpx/aiohttp client: only usable on the loop that made it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        if asyncio.get_running_loop() is not self.loop:
+            raise RuntimeError("client used on a different event loop")
+        async with self.lock:
+            await asyncio.sleep(0)
+        return "ok"
+
+
+_client: LoopBoundClient | None = None
+
+
+@node(output_name="response")
+async def call_client():
+    global _client
+    if _client is None:
+        _client = LoopBoundClient()
+    return await _client.get()
+
+
+def test_loop_bound_objects_survive_successive_runs_in_one_thread() -> None:
+    global _client
+    _client = None
+    pipe = Pipeline([call_client])
+    assert [pipe.run()["response"] for _ in range(3)] == ["ok"] * 3
+
+
+def test_loop_bound_objects_survive_successive_runs_inside_a_running_loop() -> None:
+    global _client
+    _client = None
+    pipe = Pipeline([call_client])
+
+    async def main() -> list[str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            return [pipe.run()["response"] for _ in range(3)]
+
+    assert asyncio.run(main()) == ["ok"] * 3
+
+
+def test_loop_bound_objects_survive_successive_runs_in_a_worker_thread() -> None:
+    def worker() -> list[str]:
+        global _client
+        _client = None
+        pipe = Pipeline([call_client])
+        return [pipe.run()["response"] for _ in range(3)]
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(worker).result() == ["ok"] * 3
+
+
+# --- nesting -----------------------------------------------------------------
+
+
+INNER = Pipeline([sync_double, async_inc], name="inner")
+
+
+def test_await_other_arun_inside_an_async_node() -> None:
+    @node(output_name="outer")
+    async def subgraph(start):
+        result = await INNER.arun(inputs={"x": start})
+        return result["z"] * 10
+
+    assert Pipeline([subgraph]).run(inputs={"start": 1}) == {"outer": 30}
+
+
+def test_run_inside_a_sync_node() -> None:
+    @node(output_name="outer")
+    def subgraph(start):
+        return INNER.run(inputs={"x": start})["z"]
+
+    @node(output_name="other")
+    async def sibling():
+        return 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunningLoopWarning)
+        assert Pipeline([subgraph, sibling]).run(inputs={"start": 1}) == {"outer": 3, "other": 1}
+
+
+def test_run_inside_a_node_of_a_run_made_inside_a_running_loop() -> None:
+    # The outer run goes to the portal loop; the inner run() is made on the
+    # portal loop itself, which must not deadlock.
+    @node(output_name="outer")
+    async def subgraph(start):
+        return INNER.run(inputs={"x": start})["z"]
+
+    async def main() -> dict[str, Any]:
+        return Pipeline([subgraph]).run(inputs={"start": 1})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunningLoopWarning)
+        assert asyncio.run(main()) == {"outer": 3}
+
+
+def test_three_levels_of_sync_run() -> None:
+    @node(output_name="middle")
+    async def middle(x):
+        return INNER.run(inputs={"x": x})["z"]
+
+    middle_pipe = Pipeline([middle])
+
+    @node(output_name="top")
+    async def top(x):
+        return middle_pipe.run(inputs={"x": x})["middle"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunningLoopWarning)
+        assert Pipeline([top]).run(inputs={"x": 1}) == {"top": 3}
+
+
+def test_threaded_node_can_call_run() -> None:
+    @node(output_name="outer")
+    def subgraph(start):
+        return INNER.run(inputs={"x": start})["z"]
+
+    with Engine(node_executor="threaded") as engine, warnings.catch_warnings():
+        warnings.simplefilter("error")  # a worker thread has no loop: no warning
+        assert Pipeline([subgraph], engine=engine).run(inputs={"start": 2}) == {"outer": 5}
+
+
+# --- run_sync -----------------------------------------------------------------
+
+
+def test_run_sync_returns_the_result() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    assert run_sync(answer()) == 42
+    assert plait.run_sync is run_sync
+
+
+def test_run_sync_timeout_cancels() -> None:
+    cancelled = threading.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        run_sync(forever(), timeout=0.05)
+    assert time.perf_counter() - start < 1
+    assert cancelled.is_set()
+
+
+def test_run_sync_timeout_inside_a_running_loop() -> None:
+    async def main() -> None:
+        with pytest.warns(RunningLoopWarning), pytest.raises(TimeoutError):
+            run_sync(asyncio.sleep(10), timeout=0.05)
+
+    asyncio.run(main())
+
+
+# --- Ctrl-C, in real subprocesses -------------------------------------------------
+
+SCRIPT = """
+import asyncio, sys, time
+from pathlib import Path
+from plait import Pipeline, node
+
+marker = Path(sys.argv[1])
+
+@node(output_name="a")
+async def waits():
+    print("started", flush=True)
+    await asyncio.sleep(3)
+    marker.write_text("written after Ctrl-C")
+
+@node(output_name="b")
+def blocks_{mode}():
+    if "{mode}" == "sync":
+        print("started", flush=True)
+        time.sleep(3)
+        marker.write_text("written after Ctrl-C")
+
+pipe = Pipeline([waits] if "{mode}" == "async" else [blocks_{mode}])
+try:
+    pipe.run()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    time.sleep(0.5)  # give any leftover work the chance to misbehave
+    raise SystemExit(130)
+"""
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_ctrl_c_cancels_the_run(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(mode=mode)))
+    marker = tmp_path / "marker.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "dev", str(script), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    start = time.perf_counter()
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert "interrupted" in out, err
+    assert proc.returncode == 130
+    assert time.perf_counter() - start < 2.5  # interrupted, not run to the end
+    assert not marker.exists()
+    assert "Task was destroyed" not in err
+    assert "never retrieved" not in err

@@ -1,0 +1,184 @@
+"""Graph: build, validate (duplicates, cycles), inputs, order, read-only view."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from plait import (
+    CycleError,
+    DuplicateNodeNameError,
+    DuplicateOutputError,
+    Graph,
+    GraphError,
+    Pipeline,
+    UnknownOutputError,
+    node,
+)
+from tests.helpers import chain
+
+
+@node(output_name="y")
+def f(x):
+    return x + 1
+
+
+@node(output_name="z")
+def g(y, scale=2):
+    return y * scale
+
+
+@node(output_name="w")
+def h(y, z):
+    return y + z
+
+
+def test_inputs_outputs_and_order_do_not_depend_on_node_order() -> None:
+    graph = Graph([h, g, f])
+    assert set(graph.outputs) == {"y", "z", "w"}
+    assert graph.inputs == ("scale", "x")
+    assert [n.name for n in graph.topological_order()] == ["f", "g", "h"]
+
+
+def test_required_and_optional_inputs() -> None:
+    graph = Graph([f, g, h])
+    assert graph.required_inputs == ("x",)
+    assert graph.optional_inputs == ("scale",)
+
+
+def test_input_with_default_in_one_consumer_only_is_required() -> None:
+    @node(output_name="k")
+    def needs_scale(scale):
+        return scale
+
+    graph = Graph([f, g, needs_scale])
+    assert set(graph.required_inputs) == {"x", "scale"}
+    assert graph.input_consumers["scale"] == ("g", "needs_scale")
+
+
+def test_read_only_view() -> None:
+    graph = Graph([f, g, h])
+    assert graph["g"] is g
+    assert "g" in graph
+    assert len(graph) == 3
+    assert list(graph) == [f, g, h]
+    assert graph.producer("z") is g
+    assert graph.predecessors("h") == (f, g)
+    assert graph.successors("f") == (g, h)
+    with pytest.raises(TypeError):
+        graph.input_consumers["new"] = ("f",)  # type: ignore[index]
+
+
+def test_unknown_node_name_suggests() -> None:
+    with pytest.raises(KeyError, match="no node is named 'gg'. Did you mean 'g'"):
+        Graph([f, g])["gg"]
+
+
+def test_unknown_output_lists_available() -> None:
+    with pytest.raises(
+        UnknownOutputError, match=r"no node produces output 'zz'\. Did you mean 'z'"
+    ):
+        Graph([f, g]).producer("zz")
+
+
+def test_duplicate_output_names_both_nodes() -> None:
+    @node(output_name="y")
+    def other(x):
+        return x
+
+    with pytest.raises(DuplicateOutputError) as info:
+        Graph([f, other])
+    message = str(info.value)
+    assert "output 'y' is produced by two nodes: 'f' and 'other'" in message
+    assert "rename one with output_name=" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_duplicate_node_names() -> None:
+    f2 = node(f.func, output_name="y2")
+    with pytest.raises(DuplicateNodeNameError, match=r"two nodes are named 'f': f\(x\) → y and"):
+        Graph([f, f2])
+
+
+def test_same_node_twice() -> None:
+    with pytest.raises(DuplicateNodeNameError, match="node 'f' is listed twice"):
+        Graph([f, g, f])
+
+
+def test_two_node_cycle_shows_path() -> None:
+    a = node(lambda b_out: b_out, output_name="a_out", name="a")
+    b = node(lambda a_out: a_out, output_name="b_out", name="b")
+    with pytest.raises(CycleError) as info:
+        Graph([a, b])
+    assert info.value.cycle in (("a", "b", "a"), ("b", "a", "b"))
+    message = str(info.value)
+    assert "the nodes form a cycle: " in message
+    assert " -> ".join(info.value.cycle) in message
+    assert "'b' consumes 'a_out' from 'a'" in message
+
+
+def test_self_cycle() -> None:
+    loop = node(lambda y: y, output_name="y", name="loop")
+    with pytest.raises(CycleError, match=r"cycle: loop -> loop"):
+        Graph([loop])
+
+
+def test_cycle_inside_a_larger_graph_reports_only_the_cycle() -> None:
+    start = node(lambda x: x, output_name="s", name="start")
+    c1 = node(lambda s, c3_out: s, output_name="c1_out", name="c1")
+    c2 = node(lambda c1_out: c1_out, output_name="c2_out", name="c2")
+    c3 = node(lambda c2_out: c2_out, output_name="c3_out", name="c3")
+    tail = node(lambda c3_out: c3_out, output_name="t", name="tail")
+    with pytest.raises(CycleError) as info:
+        Graph([tail, start, c1, c2, c3])
+    cycle = info.value.cycle
+    assert cycle[0] == cycle[-1]
+    assert set(cycle) == {"c1", "c2", "c3"}
+    assert len(cycle) == 4
+    # Each step of the reported path is a real edge, in dataflow order.
+    edges = {("c1", "c2"), ("c2", "c3"), ("c3", "c1")}
+    assert set(itertools.pairwise(cycle)) == edges
+
+
+def test_non_node_items_are_rejected() -> None:
+    def plain(x):
+        return x
+
+    with pytest.raises(GraphError, match=r"item 1 of nodes is .*plain.*not a Node; decorate"):
+        Graph([f, plain])  # type: ignore[list-item]
+
+
+def test_empty_graph_is_rejected() -> None:
+    with pytest.raises(GraphError, match="a pipeline needs at least one node"):
+        Graph([])
+
+
+def test_tuple_outputs_make_one_edge_per_producer() -> None:
+    split = node(lambda x: (x, x), output_name=("a", "b"), name="split")
+    both = node(lambda a, b: a + b, output_name="c", name="both")
+    graph = Graph([both, split])
+    assert graph.predecessors("both") == (split,)
+    assert graph.outputs == ("c", "a", "b")
+
+
+def test_needed_for_prunes_to_ancestors() -> None:
+    graph = Graph([f, g, h])
+    assert graph.needed_for(["z"]) == {graph.index_of("f"), graph.index_of("g")}
+
+
+def test_ten_thousand_nodes_build_quickly() -> None:
+    nodes = chain(10_000)
+    start = time.perf_counter()
+    Pipeline(nodes)
+    # The benchmark measures this (well under a second); here only a wide margin.
+    assert time.perf_counter() - start < 3.0
+
+
+def test_hundred_thousand_node_chain_builds_and_runs_without_recursion() -> None:
+    pipeline = Pipeline(chain(100_000, async_every=1000))
+    result = pipeline.run(inputs={"v0": 0}, output_name="v100000")
+    assert result == {"v100000": 100_000}
+    everything = pipeline.run(inputs={"v0": 0})
+    assert len(everything) == 100_000

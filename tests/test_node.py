@@ -1,0 +1,215 @@
+"""Nodes: decoration forms, inputs and outputs, sync/async detection, rejected signatures."""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import pickle
+from typing import Any
+
+import pytest
+
+from plait import Node, NodeDefinitionError, node
+
+
+@node
+def bare(a, b=2):
+    return a + b
+
+
+@node(output_name="y", name="doubler", cache=False)
+def double(x):
+    return 2 * x
+
+
+@node(output_name=("q", "r"))
+def divide(a, b):
+    return divmod(a, b)
+
+
+def test_bare_decorator_names_node_and_output_after_function() -> None:
+    assert isinstance(bare, Node)
+    assert bare.name == "bare"
+    assert bare.output_name == "bare"
+    assert bare.outputs == ("bare",)
+
+
+def test_options_are_kept() -> None:
+    assert double.name == "doubler"
+    assert double.outputs == ("y",)
+    assert double.cache is False
+    assert bare.cache is True
+
+
+def test_tuple_output_name() -> None:
+    assert divide.output_name == ("q", "r")
+    assert divide.outputs == ("q", "r")
+
+
+def test_node_stays_callable_as_the_plain_function() -> None:
+    assert bare(1) == 3
+    assert bare(1, b=5) == 6
+    assert divide(7, 2) == (3, 1)
+    assert bare.__name__ == "bare"
+    assert bare.__wrapped__.__name__ == "bare"
+
+
+def test_inputs_required_and_optional() -> None:
+    assert bare.inputs == ("a", "b")
+    assert bare.required_inputs == ("a",)
+    assert bare.optional_inputs == ("b",)
+    assert dict(bare.defaults) == {"b": 2}
+
+
+def test_keyword_only_and_positional_only_parameters() -> None:
+    def f(a, /, b, *, c=3):
+        return a + b + c
+
+    n = node(f, output_name="s")
+    assert n.positional == ("a", "b")
+    assert n.keyword == ("c",)
+    assert n.inputs == ("a", "b", "c")
+
+
+def test_functional_form_for_functions_you_dont_own() -> None:
+    root = node(math.sqrt, output_name="root")
+    assert root.inputs == ("x",)
+    assert root(9.0) == 3.0
+    assert root.name == "sqrt"
+
+
+def test_wrapping_a_node_again_wraps_its_function() -> None:
+    again = node(double, output_name="z")
+    assert again.func is double.func
+    assert again.outputs == ("z",)
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        pytest.param(lambda: None, id="lambda"),
+        pytest.param(operator.add, id="builtin"),
+        pytest.param(functools.partial(operator.add, 1), id="partial"),
+    ],
+)
+def test_sync_callables_are_not_async(func: Any) -> None:
+    assert node(func, output_name="o").is_async is False
+
+
+async def _coro_fn(x):
+    return x
+
+
+class _AsyncCallable:
+    async def __call__(self, x):
+        return x
+
+
+class _SyncCallable:
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize(
+    ("func", "name"),
+    [
+        pytest.param(_coro_fn, "_coro_fn", id="async-def"),
+        pytest.param(_AsyncCallable(), "_AsyncCallable", id="async-callable-object"),
+        pytest.param(functools.partial(_coro_fn), "_coro_fn", id="partial-of-async"),
+    ],
+)
+def test_async_callables_are_detected(func: Any, name: str) -> None:
+    n = node(func, output_name="o")
+    assert n.is_async is True
+    assert n.name == name
+    assert n.inputs == ("x",)
+
+
+def test_sync_callable_object() -> None:
+    n = node(_SyncCallable(), output_name="o")
+    assert n.is_async is False
+    assert n.name == "_SyncCallable"
+
+
+def test_star_args_rejected_with_reason() -> None:
+    def f(a, *rest):
+        return a
+
+    with pytest.raises(NodeDefinitionError, match=r"node 'f' has a \*rest parameter") as info:
+        node(f, output_name="y")
+    assert "wired by parameter name" in str(info.value)
+    assert "explicit parameters" in str(info.value)
+
+
+def test_star_kwargs_rejected_with_reason() -> None:
+    with pytest.raises(NodeDefinitionError, match=r"has a \*\*options parameter"):
+
+        @node(output_name="y")
+        def f(a, **options):
+            return a
+
+
+def test_rejections_are_type_errors() -> None:
+    with pytest.raises(TypeError):
+        node(lambda *a: a, output_name="y")
+
+
+def test_async_generator_rejected() -> None:
+    async def agen(x):
+        yield x
+
+    with pytest.raises(NodeDefinitionError, match="async generator function"):
+        node(agen, output_name="y")
+
+
+@pytest.mark.parametrize(
+    ("output_name", "message"),
+    [
+        ("", "output_name must be a non-empty string"),
+        ((), "output_name must be a non-empty string"),
+        (3, "output_name must be a non-empty string"),
+        (("a", ""), "every name in output_name must be a non-empty string"),
+        (("a", "a"), "repeats a name"),
+    ],
+)
+def test_bad_output_names(output_name: Any, message: str) -> None:
+    with pytest.raises(NodeDefinitionError, match=message):
+        node(lambda x: x, output_name=output_name)
+
+
+def test_bad_node_name() -> None:
+    with pytest.raises(NodeDefinitionError, match="a node name must be a non-empty string"):
+        node(lambda x: x, output_name="y", name="")
+
+
+def test_not_callable() -> None:
+    with pytest.raises(NodeDefinitionError, match="needs a function or other callable, got int"):
+        node(3, output_name="y")  # type: ignore[call-overload]
+
+
+def test_unreadable_signature() -> None:
+    class NoSignature:
+        __signature__ = "broken"
+
+        def __call__(self) -> None: ...
+
+    with pytest.raises(NodeDefinitionError, match="cannot read the parameters of 'NoSignature'"):
+        node(NoSignature(), output_name="y")
+
+
+def test_describe_and_repr() -> None:
+    assert bare.describe() == "bare(a, b=2) → bare"
+    assert divide.describe() == "divide(a, b) → (q, r)"
+    assert repr(double) == "Node(doubler(x) → y)"
+
+
+def test_module_level_node_pickles_by_reference() -> None:
+    assert pickle.loads(pickle.dumps(double)) is double
+
+
+def test_other_nodes_pickle_by_value() -> None:
+    n = node(operator.add, output_name="s", name="adder")
+    copy = pickle.loads(pickle.dumps(n))
+    assert copy is not n
+    assert (copy.name, copy.outputs, copy(2, 3)) == ("adder", ("s",), 5)

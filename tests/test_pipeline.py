@@ -1,0 +1,268 @@
+"""Pipeline: running, output selection, input checks, immutability."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+import pytest
+
+from plait import (
+    Engine,
+    InputError,
+    MissingInputsError,
+    OutputArityError,
+    Pipeline,
+    UnknownOutputError,
+    UnusedInputWarning,
+    node,
+)
+
+calls: list[str] = []
+
+
+@node(output_name="y")
+def f(x):
+    calls.append("f")
+    return x + 1
+
+
+@node(output_name="z")
+async def g(y, scale=2):
+    calls.append("g")
+    await asyncio.sleep(0)
+    return y * scale
+
+
+@node(output_name="w")
+def h(y, z):
+    calls.append("h")
+    return y + z
+
+
+@node(output_name="other")
+def unrelated(a, b):
+    calls.append("unrelated")
+    return a - b
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    calls.clear()
+
+
+PIPE = Pipeline([h, g, f], name="demo")
+
+
+def test_run_returns_node_outputs_not_inputs() -> None:
+    assert PIPE.run(inputs={"x": 1}) == {"y": 2, "z": 4, "w": 6}
+
+
+def test_outputs_come_in_topological_order() -> None:
+    assert list(PIPE.run(inputs={"x": 1})) == ["y", "z", "w"]
+
+
+def test_arun_is_the_native_form() -> None:
+    assert asyncio.run(PIPE.arun(inputs={"x": 1})) == {"y": 2, "z": 4, "w": 6}
+
+
+def test_optional_input_default_and_override() -> None:
+    assert PIPE.run(inputs={"x": 1, "scale": 10})["z"] == 20
+    assert PIPE.run(inputs={"x": 1})["z"] == 4
+
+
+def test_each_node_uses_its_own_default() -> None:
+    @node(output_name="p")
+    def p1(base, k=1):
+        return base + k
+
+    @node(output_name="q")
+    def p2(base, k=100):
+        return base + k
+
+    pipe = Pipeline([p1, p2])
+    assert pipe.run(inputs={"base": 0}) == {"p": 1, "q": 100}
+    assert pipe.run(inputs={"base": 0, "k": 5}) == {"p": 5, "q": 5}
+
+
+def test_output_name_runs_only_needed_nodes_and_needs_only_their_inputs() -> None:
+    pipe = Pipeline([f, g, h, unrelated])
+    assert pipe.run(inputs={"x": 1}, output_name="y") == {"y": 2}
+    assert calls == ["f"]
+    calls.clear()
+    assert pipe.run(inputs={"x": 1}, output_name=["z", "y"]) == {"z": 4, "y": 2}
+    assert sorted(calls) == ["f", "g"]
+
+
+def test_tuple_outputs_are_separate_values() -> None:
+    split = node(lambda n: divmod(n, 3), output_name=("q", "r"), name="split")
+    join = node(lambda q, r: f"{q}r{r}", output_name="text", name="join")
+    assert Pipeline([join, split]).run(inputs={"n": 7}) == {"q": 2, "r": 1, "text": "2r1"}
+
+
+def test_wrong_tuple_return_names_node_and_length() -> None:
+    split = node(lambda n: n, output_name=("q", "r"), name="split")
+    with pytest.raises(OutputArityError) as info:
+        Pipeline([split]).run(inputs={"n": 7})
+    assert str(info.value) == (
+        "node 'split' declares 2 outputs ('q', 'r') and must return a tuple of length 2; "
+        "it returned int 7"
+    )
+    assert "plait: raised in node 'split' (→ q, r) called with (n=7)" in info.value.__notes__
+
+
+def test_wrong_tuple_length_from_async_node() -> None:
+    async def three(n):
+        return (1, 2, 3)
+
+    split = node(three, output_name=("q", "r"), name="split")
+    with pytest.raises(
+        OutputArityError, match="must return a tuple of length 2; it returned tuple"
+    ):
+        Pipeline([split]).run(inputs={"n": 7})
+
+
+def test_missing_inputs_are_listed_together_with_their_nodes() -> None:
+    pipe = Pipeline([f, g, h, unrelated])
+    with pytest.raises(MissingInputsError) as info:
+        pipe.run(inputs={"a": 1})
+    assert str(info.value) == (
+        "missing 2 required inputs: 'x', 'b'\n"
+        "  'x', needed by node f(x) → y\n"
+        "  'b', needed by node unrelated(a, b) → other\n"
+        "Pass them in inputs={...} or bind them with pipeline.bind(...)."
+    )
+    assert info.value.missing == {"x": ("f",), "b": ("unrelated",)}
+    assert not calls  # raised before anything ran
+    assert isinstance(info.value, TypeError)
+
+
+def test_missing_input_needed_by_several_nodes() -> None:
+    a = node(lambda shared: shared, output_name="o1", name="a")
+    b = node(lambda shared, own: shared, output_name="o2", name="b")
+    with pytest.raises(MissingInputsError, match=r"'shared', needed by nodes a\(shared\) → o1, b"):
+        Pipeline([a, b]).run(inputs={"own": 1})
+
+
+def test_missing_inputs_only_for_selected_outputs() -> None:
+    pipe = Pipeline([f, unrelated])
+    assert pipe.run(inputs={"x": 1}, output_name="y") == {"y": 2}
+    with pytest.raises(MissingInputsError, match="missing 1 required input: 'a'"):
+        pipe.run(inputs={"x": 1, "b": 2}, output_name="other")
+
+
+def test_unknown_output_suggests_and_lists() -> None:
+    with pytest.raises(UnknownOutputError) as info:
+        PIPE.run(inputs={"x": 1}, output_name="ww")
+    message = str(info.value)
+    assert "no node produces output 'ww'. Did you mean 'w'?" in message
+    assert "Available outputs: 'w', 'z', 'y'" in message
+
+
+def test_unused_input_warns_with_suggestion() -> None:
+    with pytest.warns(UnusedInputWarning) as record:
+        result = PIPE.run(inputs={"x": 1, "scael": 10})
+    assert result["z"] == 4  # the typo did not reach the node: default used, and we warned
+    message = str(record[0].message)
+    assert "input 'scael' is not used by any node and is ignored. Did you mean 'scale'?" in message
+    assert record[0].filename == __file__  # points at the caller's line
+
+
+def test_used_inputs_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PIPE.run(inputs={"x": 1, "scale": 3})
+        # an input of another branch is still a pipeline input: no warning
+        Pipeline([f, unrelated]).run(inputs={"x": 1, "a": 1}, output_name="y")
+
+
+def test_giving_an_output_as_input_is_an_error() -> None:
+    with pytest.raises(InputError, match="'y' is an output of node 'f', not an input"):
+        PIPE.run(inputs={"x": 1, "y": 5})
+
+
+def test_inputs_must_be_a_mapping() -> None:
+    with pytest.raises(
+        InputError, match="inputs must be a mapping of input name to value, got list"
+    ):
+        PIPE.run(inputs=[1])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [3, [1]])
+def test_output_name_type_is_checked(bad: Any) -> None:
+    with pytest.raises(TypeError, match="output_name must be None, an output name or a list"):
+        PIPE.run(inputs={"x": 1}, output_name=bad)
+
+
+def test_empty_output_list_is_an_error() -> None:
+    with pytest.raises(ValueError, match="output_name is an empty list"):
+        PIPE.run(inputs={"x": 1}, output_name=[])
+
+
+def test_properties() -> None:
+    pipe = Pipeline([f, g, h, unrelated])
+    assert pipe.input_names == ("x", "scale", "a", "b")
+    assert pipe.required_inputs == ("x", "a", "b")
+    assert pipe.optional_inputs == ("scale",)
+    assert pipe.output_names == ("y", "z", "w", "other")
+    assert pipe.graph["g"] is g
+    assert pipe.nodes == (f, g, h, unrelated)
+    assert PIPE.name == "demo"
+
+
+def test_bind_returns_a_new_pipeline() -> None:
+    bound = PIPE.bind(x=1)
+    assert bound is not PIPE
+    assert PIPE.bound_inputs == {}
+    assert bound.bound_inputs == {"x": 1}
+    assert bound.run() == {"y": 2, "z": 4, "w": 6}
+    assert bound.run(inputs={"x": 10})["y"] == 11  # inputs override bound values
+    assert PIPE.unfulfilled_args == ("x",)
+    assert bound.unfulfilled_args == ()
+    with pytest.raises(TypeError):
+        bound.bound_inputs["x"] = 2  # type: ignore[index]
+
+
+def test_unbind() -> None:
+    bound = PIPE.bind(x=1, scale=3)
+    partly = bound.unbind("x")
+    assert partly.bound_inputs == {"scale": 3}
+    assert bound.bound_inputs == {"x": 1, "scale": 3}
+    with pytest.raises(MissingInputsError):
+        partly.run()
+    with pytest.raises(InputError, match=r"cannot unbind 'nope': not bound. Bound inputs: 'scale'"):
+        partly.unbind("nope")
+
+
+def test_bind_checks_names() -> None:
+    with pytest.raises(
+        InputError, match="cannot bind 'xx': no node takes an input of that name. Did you mean 'x'"
+    ):
+        PIPE.bind(xx=1)
+    with pytest.raises(InputError, match="cannot bind 'y': it is an output of node 'f'"):
+        PIPE.bind(y=1)
+
+
+def test_with_engine_and_with_name() -> None:
+    engine = Engine()
+    other = PIPE.with_engine(engine).with_name("renamed")
+    assert other.engine is engine
+    assert other.name == "renamed"
+    assert PIPE.name == "demo"
+    assert PIPE.engine is not engine
+    assert other.graph is PIPE.graph
+
+
+def test_engine_type_is_checked() -> None:
+    with pytest.raises(TypeError, match="engine must be a plait.Engine, got str"):
+        Pipeline([f], engine="threaded")  # type: ignore[arg-type]
+
+
+def test_a_single_node_is_not_a_list() -> None:
+    with pytest.raises(TypeError, match=r"Pipeline takes a list of nodes: Pipeline\(\[my_node\]\)"):
+        Pipeline(f)  # type: ignore[arg-type]
+
+
+def test_repr() -> None:
+    assert repr(PIPE) == "Pipeline('demo', 3 nodes, inputs: 'scale', 'x', outputs: 'w', 'z', 'y')"
