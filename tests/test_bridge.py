@@ -351,3 +351,83 @@ def test_ctrl_c_cancels_the_run(tmp_path: Path, mode: str) -> None:
     assert not marker.exists()
     assert "Task was destroyed" not in err
     assert "never retrieved" not in err
+
+
+IN_LOOP_SCRIPT = """
+import asyncio, sys, time, warnings
+from pathlib import Path
+from plait import Pipeline, node
+
+warnings.simplefilter("ignore")
+marker = Path(sys.argv[1])
+
+@node(output_name="a")
+async def waits():
+    print("started", flush=True)
+    await asyncio.sleep(3)
+    marker.write_text("written after Ctrl-C")
+
+async def main():
+    Pipeline([waits]).run()  # sync run inside asyncio.run: blocks the caller's loop
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    time.sleep(0.5)
+    raise SystemExit(130)
+"""
+
+
+def test_one_ctrl_c_cancels_a_sync_run_made_inside_asyncio_run(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(IN_LOOP_SCRIPT)
+    marker = tmp_path / "marker.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "dev", str(script), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert "interrupted" in out, err
+    assert proc.returncode == 130
+    assert not marker.exists()
+    assert "Task was destroyed" not in err
+
+
+def _run_in_child(queue: Any) -> None:
+    # Runs in a forked child: the parent's thread loop and portal must not be reused.
+    queue.put(PIPE.run(inputs={"x": 20}))
+
+    async def in_loop() -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            return PIPE.run(inputs={"x": 30})
+
+    queue.put(asyncio.run(in_loop()))
+
+
+def test_forked_child_gets_its_own_loops() -> None:
+    import multiprocessing
+
+    PIPE.run(inputs={"x": 1})  # the parent's thread loop exists
+
+    async def use_portal() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            PIPE.run(inputs={"x": 1})  # and so does the portal
+
+    asyncio.run(use_portal())
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_run_in_child, args=(queue,))
+    child.start()
+    results = [queue.get(timeout=10), queue.get(timeout=10)]
+    child.join(10)
+    assert child.exitcode == 0
+    assert results == [{"y": 40, "z": 41}, {"y": 60, "z": 61}]
+    assert PIPE.run(inputs={"x": 2}) == {"y": 4, "z": 5}  # the parent is unaffected

@@ -157,7 +157,7 @@ def test_unknown_output_suggests_and_lists() -> None:
         PIPE.run(inputs={"x": 1}, output_name="ww")
     message = str(info.value)
     assert "no node produces output 'ww'. Did you mean 'w'?" in message
-    assert "Available outputs: 'w', 'z', 'y'" in message
+    assert "Available outputs: 'y', 'z', 'w'" in message
 
 
 def test_unused_input_warns_with_suggestion() -> None:
@@ -202,10 +202,10 @@ def test_empty_output_list_is_an_error() -> None:
 
 def test_properties() -> None:
     pipe = Pipeline([f, g, h, unrelated])
-    assert pipe.input_names == ("x", "scale", "a", "b")
+    assert pipe.input_names == ("x", "a", "b", "scale")
     assert pipe.required_inputs == ("x", "a", "b")
     assert pipe.optional_inputs == ("scale",)
-    assert pipe.output_names == ("y", "z", "w", "other")
+    assert pipe.output_names == ("y", "other", "z", "w")
     assert pipe.graph["g"] is g
     assert pipe.nodes == (f, g, h, unrelated)
     assert PIPE.name == "demo"
@@ -265,4 +265,4 @@ def test_a_single_node_is_not_a_list() -> None:
 
 
 def test_repr() -> None:
-    assert repr(PIPE) == "Pipeline('demo', 3 nodes, inputs: 'scale', 'x', outputs: 'w', 'z', 'y')"
+    assert repr(PIPE) == "Pipeline('demo', 3 nodes, inputs: 'x', 'scale', outputs: 'y', 'z', 'w')"

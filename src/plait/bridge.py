@@ -25,6 +25,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import os
 import threading
 import warnings
 from collections.abc import Coroutine
@@ -38,6 +39,8 @@ _thread_state = threading.local()
 _portal_lock = threading.Lock()
 _portal: _LoopThread | None = None
 _warned_running_loop = False
+#: How often a blocked sync call inside a running loop checks for cancellation.
+_CANCEL_POLL_SECONDS = 0.05
 
 
 def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
@@ -145,8 +148,10 @@ class _LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> T:
         """Run ``coro`` on this loop in ``ctx``; block the calling thread until done.
 
-        If the wait is interrupted (Ctrl-C), the task is cancelled and awaited
-        before the interruption propagates.
+        If the wait is interrupted (Ctrl-C), or the task of the calling loop is
+        asked to cancel (``asyncio.run``'s Ctrl-C handler does that, and cannot
+        interrupt a blocked thread), the task is cancelled and awaited before
+        the interruption propagates.
         """
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
         task_box: list[asyncio.Task[T]] = []
@@ -157,7 +162,12 @@ class _LoopThread:
             task.add_done_callback(lambda t: _copy_outcome(t, outcome))
 
         self.loop.call_soon_threadsafe(start)
+        caller = _current_task()
         try:
+            while caller is not None and not outcome.done():
+                concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
+                if caller.cancelling():
+                    raise asyncio.CancelledError
             return outcome.result()
         except BaseException:
             if not outcome.done():
@@ -177,6 +187,13 @@ class _LoopThread:
         self.stop()
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 def _copy_outcome(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:
     if task.cancelled():
         outcome.set_exception(asyncio.CancelledError())
@@ -184,6 +201,24 @@ def _copy_outcome(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) 
         outcome.set_exception(exc)
     else:
         outcome.set_result(task.result())
+
+
+def _forget_loops_after_fork() -> None:
+    """In a forked child, start afresh: the parent's loops are not ours to use or close.
+
+    A copied loop shares its selector (epoll) with the parent, and the portal's
+    thread does not exist in the child. Closing them here would touch the
+    parent's selector, so the child keeps them unreachable but never closes them.
+    """
+    global _thread_state, _portal, _portal_lock
+    _abandoned_after_fork.append((_thread_state, _portal))
+    _thread_state = threading.local()
+    _portal = None
+    _portal_lock = threading.Lock()
+
+
+_abandoned_after_fork: list[object] = []
+os.register_at_fork(after_in_child=_forget_loops_after_fork)
 
 
 def _get_portal() -> _LoopThread:

@@ -37,6 +37,7 @@ class Graph:
         "_input_defaults",
         "_nodes",
         "_order",
+        "_outputs",
         "_predecessors",
         "_producer",
         "_successors",
@@ -67,12 +68,18 @@ class Graph:
             preds.append(tuple(distinct))
         self._predecessors = tuple(preds)
         self._successors = tuple(tuple(s) for s in succs)
+        self._order = self._topological_order()
+        # Present inputs and outputs in dataflow order, whatever order nodes came in.
+        rank = {index: position for position, index in enumerate(self._order)}
+        self._consumers = dict(
+            sorted(self._consumers.items(), key=lambda item: min(rank[i] for i in item[1]))
+        )
+        self._outputs = tuple(o for i in self._order for o in self._nodes[i].outputs)
         # An input is optional only if every node consuming it has a default for it.
         self._input_defaults: dict[str, bool] = {
             name: all(name in self._nodes[i].defaults for i in consumers)
             for name, consumers in self._consumers.items()
         }
-        self._order = self._topological_order()
 
     def _register(self, index: int, item: object) -> None:
         if not isinstance(item, Node):
@@ -174,12 +181,12 @@ class Graph:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        """Every output name, in node order."""
-        return tuple(self._producer)
+        """Every output name, in topological order."""
+        return self._outputs
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """Names that nodes consume but no node produces, in order of first use."""
+        """Names that nodes consume but no node produces, in topological order of first use."""
         return tuple(self._consumers)
 
     @property
@@ -250,7 +257,7 @@ class Graph:
         if index is None:
             raise UnknownOutputError(
                 f"no node produces output {output!r}.{did_you_mean(output, self._producer)} "
-                f"Available outputs: {quoted(self._producer)}"
+                f"Available outputs: {quoted(self._outputs)}"
             )
         return index
 

@@ -425,3 +425,73 @@ def test_exception_from_creating_the_coroutine_is_annotated() -> None:
     with pytest.raises(ZeroDivisionError) as info:
         Pipeline([weird]).run(inputs={"x": 1})
     assert "plait: raised in node 'weird' (→ y) called with (x=1)" in info.value.__notes__
+
+
+# --- argument passing on every path ---------------------------------------------------
+
+
+def _sync_kinds(a, /, b, *, c, d=4):
+    return (a, b, c, d)
+
+
+async def _async_kinds(a, /, b, *, c, d=4):
+    return (a, b, c, d)
+
+
+@pytest.mark.parametrize("func", [_sync_kinds, _async_kinds], ids=["sync", "async"])
+@pytest.mark.parametrize("executor", ["sequential", "threaded"])
+def test_positional_only_keyword_only_and_defaults(func: Any, executor: str) -> None:
+    with Engine(node_executor=executor) as engine:
+        pipe = Pipeline([node(func, output_name="out", name="kinds")], engine=engine)
+        assert pipe.run(inputs={"a": 1, "b": 2, "c": 3}) == {"out": (1, 2, 3, 4)}
+        assert pipe.run(inputs={"a": 1, "b": 2, "c": 3, "d": 5}) == {"out": (1, 2, 3, 5)}
+
+
+def test_builtin_with_positional_only_parameter() -> None:
+    import math
+
+    assert Pipeline([node(math.sqrt, output_name="root")]).run(inputs={"x": 9.0}) == {"root": 3.0}
+
+
+@node(output_name="worker_pid")
+def where_am_i(x):
+    import os
+
+    return os.getpid(), x * 2
+
+
+@node(output_name="loop_pid")
+async def on_the_loop(worker_pid):
+    import os
+
+    return os.getpid()
+
+
+def test_process_pool_instance_runs_sync_nodes_in_worker_processes() -> None:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        result = Pipeline([where_am_i, on_the_loop], engine=Engine(node_executor=pool)).run(
+            inputs={"x": 21}
+        )
+    worker_pid, doubled = result["worker_pid"]
+    assert doubled == 42
+    assert worker_pid != os.getpid()
+    assert result["loop_pid"] == os.getpid()
+
+
+@node(output_name="bad")
+def fails_in_worker(x):
+    raise ValueError(f"bad value {x}")
+
+
+def test_process_pool_errors_keep_their_type_and_get_a_note() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError) as info:
+        Pipeline([fails_in_worker], engine=Engine(node_executor=pool)).run(inputs={"x": 7})
+    assert str(info.value) == "bad value 7"
+    assert (
+        "plait: raised in node 'fails_in_worker' (→ bad) called with (x=7)" in info.value.__notes__
+    )

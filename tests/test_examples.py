@@ -1,0 +1,30 @@
+"""Every example runs end to end as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout
+
+
+def test_demo() -> None:
+    out = run_example("demo.py")
+    assert "Ada     19.50 EUR" in out
+    assert "Grace    3.00 EUR" in out
+    for label in ("run() (concurrent)", "await arun()", "sequential engine", "threaded engine"):
+        assert label in out
+    assert "Selected output only: {'users': [{'id': 1, 'name': 'Ada'}" in out
