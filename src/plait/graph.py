@@ -34,12 +34,14 @@ class Graph:
     __slots__ = (
         "_by_name",
         "_consumers",
-        "_input_defaults",
+        "_inputs",
         "_nodes",
+        "_optional",
         "_order",
         "_outputs",
         "_predecessors",
         "_producer",
+        "_required",
         "_successors",
     )
 
@@ -75,11 +77,15 @@ class Graph:
             sorted(self._consumers.items(), key=lambda item: min(rank[i] for i in item[1]))
         )
         self._outputs = tuple(o for i in self._order for o in self._nodes[i].outputs)
+        self._inputs = tuple(self._consumers)
         # An input is optional only if every node consuming it has a default for it.
-        self._input_defaults: dict[str, bool] = {
-            name: all(name in self._nodes[i].defaults for i in consumers)
+        optional = {
+            name
             for name, consumers in self._consumers.items()
+            if all(name in self._nodes[i].defaults for i in consumers)
         }
+        self._optional = tuple(n for n in self._inputs if n in optional)
+        self._required = tuple(n for n in self._inputs if n not in optional)
 
     def _register(self, index: int, item: object) -> None:
         if not isinstance(item, Node):
@@ -187,17 +193,21 @@ class Graph:
     @property
     def inputs(self) -> tuple[str, ...]:
         """Names that nodes consume but no node produces, in topological order of first use."""
-        return tuple(self._consumers)
+        return self._inputs
 
     @property
     def required_inputs(self) -> tuple[str, ...]:
         """Inputs at least one node has no default for."""
-        return tuple(n for n, optional in self._input_defaults.items() if not optional)
+        return self._required
 
     @property
     def optional_inputs(self) -> tuple[str, ...]:
         """Inputs every consuming node has a default for."""
-        return tuple(n for n, optional in self._input_defaults.items() if optional)
+        return self._optional
+
+    def is_input(self, name: str) -> bool:
+        """True when ``name`` is consumed by some node and produced by none."""
+        return name in self._consumers
 
     @property
     def input_consumers(self) -> Mapping[str, tuple[str, ...]]:

@@ -71,22 +71,13 @@ class Node(Generic[P, R]):
         self.cache = cache
         self._defaults, self.positional, self.keyword = _read_parameters(func, self.name)
         self.inputs: tuple[str, ...] = self.positional + self.keyword
+        #: Default values of the optional inputs, by parameter name (read-only).
+        self.defaults: Mapping[str, Any] = MappingProxyType(self._defaults)
+        #: Parameters without a default: something must provide them.
+        self.required_inputs = tuple(p for p in self.inputs if p not in self._defaults)
+        #: Parameters with a default, used when nothing provides them.
+        self.optional_inputs = tuple(p for p in self.inputs if p in self._defaults)
         functools.update_wrapper(self, func, updated=())
-
-    @property
-    def defaults(self) -> Mapping[str, Any]:
-        """Default values of the optional inputs, by parameter name."""
-        return MappingProxyType(self._defaults)
-
-    @property
-    def required_inputs(self) -> tuple[str, ...]:
-        """Parameters without a default: something must provide them."""
-        return tuple(p for p in self.inputs if p not in self._defaults)
-
-    @property
-    def optional_inputs(self) -> tuple[str, ...]:
-        """Parameters with a default, used when nothing provides them."""
-        return tuple(p for p in self.inputs if p in self._defaults)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

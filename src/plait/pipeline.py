@@ -220,7 +220,7 @@ class Pipeline:
                     f"{name!r} is an output of node {graph.producer(name).name!r}, not an "
                     f"input; pipeline inputs are {quoted(graph.inputs) or 'none'}"
                 )
-            if name not in graph.inputs:
+            if not graph.is_input(name):
                 warnings.warn(
                     f"input {name!r} is not used by any node and is ignored."
                     f"{did_you_mean(name, graph.inputs)} Pipeline inputs: "
@@ -232,7 +232,7 @@ class Pipeline:
 
     def _check_input_name(self, name: str, verb: str) -> None:
         graph = self.graph
-        if name in graph.inputs:
+        if graph.is_input(name):
             return
         if graph.producer_index(name) is not None:
             raise InputError(

@@ -122,53 +122,47 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     """
     if outputs is None:
         needed = graph.order
-        selected: Sequence[str] = [o for i in needed for o in graph.nodes[i].outputs]
     else:
         wanted = graph.needed_for(outputs)
         needed = tuple(i for i in graph.order if i in wanted)
-        selected = outputs
     nodes = graph.nodes
 
-    missing: dict[str, list[str]] = {}
-    input_slot: dict[str, int] = {}
+    # One slot list holds inputs, defaults and outputs alike. Nodes come in
+    # topological order, so a name not yet in output_slot is a pipeline input.
     template: list[Any] = []
-
-    def new_slot(value: Any) -> int:
-        template.append(value)
-        return len(template) - 1
-
-    for index in needed:
-        for param in nodes[index].required_inputs:
-            if graph.producer_index(param) is None and param not in given:
-                missing.setdefault(param, []).append(nodes[index].name)
-    if missing:
-        raise _missing_inputs_error(graph, missing)
-
-    # Inputs first, then defaults and outputs as they come: all in one slot list.
-    for index in needed:
-        for param in nodes[index].inputs:
-            if graph.producer_index(param) is None and param in given and param not in input_slot:
-                input_slot[param] = new_slot(EMPTY)
     output_slot: dict[str, int] = {}
+    input_slot: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
+
+    def source(param: str, item: Node[..., Any]) -> int:
+        slot = output_slot.get(param)
+        if slot is None:
+            slot = input_slot.get(param)
+        if slot is None:
+            if param in given:
+                slot = input_slot[param] = len(template)
+                template.append(EMPTY)
+            elif param in item.defaults:  # nobody gave it: this node's own default
+                slot = len(template)
+                template.append(item.defaults[param])
+            else:
+                missing.setdefault(param, []).append(item.name)
+                return -1
+        return slot
+
     step_of: dict[int, int] = {}
     steps: list[Step] = []
     for index in needed:
         item = nodes[index]
-
-        def source(param: str, item: Node[..., Any] = item) -> int:
-            slot = output_slot.get(param)
-            if slot is None:
-                slot = input_slot.get(param)
-            if slot is None:  # an input nobody gave: this node's own default
-                slot = new_slot(item.defaults[param])
-            return slot
-
-        positional = tuple(source(p) for p in item.positional)
-        keyword = tuple((p, source(p)) for p in item.keyword)
-        outs = tuple(new_slot(EMPTY) for _ in item.outputs)
+        positional = tuple(source(p, item) for p in item.positional)
+        keyword = tuple((p, source(p, item)) for p in item.keyword)
+        outs = tuple(range(len(template), len(template) + len(item.outputs)))
+        template.extend(EMPTY for _ in outs)
         output_slot.update(zip(item.outputs, outs, strict=True))
         step_of[index] = len(steps)
         steps.append(Step(item, positional, keyword, outs))
+    if missing:
+        raise _missing_inputs_error(graph, missing)
 
     successors: list[list[int]] = [[] for _ in steps]
     for index in needed:
@@ -177,6 +171,7 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     for step, succ in zip(steps, successors, strict=True):
         step.successors = tuple(succ)
 
+    selected = [o for step in steps for o in step.node.outputs] if outputs is None else outputs
     return Plan(
         tuple(steps),
         tuple(template),

@@ -35,7 +35,7 @@ async def run_plan(plan: Plan, values: list[Any], executor: Executor | None = No
 
 
 def _call(step: Step, values: list[Any]) -> Any:
-    """Call a sync step inline; annotate any exception with the node and its inputs."""
+    """Call a step's function; annotate any exception with the node and its inputs."""
     try:
         if step.keyword:
             return step.func(*step.args(values), **step.kwargs(values))
@@ -161,12 +161,7 @@ class _Dataflow:
                 self._ready(succ, inline)
 
     def _start_task(self, index: int, step: Step) -> None:
-        values = self.values
-        try:
-            coro = step.func(*step.args(values), **step.kwargs(values))
-        except Exception as exc:
-            annotate(exc, step, values)
-            raise
+        coro = _call(step, self.values)  # an async function's call returns its coroutine
         task = self.loop.create_task(coro, name=f"plait node {step.node.name}")
         self._track(task, index)
         self.launched = True
