@@ -17,6 +17,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from plait._text import short_repr
+from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan, Step
 from plait.errors import OutputArityError
 
@@ -77,17 +78,13 @@ class _Dataflow:
     """State of one run of a plan that has async nodes or an executor."""
 
     __slots__ = (
-        "done",
         "executor",
         "inflight",
-        "jobs",
         "launched",
-        "loop",
         "plan",
         "remaining",
         "thread_context",
         "values",
-        "waiter",
     )
 
     def __init__(self, plan: Plan, values: list[Any], executor: Executor | None) -> None:
@@ -97,16 +94,13 @@ class _Dataflow:
         # Thread workers see the caller's contextvars; other executors get plain calls
         # (a contextvars.Context cannot be pickled to a process or a cluster).
         self.thread_context = isinstance(executor, ThreadPoolExecutor)
-        self.loop = asyncio.get_running_loop()
         self.remaining = list(plan.indegree)
-        self.inflight: dict[asyncio.Future[Any], int] = {}
-        self.jobs: dict[asyncio.Future[Any], Any] = {}  # executor jobs: concurrent future
-        self.done: deque[asyncio.Future[Any]] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        self.inflight: InFlight[int] = InFlight(asyncio.get_running_loop())
         self.launched = False  # tasks created since the loop last ran
 
     async def run(self) -> None:
         steps = self.plan.steps
+        inflight = self.inflight
         inline: deque[int] = deque()
         for index in self.plan.roots:
             self._ready(index, inline)
@@ -122,16 +116,12 @@ class _Dataflow:
                     step = steps[index]
                     _store(step, self.values, _call(step, self.values))
                     self._release(step, inline)
-                if not self.inflight:
+                if not inflight:
                     return
-                while not self.done:
-                    self.waiter = self.loop.create_future()
-                    await self.waiter
+                await inflight.wait_any()
                 self.launched = False
-                while self.done:
-                    future = self.done.popleft()
-                    index = self.inflight.pop(future)
-                    self.jobs.pop(future, None)
+                while (done := inflight.pop_done()) is not None:
+                    future, index = done
                     step = steps[index]
                     try:
                         result = future.result()
@@ -141,13 +131,17 @@ class _Dataflow:
                     _store(step, self.values, result)
                     self._release(step, inline)
         except BaseException:
-            await self._cancel_inflight()
+            await inflight.cancel_all()
             raise
 
     def _ready(self, index: int, inline: deque[int]) -> None:
         step = self.plan.steps[index]
         if step.is_async:
-            self._start_task(index, step)
+            # An async function's call returns its coroutine (errors are annotated).
+            self.inflight.start_task(
+                _call(step, self.values), index, f"plait node {step.node.name}"
+            )
+            self.launched = True
         elif self.executor is not None:
             self._submit(index, step)
         else:
@@ -159,12 +153,6 @@ class _Dataflow:
             remaining[succ] -= 1
             if remaining[succ] == 0:
                 self._ready(succ, inline)
-
-    def _start_task(self, index: int, step: Step) -> None:
-        coro = _call(step, self.values)  # an async function's call returns its coroutine
-        task = self.loop.create_task(coro, name=f"plait node {step.node.name}")
-        self._track(task, index)
-        self.launched = True
 
     def _submit(self, index: int, step: Step) -> None:
         assert self.executor is not None
@@ -179,45 +167,4 @@ class _Dataflow:
         except Exception as exc:
             annotate(exc, step, values)
             raise
-        future = asyncio.wrap_future(job, loop=self.loop)
-        self.jobs[future] = job
-        self._track(future, index)
-
-    def _track(self, future: asyncio.Future[Any], index: int) -> None:
-        self.inflight[future] = index
-        future.add_done_callback(self._on_done)
-
-    def _on_done(self, future: asyncio.Future[Any]) -> None:
-        self.done.append(future)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _cancel_inflight(self) -> None:
-        """Cancel everything in flight and wait until all of it has finished.
-
-        A job already running on a thread cannot be stopped; it is waited for, so
-        nothing the run started outlives it. Further cancellation of the caller
-        during this wait is deferred until the wait is over.
-        """
-        if not self.inflight:
-            return
-        for future in self.inflight:
-            job = self.jobs.get(future)
-            if job is not None:
-                job.cancel()  # a queued job never starts; a running one finishes
-            else:
-                future.cancel()
-        pending = set(self.inflight)
-        cancelled: asyncio.CancelledError | None = None
-        while pending:
-            try:
-                _, pending = await asyncio.wait(pending)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-        for future in self.inflight:
-            if not future.cancelled():
-                future.exception()  # retrieved: no "exception was never retrieved"
-        self.inflight.clear()
-        if cancelled is not None:
-            raise cancelled
+        self.inflight.add_job(job, index)
