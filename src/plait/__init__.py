@@ -23,6 +23,7 @@ from plait.errors import (
     UnknownOutputError,
     UnusedInputWarning,
 )
+from plait.engine.mapping import ItemError
 from plait.graph import Graph
 from plait.node import Node, node
 from plait.pipeline import Pipeline
@@ -38,6 +39,7 @@ __all__ = [
     "Graph",
     "GraphError",
     "InputError",
+    "ItemError",
     "MissingInputsError",
     "Node",
     "NodeDefinitionError",

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 from plait import bridge
 from plait._text import did_you_mean, quoted
 from plait.engine import Engine
+from plait.engine.executors import worker_count
+from plait.engine.mapping import (
+    ItemRunner,
+    MapMode,
+    MapSpec,
+    OnError,
+    Outcome,
+    annotate_item,
+    check_map,
+    item_error,
+    iterate,
+)
 from plait.engine.plan import Plan, compile_plan
 from plait.errors import InputError, UnusedInputWarning
 from plait.graph import Graph
 from plait.node import Node
 
 OutputSelection = str | Sequence[str] | None
+Batches = AsyncGenerator[list[tuple[int, Outcome]], None]
 
 _DEFAULT_ENGINE = Engine()
 
@@ -191,25 +204,149 @@ class Pipeline:
             bridge._run_sync(self._engine.arun_plan(plan, values), timeout=None, stacklevel=3)
         return plan.outputs(values)
 
-    def _prepare(
-        self, inputs: Mapping[str, Any] | None, output_name: OutputSelection
-    ) -> tuple[Plan, list[Any]]:
-        """Check everything that can be checked before a run; return its plan and slots."""
-        if inputs is None:
-            given = dict(self._bound)
-        elif isinstance(inputs, Mapping):
-            given = {**self._bound, **inputs} if self._bound else dict(inputs)
+    # --- mapping ---------------------------------------------------------------
+
+    async def amap(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        map_over: str | Sequence[str] = (),
+        map_mode: MapMode = "zip",
+        output_name: OutputSelection = None,
+        on_error: OnError = "raise",
+    ) -> list[Outcome]:
+        """Run the pipeline once per item; the native form of :meth:`map`."""
+        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        return await _collect(self._iterate(runner, spec, ordered=False))
+
+    def map(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        map_over: str | Sequence[str] = (),
+        map_mode: MapMode = "zip",
+        output_name: OutputSelection = None,
+        on_error: OnError = "raise",
+    ) -> list[Outcome]:
+        """Run the pipeline once per item and return one dict of outputs per item, in order.
+
+        ``map_over`` names the inputs that vary per item; each is any iterable.
+        ``map_mode="zip"`` pairs them item by item (they must have one length);
+        ``"product"`` runs every combination. Other inputs are broadcast to every
+        item. How items run is the engine's ``map_executor``.
+
+        By default the first failing item cancels the rest and its exception
+        propagates with a note naming the item; with ``on_error="collect"`` every
+        item comes back and a failed one is an :class:`~plait.ItemError` in its
+        place. Works from sync code anywhere, like :meth:`run`.
+
+            >>> pipeline.map({"x": [1, 2, 3]}, map_over="x")  # doctest: +SKIP
+            [{'y': 2}, {'y': 4}, {'y': 6}]
+        """
+        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        if self._runs_inline(runner.plan):
+            return [outcome for _, outcome in _inline_items(runner, spec)]
+        return bridge._run_sync(
+            _collect(self._iterate(runner, spec, ordered=False)), timeout=None, stacklevel=3
+        )
+
+    def imap(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        map_over: str | Sequence[str] = (),
+        map_mode: MapMode = "zip",
+        output_name: OutputSelection = None,
+        on_error: OnError = "raise",
+        ordered: bool = False,
+    ) -> Iterator[tuple[int, Outcome]]:
+        """Stream ``(index, outputs)`` pairs as items finish (in input order with ``ordered``).
+
+        Items in flight are bounded by the engine, so a million items stream with
+        flat memory. Leaving the loop early cancels what is in flight. Arguments
+        are checked before this returns; see :meth:`map` for their meaning.
+        """
+        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        if self._runs_inline(runner.plan):
+            return _inline_items(runner, spec)
+        return _sync_stream(self._iterate(runner, spec, ordered=ordered))
+
+    def aimap(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        map_over: str | Sequence[str] = (),
+        map_mode: MapMode = "zip",
+        output_name: OutputSelection = None,
+        on_error: OnError = "raise",
+        ordered: bool = False,
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """The async form of :meth:`imap`: ``async for index, outputs in pipeline.aimap(...)``.
+
+        To cancel in-flight items as soon as you leave the loop early, close the
+        iterator: ``async with contextlib.aclosing(pipeline.aimap(...)) as items:``
+        (otherwise they are cancelled when the iterator is garbage-collected).
+        """
+        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        return _flatten(self._iterate(runner, spec, ordered=ordered))
+
+    def _prepare_map(
+        self,
+        inputs: Mapping[str, Any] | None,
+        map_over: str | Sequence[str],
+        map_mode: str,
+        output_name: OutputSelection,
+        on_error: str,
+    ) -> tuple[ItemRunner, MapSpec]:
+        given = self._given(inputs)
+        spec = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
+        plan = self._plan(_normalize_outputs(output_name), given)
+        return ItemRunner(plan, given, spec.names, self._engine.node_pool()), spec
+
+    def _iterate(self, runner: ItemRunner, spec: MapSpec, *, ordered: bool) -> Batches:
+        engine = self._engine
+        kind = engine.map_executor
+        executor = engine.map_pool()
+        if executor is not None:
+            window = 2 * worker_count(executor, engine.max_workers)
         else:
-            raise InputError(
-                f"inputs must be a mapping of input name to value, got {type(inputs).__name__}"
-            )
-        outputs = _normalize_outputs(output_name)
+            window = engine.max_concurrent if kind == "async" else 1
+        return iterate(
+            runner,
+            spec.items(),
+            executor=executor,
+            window=window,
+            on_error=spec.on_error,
+            ordered=ordered,
+        )
+
+    def _runs_inline(self, plan: Plan) -> bool:
+        """True when a map can run as plain calls: sequential items of sync nodes."""
+        engine = self._engine
+        return engine.map_executor == "sequential" and engine.inline and not plan.has_async
+
+    # --- shared preparation ---------------------------------------------------
+
+    def _given(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        if inputs is None:
+            return dict(self._bound)
+        if isinstance(inputs, Mapping):
+            return {**self._bound, **inputs} if self._bound else dict(inputs)
+        raise InputError(
+            f"inputs must be a mapping of input name to value, got {type(inputs).__name__}"
+        )
+
+    def _plan(self, outputs: tuple[str, ...] | None, given: Mapping[str, Any]) -> Plan:
         key = (outputs, frozenset(given))
         plan = self._shared.plans.get(key)
         if plan is None:
             plan = self._compile(outputs, given)
             with self._shared.lock:
                 self._shared.plans[key] = plan
+        return plan
+
+    def _prepare(
+        self, inputs: Mapping[str, Any] | None, output_name: OutputSelection
+    ) -> tuple[Plan, list[Any]]:
+        """Check everything that can be checked before a run; return its plan and slots."""
+        given = self._given(inputs)
+        plan = self._plan(_normalize_outputs(output_name), given)
         return plan, plan.new_values(given)
 
     def _compile(self, outputs: tuple[str, ...] | None, given: Mapping[str, Any]) -> Plan:
@@ -226,7 +363,7 @@ class Pipeline:
                     f"{did_you_mean(name, graph.inputs)} Pipeline inputs: "
                     f"{quoted(graph.inputs) or 'none'}",
                     UnusedInputWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         return compile_plan(graph, outputs, given)
 
@@ -276,3 +413,55 @@ def _check_engine(engine: object) -> Engine:
             "to run on an executor use Engine(node_executor=executor)"
         )
     return engine
+
+
+async def _collect(batches: Batches) -> list[Outcome]:
+    """Every outcome of a map, in input order."""
+    found: dict[int, Outcome] = {}
+    async for batch in batches:
+        found.update(batch)
+    return [found[i] for i in range(len(found))]
+
+
+async def _flatten(
+    batches: Batches,
+) -> AsyncIterator[tuple[int, Outcome]]:
+    try:
+        async for batch in batches:
+            for entry in batch:
+                yield entry
+    finally:
+        await batches.aclose()
+
+
+async def _next_batch(
+    batches: Batches,
+) -> list[tuple[int, Outcome]] | None:
+    return await anext(batches, None)
+
+
+def _sync_stream(
+    batches: Batches,
+) -> Iterator[tuple[int, Outcome]]:
+    """Drive an async stream of batches from sync code, one bridge call per batch."""
+    try:
+        while (
+            batch := bridge._run_sync(_next_batch(batches), timeout=None, stacklevel=4)
+        ) is not None:
+            yield from batch
+    finally:
+        # Leaving early (break, an exception, garbage collection) cancels what is in flight.
+        bridge._run_sync(batches.aclose(), timeout=None, stacklevel=4)
+
+
+def _inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:
+    """Sequential items of sync nodes: plain calls, no event loop."""
+    for index, item in enumerate(spec.items()):
+        try:
+            outcome: Outcome = runner.run_inline(item)
+        except Exception as exc:
+            annotate_item(exc, index, runner.inputs(item))
+            if spec.on_error == "raise":
+                raise
+            outcome = item_error(exc, index, runner.inputs(item))
+        yield index, outcome

@@ -1,4 +1,4 @@
-"""Engine: how a pipeline's nodes are executed."""
+"""Engine: how a pipeline's nodes and map items are executed."""
 
 from __future__ import annotations
 
@@ -15,32 +15,47 @@ from plait.errors import EngineError
 
 
 class Engine:
-    """Orchestrates runs: the scheduler plus the executor sync nodes run on.
+    """Orchestrates runs: the scheduler plus the executors work runs on.
 
     Args:
-        node_executor: where sync nodes run. ``"sequential"`` (default) calls them
-            inline on the event loop, one at a time; ``"threaded"`` runs them on a
-            thread pool the engine owns, so independent blocking nodes overlap; an
-            ``concurrent.futures.Executor`` instance is used as given and never shut
-            down by the engine. Async nodes always run as tasks on the event loop.
-        max_workers: size of executors the engine creates (default: ``os.cpu_count()``).
+        node_executor: where sync nodes run within one run. ``"sequential"``
+            (default) calls them inline on the event loop, one at a time;
+            ``"threaded"`` runs them on a thread pool the engine owns, so
+            independent blocking nodes overlap; an ``Executor`` instance is used
+            as given. Async nodes always run as tasks on the event loop.
+        map_executor: how :meth:`~plait.Pipeline.map` runs items. ``"sequential"``
+            (default): one after another; ``"async"``: as tasks on the event loop,
+            at most ``max_concurrent`` at once (the way to run 10,000 async calls);
+            ``"threaded"``: each item on a thread of a pool the engine owns; an
+            ``Executor`` instance: each item submitted to it.
+        max_workers: size of the executors the engine creates (default:
+            ``os.cpu_count()``).
+        max_concurrent: items in flight at once with ``map_executor="async"``.
 
-    An engine creates its executors lazily and keeps them across runs; :meth:`close`
-    (or ``with Engine(...) as engine:``) shuts down the ones it created.
+    Executors given as strings are created on first use, kept across runs, and
+    shut down by :meth:`close` (or ``with Engine(...) as engine:``); instances
+    passed in are never shut down by the engine.
 
-        >>> engine = Engine(node_executor="threaded", max_workers=8)
+        >>> engine = Engine(map_executor="async", max_concurrent=100)
     """
 
     def __init__(
-        self, node_executor: str | Executor = "sequential", *, max_workers: int | None = None
+        self,
+        node_executor: str | Executor = "sequential",
+        map_executor: str | Executor = "sequential",
+        *,
+        max_workers: int | None = None,
+        max_concurrent: int = 10,
     ) -> None:
-        self._node_spec = executors.check_spec(node_executor, "node_executor")
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-            raise EngineError(f"max_workers must be a positive int, got {max_workers!r}")
-        self._max_workers = max_workers
-        self._node_executor: Executor | None = (
-            self._node_spec if isinstance(self._node_spec, Executor) else None
+        self._node_spec = executors.check_spec(
+            node_executor, "node_executor", executors.NODE_EXECUTORS
         )
+        self._map_spec = executors.check_spec(map_executor, "map_executor", executors.MAP_EXECUTORS)
+        _check_positive("max_workers", max_workers, allow_none=True)
+        _check_positive("max_concurrent", max_concurrent, allow_none=False)
+        self._max_workers = max_workers
+        self._max_concurrent = max_concurrent
+        self._pools: dict[str, Executor | None] = {}
         self._owned: list[Executor] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -51,8 +66,17 @@ class Engine:
         return self._node_spec
 
     @property
+    def map_executor(self) -> str | Executor:
+        """The map executor as given: an alias or an Executor instance."""
+        return self._map_spec
+
+    @property
     def max_workers(self) -> int | None:
         return self._max_workers
+
+    @property
+    def max_concurrent(self) -> int:
+        return self._max_concurrent
 
     @property
     def inline(self) -> bool:
@@ -61,19 +85,31 @@ class Engine:
 
     def node_pool(self) -> Executor | None:
         """The executor for sync nodes, created on first use; None when inline."""
-        if self._node_executor is not None or self.inline:
-            return self._node_executor
+        return self._pool("node", self._node_spec)
+
+    def map_pool(self) -> Executor | None:
+        """The executor for map items; None for ``"sequential"`` and ``"async"``."""
+        return self._pool("map", self._map_spec)
+
+    def _pool(self, role: str, spec: str | Executor) -> Executor | None:
+        if isinstance(spec, Executor):
+            return spec
+        if spec in ("sequential", "async"):
+            return None
+        pool = self._pools.get(role)
+        if pool is not None:
+            return pool
         with self._lock:
             if self._closed:
                 raise EngineError("this Engine is closed; create a new one to run pipelines")
-            if self._node_executor is None:
-                assert isinstance(self._node_spec, str)
-                pool = executors.create(self._node_spec, self._max_workers)
+            pool = self._pools.get(role)
+            if pool is None:
+                pool = executors.create(spec, self._max_workers, f"plait-{role}")
                 if pool is not None:
                     self._owned.append(pool)
                     weakref.finalize(self, pool.shutdown, wait=False)
-                self._node_executor = pool
-        return self._node_executor
+                self._pools[role] = pool
+        return pool
 
     async def arun_plan(self, plan: Plan, values: list[Any]) -> None:
         """Run a compiled plan, writing results into ``values``."""
@@ -84,8 +120,7 @@ class Engine:
         with self._lock:
             self._closed = True
             owned, self._owned = self._owned, []
-            if self._node_executor in owned:
-                self._node_executor = None
+            self._pools.clear()
         for pool in owned:
             pool.shutdown(wait=True)
 
@@ -101,5 +136,16 @@ class Engine:
         self.close()
 
     def __repr__(self) -> str:
-        workers = f", max_workers={self._max_workers}" if self._max_workers else ""
-        return f"Engine(node_executor={self._node_spec!r}{workers})"
+        options = [f"node_executor={self._node_spec!r}", f"map_executor={self._map_spec!r}"]
+        if self._max_workers:
+            options.append(f"max_workers={self._max_workers}")
+        if self._map_spec == "async":
+            options.append(f"max_concurrent={self._max_concurrent}")
+        return f"Engine({', '.join(options)})"
+
+
+def _check_positive(option: str, value: object, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EngineError(f"{option} must be a positive int, got {value!r}")

@@ -1,4 +1,4 @@
-"""Executors: the workers an engine runs sync nodes on.
+"""Executors: the workers an engine runs sync nodes and map items on.
 
 An executor only runs callables (``submit`` returns a ``Future``); it knows
 nothing of pipelines. A string alias makes the engine create, own and shut down
@@ -15,33 +15,44 @@ from plait.errors import EngineError
 
 #: Aliases accepted for ``Engine(node_executor=...)``.
 NODE_EXECUTORS = ("sequential", "threaded")
+#: Aliases accepted for ``Engine(map_executor=...)``.
+MAP_EXECUTORS = ("sequential", "async", "threaded")
 
 ExecutorSpec = str | Executor
 
 
-def check_spec(spec: object, option: str) -> ExecutorSpec:
+def check_spec(spec: object, option: str, aliases: tuple[str, ...]) -> ExecutorSpec:
     """Validate an executor option: a known alias or an Executor instance."""
     if isinstance(spec, Executor):
         return spec
-    if isinstance(spec, str) and spec in NODE_EXECUTORS:
+    if isinstance(spec, str) and spec in aliases:
         return spec
     if isinstance(spec, str):
         raise EngineError(
-            f"unknown {option} {spec!r}.{did_you_mean(spec, NODE_EXECUTORS)} "
-            f"Use one of {quoted(NODE_EXECUTORS)} or a concurrent.futures.Executor instance."
+            f"unknown {option} {spec!r}.{did_you_mean(spec, aliases)} "
+            f"Use one of {quoted(aliases)} or a concurrent.futures.Executor instance."
         )
     raise EngineError(
-        f"{option} must be one of {quoted(NODE_EXECUTORS)} or a "
+        f"{option} must be one of {quoted(aliases)} or a "
         f"concurrent.futures.Executor instance, got {type(spec).__name__}: {spec!r}"
     )
 
 
-def create(spec: str, max_workers: int | None) -> Executor | None:
-    """The executor an alias stands for; None means "call inline"."""
-    if spec == "sequential":
+def create(spec: str, max_workers: int | None, role: str) -> Executor | None:
+    """The executor an alias stands for; None means "no executor" (inline or tasks)."""
+    if spec in ("sequential", "async"):
         return None
     if spec == "threaded":
-        return ThreadPoolExecutor(
-            max_workers=max_workers or os.cpu_count() or 1, thread_name_prefix="plait-node"
-        )
+        return ThreadPoolExecutor(max_workers=default_workers(max_workers), thread_name_prefix=role)
     raise AssertionError(f"unchecked executor alias {spec!r}")
+
+
+def default_workers(max_workers: int | None) -> int:
+    """``max_workers`` or the machine's CPU count."""
+    return max_workers or os.cpu_count() or 1
+
+
+def worker_count(executor: Executor, fallback: int | None) -> int:
+    """How many jobs ``executor`` runs at once, as far as it tells."""
+    count = getattr(executor, "_max_workers", None)
+    return count if isinstance(count, int) and count > 0 else default_workers(fallback)

@@ -6,7 +6,7 @@ pipeline, so the scheduler's hot loop touches only lists, tuples and ints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
@@ -76,6 +76,7 @@ class Plan:
     __slots__ = (
         "has_async",
         "indegree",
+        "input_index",
         "input_slots",
         "output_slots",
         "roots",
@@ -93,6 +94,7 @@ class Plan:
         self.steps = steps
         self.template = template
         self.input_slots = input_slots
+        self.input_index = dict(input_slots)
         self.output_slots = output_slots
         self.has_async = any(s.is_async for s in steps)
         indegree = [0] * len(steps)
@@ -102,11 +104,16 @@ class Plan:
         self.indegree = tuple(indegree)
         self.roots = tuple(i for i, d in enumerate(indegree) if d == 0)
 
-    def new_values(self, inputs: dict[str, Any]) -> list[Any]:
-        """A fresh slot list for one run, with ``inputs`` written in."""
+    def new_values(self, inputs: Mapping[str, Any], *, partial: bool = False) -> list[Any]:
+        """A fresh slot list for one run, with ``inputs`` written in.
+
+        With ``partial``, inputs missing from ``inputs`` stay empty (a map fills
+        its mapped inputs per item).
+        """
         values = list(self.template)
         for name, slot in self.input_slots:
-            values[slot] = inputs[name]
+            if not partial or name in inputs:
+                values[slot] = inputs[name]
         return values
 
     def outputs(self, values: Sequence[Any]) -> dict[str, Any]:

@@ -29,10 +29,15 @@ async def run_plan(plan: Plan, values: list[Any], executor: Executor | None = No
     then simply the plan's topological order, and each node is a plain call.
     """
     if executor is None and not plan.has_async:
-        for step in plan.steps:
-            _store(step, values, _call(step, values))
+        run_inline(plan, values)
         return
     await _Dataflow(plan, values, executor).run()
+
+
+def run_inline(plan: Plan, values: list[Any]) -> None:
+    """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
+    for step in plan.steps:
+        _store(step, values, _call(step, values))
 
 
 def _call(step: Step, values: list[Any]) -> Any:

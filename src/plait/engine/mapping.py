@@ -1,0 +1,273 @@
+"""Map a compiled plan over many items, a bounded window of items in flight.
+
+Each item is one run of the same scheduler (``run_plan``) with the item's inputs
+written into a copy of the plan's slots. How items run depends on the engine's
+map executor: one after another, as tasks on the loop, or as jobs on an
+executor. The window bounds items in flight plus finished items waiting to be
+yielded in order, so streaming a million items keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import traceback
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from plait import bridge
+from plait._text import did_you_mean, plural, quoted, short_repr
+from plait.engine.inflight import InFlight
+from plait.engine.plan import Plan
+from plait.engine.scheduler import run_inline, run_plan
+from plait.errors import InputError
+
+MapMode = Literal["zip", "product"]
+OnError = Literal["raise", "collect"]
+
+
+@dataclass(frozen=True, eq=False)
+class ItemError:
+    """A map item that failed, in its place in the results (``on_error="collect"``).
+
+    Attributes:
+        index: the item's position in the map.
+        inputs: the item's mapped inputs (broadcast inputs are the same for all).
+        exception: the exception the item raised (with plait's notes).
+        traceback: the formatted traceback, kept as text.
+    """
+
+    index: int
+    inputs: dict[str, Any]
+    exception: BaseException
+    traceback: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemError(index={self.index}, inputs={short_repr(self.inputs)}, "
+            f"exception={self.exception!r})"
+        )
+
+
+Outcome = dict[str, Any] | ItemError
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A validated map: which inputs vary per item and how items are formed."""
+
+    names: tuple[str, ...]
+    mode: MapMode
+    on_error: OnError
+    columns: tuple[Iterable[Any], ...]
+
+    def items(self) -> Iterator[tuple[Any, ...]]:
+        """The mapped values of each item, in order."""
+        if self.mode == "product":
+            return itertools.product(*self.columns)
+        return _strict_zip(self.names, self.columns)
+
+
+def check_map(
+    given: Mapping[str, Any],
+    map_over: str | Sequence[str],
+    map_mode: str,
+    on_error: str,
+    pipeline_inputs: Sequence[str],
+) -> MapSpec:
+    """Validate a map's arguments before any work starts."""
+    names = (map_over,) if isinstance(map_over, str) else tuple(map_over)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f"map_over must be an input name or a list of names, got {map_over!r}")
+    if map_mode not in ("zip", "product"):
+        raise InputError(f"map_mode must be 'zip' or 'product', got {map_mode!r}")
+    if on_error not in ("raise", "collect"):
+        raise InputError(f"on_error must be 'raise' or 'collect', got {on_error!r}")
+    for name in names:
+        if name not in pipeline_inputs:
+            raise InputError(
+                f"map_over names {name!r}, which is not an input of this pipeline."
+                f"{did_you_mean(name, pipeline_inputs)} Inputs: {quoted(pipeline_inputs)}"
+            )
+        if name not in given:
+            raise InputError(
+                f"map_over names {name!r} but inputs has no {name!r}; pass its values: "
+                f"inputs={{{name!r}: [...]}}"
+            )
+    columns = []
+    for name in names:
+        values = given[name]
+        try:
+            iter(values)
+        except TypeError:
+            raise InputError(
+                f"mapped input {name!r} must be iterable (a list, range, generator, array ...), "
+                f"got {type(values).__name__}: {short_repr(values)}"
+            ) from None
+        columns.append(values)
+    if map_mode == "zip" and len(names) > 1:
+        lengths = {n: len(c) for n, c in zip(names, columns, strict=True) if hasattr(c, "__len__")}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{n!r} has {plural(k, 'item')}" for n, k in lengths.items())
+            raise InputError(
+                f"map_mode='zip' needs mapped inputs of one length: {listed}. "
+                "Make them equal, or use map_mode='product' for every combination."
+            )
+    return MapSpec(names, map_mode, on_error, tuple(columns))  # type: ignore[arg-type]
+
+
+def _strict_zip(
+    names: Sequence[str], columns: Sequence[Iterable[Any]]
+) -> Iterator[tuple[Any, ...]]:
+    """zip(), but running out of one input before the others is an error naming both."""
+    iterators = [iter(c) for c in columns]
+    for count in itertools.count():
+        row = []
+        for name, it in zip(names, iterators, strict=True):
+            try:
+                row.append(next(it))
+            except StopIteration:
+                if row:  # an earlier input still had items
+                    raise InputError(
+                        f"map_mode='zip' needs mapped inputs of one length: {name!r} ended "
+                        f"after {plural(count, 'item')} while {names[0]!r} had more"
+                    ) from None
+                for other, rest in zip(names[1:], iterators[1:], strict=True):
+                    if next(rest, _END) is not _END:
+                        raise InputError(
+                            f"map_mode='zip' needs mapped inputs of one length: {names[0]!r} "
+                            f"ended after {plural(count, 'item')} while {other!r} had more"
+                        ) from None
+                return
+        yield tuple(row)
+
+
+_END = object()
+
+
+class ItemRunner:
+    """Turns one item's mapped values into a finished run of the plan."""
+
+    __slots__ = ("base", "names", "node_pool", "plan", "slots")
+
+    def __init__(
+        self, plan: Plan, given: Mapping[str, Any], names: Sequence[str], node_pool: Executor | None
+    ) -> None:
+        self.plan = plan
+        self.names = tuple(names)
+        self.node_pool = node_pool
+        inputs = plan.input_index
+        # Mapped inputs the selected outputs don't need have no slot: -1, skipped.
+        self.slots = tuple(inputs.get(n, -1) for n in names)
+        broadcast = {n: v for n, v in given.items() if n not in names}
+        self.base = plan.new_values(broadcast, partial=True)
+
+    def values(self, item: tuple[Any, ...]) -> list[Any]:
+        values = list(self.base)
+        for slot, value in zip(self.slots, item, strict=True):
+            if slot >= 0:
+                values[slot] = value
+        return values
+
+    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(self.names, item, strict=True))
+
+    def run_inline(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run a plan of sync nodes as plain calls (no event loop)."""
+        values = self.values(item)
+        run_inline(self.plan, values)
+        return self.plan.outputs(values)
+
+    async def arun(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        values = self.values(item)
+        await run_plan(self.plan, values, self.node_pool)
+        return self.plan.outputs(values)
+
+    def run_blocking(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run one item to completion in a worker (a thread or a process)."""
+        if self.plan.has_async:
+            return bridge.run_sync(self.arun(item))
+        return self.run_inline(item)
+
+
+def annotate_item(exc: BaseException, index: int, inputs: Mapping[str, Any]) -> None:
+    """Add a note to ``exc`` naming the map item and its mapped inputs."""
+    shown = ", ".join(f"{k}={short_repr(v)}" for k, v in inputs.items())
+    exc.add_note(f"plait: in map item {index} with inputs ({shown})")
+
+
+def item_error(exc: BaseException, index: int, inputs: dict[str, Any]) -> ItemError:
+    formatted = "".join(traceback.format_exception(exc))
+    return ItemError(index, inputs, exc, formatted)
+
+
+async def iterate(
+    runner: ItemRunner,
+    items: Iterator[tuple[Any, ...]],
+    *,
+    executor: Executor | None,
+    window: int,
+    on_error: OnError,
+    ordered: bool,
+) -> AsyncGenerator[list[tuple[int, Outcome]], None]:
+    """Run every item; yield batches of ``(index, outcome)`` as items finish.
+
+    With ``executor`` None, items run as tasks on this loop (``window=1`` runs
+    them one after another). At most ``window`` items are in flight or waiting
+    to be yielded in order. On the first failure (``on_error="raise"``), or when
+    the consumer stops early, everything in flight is cancelled and awaited.
+    """
+    loop = asyncio.get_running_loop()
+    inflight: InFlight[int] = InFlight(loop)
+    thread_context = isinstance(executor, ThreadPoolExecutor)
+    numbered = enumerate(items)
+    pending_inputs: dict[int, tuple[Any, ...]] = {}
+    waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
+    next_index = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(inflight) + len(waiting) < window:
+                entry = next(numbered, None)
+                if entry is None:
+                    exhausted = True
+                    break
+                index, item = entry
+                pending_inputs[index] = item
+                if executor is None:
+                    inflight.start_task(runner.arun(item), index)
+                elif thread_context:
+                    ctx = contextvars.copy_context()
+                    inflight.add_job(executor.submit(ctx.run, runner.run_blocking, item), index)
+                else:
+                    inflight.add_job(executor.submit(runner.run_blocking, item), index)
+            if not inflight:
+                return
+            await inflight.wait_any()
+            batch: list[tuple[int, Outcome]] = []
+            while (done := inflight.pop_done()) is not None:
+                future, index = done
+                item = pending_inputs.pop(index)
+                outcome: Outcome
+                try:
+                    outcome = future.result()
+                except Exception as exc:
+                    annotate_item(exc, index, runner.inputs(item))
+                    if on_error == "raise":
+                        raise
+                    outcome = item_error(exc, index, runner.inputs(item))
+                if not ordered:
+                    batch.append((index, outcome))
+                    continue
+                waiting[index] = outcome
+                while next_index in waiting:
+                    batch.append((next_index, waiting.pop(next_index)))
+                    next_index += 1
+            if batch:
+                yield batch
+    except BaseException:
+        await inflight.cancel_all()
+        raise
