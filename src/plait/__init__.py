@@ -7,6 +7,7 @@ with automatic concurrency from a script, a thread or a running event loop.
 
 from plait.bridge import run_sync
 from plait.engine import Engine
+from plait.engine.mapping import ItemError
 from plait.errors import (
     CycleError,
     DuplicateNodeNameError,
@@ -23,7 +24,6 @@ from plait.errors import (
     UnknownOutputError,
     UnusedInputWarning,
 )
-from plait.engine.mapping import ItemError
 from plait.graph import Graph
 from plait.node import Node, node
 from plait.pipeline import Pipeline

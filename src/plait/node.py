@@ -6,10 +6,12 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
 from plait.errors import NodeDefinitionError
+from plait.options import Backoff, NodeOptions, make_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +56,13 @@ class Node(Generic[P, R]):
         output_name: OutputName | None = None,
         name: str | None = None,
         cache: bool = True,
+        executor: str | Executor | None = None,
+        max_concurrent: int | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: Backoff = 0.1,
+        timeout: float | None = None,
+        rate_limit: str | float | None = None,
     ) -> None:
         if isinstance(func, Node):
             func = func.func
@@ -69,6 +78,16 @@ class Node(Generic[P, R]):
         )
         self.is_async = _is_async_callable(func)
         self.cache = cache
+        self.options = make_options(
+            self.name,
+            executor=executor,
+            max_concurrent=max_concurrent,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            timeout=timeout,
+            rate_limit=rate_limit,
+        )
         self._defaults, self.positional, self.keyword = _read_parameters(func, self.name)
         self.inputs: tuple[str, ...] = self.positional + self.keyword
         #: Default values of the optional inputs, by parameter name (read-only).
@@ -100,13 +119,15 @@ class Node(Generic[P, R]):
         qualname: str = getattr(self, "__qualname__", "")
         if _lookup(getattr(self, "__module__", None), qualname) is self:
             return qualname
-        return (_rebuild, (self.func, self.output_name, self.name, self.cache))
+        return (_rebuild, (self.func, self.output_name, self.name, self.cache, self.options))
 
 
 def _rebuild(
-    func: Callable[..., Any], output_name: OutputName, name: str, cache: bool
+    func: Callable[..., Any], output_name: OutputName, name: str, cache: bool, options: NodeOptions
 ) -> Node[..., Any]:
-    return Node(func, output_name=output_name, name=name, cache=cache)
+    rebuilt = Node(func, output_name=output_name, name=name, cache=cache)
+    rebuilt.options = options
+    return rebuilt
 
 
 @overload
@@ -117,6 +138,7 @@ def node(
     output_name: OutputName | None = None,
     name: str | None = None,
     cache: bool = True,
+    **controls: Any,
 ) -> Node[P, R]: ...
 
 
@@ -128,6 +150,7 @@ def node(
     output_name: OutputName | None = None,
     name: str | None = None,
     cache: bool = True,
+    **controls: Any,
 ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
 
@@ -138,6 +161,7 @@ def node(
     output_name: OutputName | None = None,
     name: str | None = None,
     cache: bool = True,
+    **controls: Any,
 ) -> Node[P, R] | Callable[[Callable[P, R]], Node[P, R]]:
     """Turn a function (sync or ``async def``) into a pipeline :class:`Node`.
 
@@ -151,10 +175,17 @@ def node(
         name: the node's name in errors and results; defaults to the function's name.
         cache: whether a pipeline cache may store this node's results. Caching
             (``Pipeline(cache=...)``) is not available yet; the flag is kept for it.
+        **controls: how calls are made: ``executor``, ``max_concurrent``,
+            ``retries``, ``retry_on``, ``backoff``, ``timeout``, ``rate_limit``
+            (see :class:`~plait.options.NodeOptions`)::
+
+                @node(output_name="answer", retries=3, timeout=30, max_concurrent=8,
+                      rate_limit="20/s")
+                async def ask_llm(prompt): ...
     """
     if func is None:
-        return lambda f: Node(f, output_name=output_name, name=name, cache=cache)
-    return Node(func, output_name=output_name, name=name, cache=cache)
+        return lambda f: Node(f, output_name=output_name, name=name, cache=cache, **controls)
+    return Node(func, output_name=output_name, name=name, cache=cache, **controls)
 
 
 def _callable_name(func: Callable[..., Any]) -> str:

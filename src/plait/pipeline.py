@@ -197,7 +197,7 @@ class Pipeline:
         arun()`` there). Ctrl-C cancels the whole run.
         """
         plan, values = self._prepare(inputs, output_name)
-        if self._engine.inline and not plan.has_async:
+        if self._engine.inline and not plan.needs_loop:
             # Nothing can suspend: run without any event loop.
             bridge.drive_inline(self._engine.arun_plan(plan, values))
         else:
@@ -297,7 +297,9 @@ class Pipeline:
         given = self._given(inputs)
         spec = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
         plan = self._plan(_normalize_outputs(output_name), given)
-        return ItemRunner(plan, given, spec.names, self._engine.node_pool()), spec
+        engine = self._engine
+        runner = ItemRunner(plan, given, spec.names, engine.node_pool(), engine.runtime(plan))
+        return runner, spec
 
     def _iterate(self, runner: ItemRunner, spec: MapSpec, *, ordered: bool) -> Batches:
         engine = self._engine
@@ -319,7 +321,7 @@ class Pipeline:
     def _runs_inline(self, plan: Plan) -> bool:
         """True when a map can run as plain calls: sequential items of sync nodes."""
         engine = self._engine
-        return engine.map_executor == "sequential" and engine.inline and not plan.has_async
+        return engine.map_executor == "sequential" and engine.inline and not plan.needs_loop
 
     # --- shared preparation ---------------------------------------------------
 

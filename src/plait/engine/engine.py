@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from plait.engine import executors
+from plait.engine.controls import NodeRuntime
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_plan
 from plait.errors import EngineError
@@ -111,9 +112,30 @@ class Engine:
                 self._pools[role] = pool
         return pool
 
+    def threads(self) -> Executor:
+        """The thread pool for nodes that ask for threads (``executor="threaded"``, a
+        sync node's ``timeout``): the node executor when that is ``"threaded"``."""
+        pool = self._pool("node" if self._node_spec == "threaded" else "threads", "threaded")
+        assert pool is not None
+        return pool
+
+    def runtime(self, plan: Plan) -> NodeRuntime | None:
+        """Fresh limits for one run or map of ``plan``; None when no node has controls."""
+        if not plan.has_controls:
+            return None
+        executors = [self._executor_for(step.node.options.executor) for step in plan.steps]
+        return NodeRuntime(plan, executors, self.threads)
+
+    def _executor_for(self, spec: str | Executor | None) -> Executor | None:
+        if spec is None:
+            return self.node_pool()
+        if isinstance(spec, Executor):
+            return spec
+        return self.threads() if spec == "threaded" else None
+
     async def arun_plan(self, plan: Plan, values: list[Any]) -> None:
         """Run a compiled plan, writing results into ``values``."""
-        await run_plan(plan, values, self.node_pool())
+        await run_plan(plan, values, self.node_pool(), self.runtime(plan))
 
     def close(self) -> None:
         """Shut down the executors this engine created (waiting for their jobs)."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from plait import bridge
 from plait._text import did_you_mean, plural, quoted, short_repr
+from plait.engine.controls import NodeRuntime
 from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_inline, run_plan
@@ -151,14 +152,20 @@ _END = object()
 class ItemRunner:
     """Turns one item's mapped values into a finished run of the plan."""
 
-    __slots__ = ("base", "names", "node_pool", "plan", "slots")
+    __slots__ = ("base", "names", "node_pool", "plan", "runtime", "slots")
 
     def __init__(
-        self, plan: Plan, given: Mapping[str, Any], names: Sequence[str], node_pool: Executor | None
+        self,
+        plan: Plan,
+        given: Mapping[str, Any],
+        names: Sequence[str],
+        node_pool: Executor | None,
+        runtime: NodeRuntime | None,
     ) -> None:
         self.plan = plan
         self.names = tuple(names)
         self.node_pool = node_pool
+        self.runtime = runtime  # one set of node limits for the whole map
         inputs = plan.input_index
         # Mapped inputs the selected outputs don't need have no slot: -1, skipped.
         self.slots = tuple(inputs.get(n, -1) for n in names)
@@ -183,12 +190,12 @@ class ItemRunner:
 
     async def arun(self, item: tuple[Any, ...]) -> dict[str, Any]:
         values = self.values(item)
-        await run_plan(self.plan, values, self.node_pool)
+        await run_plan(self.plan, values, self.node_pool, self.runtime)
         return self.plan.outputs(values)
 
     def run_blocking(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run one item to completion in a worker (a thread or a process)."""
-        if self.plan.has_async:
+        if self.plan.needs_loop:
             return bridge.run_sync(self.arun(item))
         return self.run_inline(item)
 

@@ -24,6 +24,7 @@ class Step:
 
     __slots__ = (
         "arg_slots",
+        "controlled",
         "func",
         "getter",
         "is_async",
@@ -44,6 +45,8 @@ class Step:
         self.node = node
         self.func: Callable[..., Any] = node.func
         self.is_async = node.is_async
+        #: Runs through call_controlled (retries, timeout, limits, its own executor).
+        self.controlled = node.options.controlled
         self.positional = positional
         self.keyword = keyword
         #: values -> tuple of positional args; None when there is at most one.
@@ -74,10 +77,11 @@ class Plan:
     """
 
     __slots__ = (
-        "has_async",
+        "has_controls",
         "indegree",
         "input_index",
         "input_slots",
+        "needs_loop",
         "output_slots",
         "roots",
         "steps",
@@ -96,7 +100,9 @@ class Plan:
         self.input_slots = input_slots
         self.input_index = dict(input_slots)
         self.output_slots = output_slots
-        self.has_async = any(s.is_async for s in steps)
+        self.has_controls = any(s.controlled for s in steps)
+        #: False when every step is a plain sync call: the run never suspends.
+        self.needs_loop = self.has_controls or any(s.is_async for s in steps)
         indegree = [0] * len(steps)
         for step in steps:
             for succ in step.successors:

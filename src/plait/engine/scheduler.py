@@ -17,21 +17,31 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from plait._text import short_repr
+from plait.engine.controls import NodeRuntime, call_controlled
 from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan, Step
 from plait.errors import OutputArityError
 
 
-async def run_plan(plan: Plan, values: list[Any], executor: Executor | None = None) -> None:
+async def run_plan(
+    plan: Plan,
+    values: list[Any],
+    executor: Executor | None = None,
+    runtime: NodeRuntime | None = None,
+) -> None:
     """Run every step of ``plan``, writing results into ``values``.
 
-    With no async node and no executor this never suspends: dataflow order is
-    then simply the plan's topological order, and each node is a plain call.
+    ``executor`` runs plain sync nodes (None: inline); ``runtime`` holds the
+    limits and executors of controlled nodes and is required when the plan has
+    any. With no async or controlled node and no executor this never suspends:
+    dataflow order is then the plan's topological order, each node a plain call.
     """
-    if executor is None and not plan.has_async:
+    if executor is None and not plan.needs_loop:
         run_inline(plan, values)
         return
-    await _Dataflow(plan, values, executor).run()
+    if plan.has_controls and runtime is None:
+        raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
+    await _Dataflow(plan, values, executor, runtime).run()
 
 
 def run_inline(plan: Plan, values: list[Any]) -> None:
@@ -88,14 +98,22 @@ class _Dataflow:
         "launched",
         "plan",
         "remaining",
+        "runtime",
         "thread_context",
         "values",
     )
 
-    def __init__(self, plan: Plan, values: list[Any], executor: Executor | None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        values: list[Any],
+        executor: Executor | None,
+        runtime: NodeRuntime | None,
+    ) -> None:
         self.plan = plan
         self.values = values
         self.executor = executor
+        self.runtime = runtime
         # Thread workers see the caller's contextvars; other executors get plain calls
         # (a contextvars.Context cannot be pickled to a process or a cluster).
         self.thread_context = isinstance(executor, ThreadPoolExecutor)
@@ -141,7 +159,12 @@ class _Dataflow:
 
     def _ready(self, index: int, inline: deque[int]) -> None:
         step = self.plan.steps[index]
-        if step.is_async:
+        if step.controlled:
+            assert self.runtime is not None
+            coro = call_controlled(step, index, self.values, self.runtime)
+            self.inflight.start_task(coro, index, f"plait node {step.node.name}")
+            self.launched = True
+        elif step.is_async:
             # An async function's call returns its coroutine (errors are annotated).
             self.inflight.start_task(
                 _call(step, self.values), index, f"plait node {step.node.name}"

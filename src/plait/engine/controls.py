@@ -1,0 +1,203 @@
+"""Per-node controls at run time: concurrency slots, rate limits, timeouts, retries.
+
+Limits hold across every call of a node in one run or one map, including maps
+whose items run on different threads' event loops, so the semaphore and the
+rate limiter here are thread-safe and wake each waiter on its own loop. (Items
+in other processes have limits of their own.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Future as JobFuture
+from typing import Any
+
+from plait.engine.plan import Plan, Step
+
+#: Called before each retry sleep: (step, attempt that failed, exception, delay seconds).
+RetryHook = Callable[[Step, int, BaseException, float], None]
+
+
+class Slots:
+    """A counting semaphore usable from any thread's event loop."""
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            granted: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            with self._lock:
+                if (loop, granted) in self._waiters:  # never granted: just leave the queue
+                    self._waiters.remove((loop, granted))
+                    raise
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted, then cancelled before resuming: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            loop, granted = self._waiters.popleft()
+        try:
+            loop.call_soon_threadsafe(self._grant, granted)
+        except RuntimeError:  # that loop is closed: its waiter is gone
+            self.release()
+
+    def _grant(self, granted: asyncio.Future[None]) -> None:
+        if granted.done():  # cancelled meanwhile: the slot goes to the next waiter
+            self.release()
+        else:
+            granted.set_result(None)
+
+
+class Rate:
+    """Evenly spaced call starts: at most ``per_second`` calls per second."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    async def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class NodeRuntime:
+    """What controlled steps share across one run or map: limits and executors."""
+
+    __slots__ = ("executors", "on_retry", "rates", "slots", "threads")
+
+    def __init__(
+        self,
+        plan: Plan,
+        executors: Sequence[Executor | None],
+        threads: Callable[[], Executor],
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        options = [step.node.options for step in plan.steps]
+        self.slots = tuple(Slots(o.max_concurrent) if o.max_concurrent else None for o in options)
+        self.rates = tuple(Rate(o.rate_limit) if o.rate_limit else None for o in options)
+        self.executors = tuple(executors)
+        self.threads = threads  # for sync nodes with a timeout and no executor
+        self.on_retry = on_retry
+
+
+async def call_controlled(step: Step, index: int, values: list[Any], runtime: NodeRuntime) -> Any:
+    """One node call with its slot, rate limit, timeout and retries."""
+    options = step.node.options
+    slots, rate = runtime.slots[index], runtime.rates[index]
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if slots is not None:
+                await slots.acquire()
+            try:
+                if rate is not None:
+                    await rate.wait()
+                return await _attempt(step, index, values, runtime, options.timeout)
+            finally:
+                if slots is not None:
+                    slots.release()
+        except options.retry_on as exc:
+            if attempt > options.retries:
+                raise
+            delay = options.delay(attempt, random.random())
+            if runtime.on_retry is not None:
+                runtime.on_retry(step, attempt, exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _attempt(
+    step: Step, index: int, values: list[Any], runtime: NodeRuntime, limit: float | None
+) -> Any:
+    args, kwargs = step.args(values), step.kwargs(values)
+    if step.is_async:
+        if limit is None:
+            return await step.func(*args, **kwargs)
+        try:
+            async with asyncio.timeout(limit):
+                return await step.func(*args, **kwargs)
+        except TimeoutError:
+            raise TimeoutError(
+                f"node {step.node.name!r} timed out after {limit:g} s (it was cancelled)"
+            ) from None
+    executor = runtime.executors[index]
+    if executor is None and limit is not None:
+        executor = runtime.threads()
+    if executor is None:
+        return step.func(*args, **kwargs)
+    if isinstance(executor, ThreadPoolExecutor):
+        ctx = contextvars.copy_context()
+        job = executor.submit(ctx.run, step.func, *args, **kwargs)
+    else:  # the Node pickles by reference where its function would not
+        job = executor.submit(step.node, *args, **kwargs)
+    return await _await_job(job, step, limit)
+
+
+async def _await_job(job: JobFuture[Any], step: Step, limit: float | None) -> Any:
+    """Await an executor job. If cancelled, cancel it or wait for it to finish.
+
+    On timeout the job is abandoned: a running thread cannot be stopped, so it
+    runs to the end and its late result is discarded.
+    """
+    future = asyncio.wrap_future(job)
+    try:
+        if limit is None:
+            return await asyncio.shield(future)
+        done, _ = await asyncio.wait({future}, timeout=limit)
+        if not done:
+            job.cancel()
+            future.add_done_callback(_discard)
+            raise TimeoutError(
+                f"node {step.node.name!r} timed out after {limit:g} s; a sync call on a thread "
+                "cannot be stopped, so it runs to its end and its result is discarded"
+            )
+        return future.result()
+    except asyncio.CancelledError:
+        if not job.cancel() and not job.done():
+            await _finish(future)  # running on a thread: nothing may outlive the run
+        raise
+
+
+async def _finish(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` to complete, deferring further cancellation until it has."""
+    cancelled = None
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    _discard(future)
+    if cancelled is not None:
+        raise cancelled
+
+
+def _discard(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a late failure is not logged as unretrieved

@@ -1,0 +1,151 @@
+"""Per-node controls: retries, timeout, concurrency and rate limits, executor."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from plait.errors import NodeDefinitionError
+
+Backoff = float | Callable[[int], float]
+
+#: Aliases accepted for ``@node(executor=...)``.
+NODE_EXECUTOR_ALIASES = ("sequential", "threaded")
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """How a node's calls are made. The defaults make a plain call.
+
+    Attributes:
+        executor: where a sync node runs: ``"sequential"`` (inline), ``"threaded"``
+            (the engine's thread pool) or an Executor; None follows the engine.
+        max_concurrent: most calls of this node in flight at once, across one run or map.
+        retries: extra attempts after a failure whose type is in ``retry_on``.
+        retry_on: exception types that are retried.
+        backoff: base delay in seconds before retry ``n`` (doubling each time, with
+            jitter), or a function ``attempt -> seconds``.
+        timeout: seconds one attempt may take.
+        rate_limit: most calls started per second, across one run or map.
+    """
+
+    executor: str | Executor | None = None
+    max_concurrent: int | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: Backoff = 0.1
+    timeout: float | None = None
+    rate_limit: float | None = None
+
+    @property
+    def controlled(self) -> bool:
+        """True when calls need more than a plain call (a task, a slot, a retry loop)."""
+        return self != _PLAIN
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based); ``jitter`` in [0, 1)."""
+        if callable(self.backoff):
+            return max(0.0, float(self.backoff(attempt)))
+        return float(self.backoff * 2 ** (attempt - 1) * (0.5 + jitter))
+
+
+_PLAIN = NodeOptions()
+
+
+def make_options(node_name: str, **given: Any) -> NodeOptions:
+    """Validate ``@node(...)`` control arguments; errors name the node."""
+    executor = given["executor"]
+    if executor is not None and not isinstance(executor, Executor):  # noqa: SIM102
+        if executor not in NODE_EXECUTOR_ALIASES:
+            raise NodeDefinitionError(
+                f"node {node_name!r}: executor must be one of "
+                f"{', '.join(repr(a) for a in NODE_EXECUTOR_ALIASES)} or a "
+                f"concurrent.futures.Executor, got {executor!r}"
+            )
+    max_concurrent = given["max_concurrent"]
+    if max_concurrent is not None:
+        _positive_int(node_name, "max_concurrent", max_concurrent)
+    retries = given["retries"]
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise NodeDefinitionError(
+            f"node {node_name!r}: retries must be an int >= 0, got {retries!r}"
+        )
+    retry_on = given["retry_on"]
+    retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not retry_on or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+    ):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: retry_on must be an exception class or a tuple of them, "
+            f"got {given['retry_on']!r}"
+        )
+    backoff = given["backoff"]
+    if not callable(backoff) and not (_is_number(backoff) and backoff >= 0):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: backoff must be seconds >= 0 or a function attempt -> seconds, "
+            f"got {backoff!r}"
+        )
+    timeout = given["timeout"]
+    if timeout is not None and not (_is_number(timeout) and timeout > 0):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: timeout must be seconds > 0, got {timeout!r}"
+        )
+    return NodeOptions(
+        executor=executor,
+        max_concurrent=max_concurrent,
+        retries=retries,
+        retry_on=retry_on,
+        backoff=backoff,
+        timeout=None if timeout is None else float(timeout),
+        rate_limit=parse_rate(node_name, given["rate_limit"]),
+    )
+
+
+def parse_rate(node_name: str, rate: object) -> float | None:
+    """``"20/s"``, ``"100/min"``, ``"5/10s"``, ``"1000/h"`` or a number -> calls per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, (int, float)) and _is_number(rate) and rate > 0:
+        return float(rate)
+    if isinstance(rate, str):
+        match = _RATE.match(rate.lower())
+        if match:
+            count, multiple, unit = match.groups()
+            period = _PERIODS.get(unit.rstrip("s") if unit not in _PERIODS else unit)
+            if period is not None and float(count) > 0:
+                return float(count) / (period * (float(multiple) if multiple else 1.0))
+    raise NodeDefinitionError(
+        f"node {node_name!r}: rate_limit must look like '20/s', '100/min', '5/10s' or '1000/h', "
+        f"or be calls per second > 0; got {rate!r}"
+    )
+
+
+def _positive_int(node_name: str, option: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise NodeDefinitionError(
+            f"node {node_name!r}: {option} must be an int >= 1, got {value!r}"
+        )
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
