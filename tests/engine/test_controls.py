@@ -1,0 +1,357 @@
+"""Per-node controls: retries, backoff, timeout, max_concurrent, rate_limit, executor."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from plait import Engine, ItemError, NodeDefinitionError, Pipeline, node
+from plait.options import NodeOptions, parse_rate
+
+# --- validation at decoration ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retries": -1}, "node 'f': retries must be an int >= 0, got -1"),
+        ({"retry_on": "oops"}, "node 'f': retry_on must be an exception class or a tuple"),
+        ({"retry_on": (ValueError, int)}, "retry_on must be an exception class or a tuple"),
+        ({"backoff": -1}, "node 'f': backoff must be seconds >= 0 or a function"),
+        ({"timeout": 0}, "node 'f': timeout must be seconds > 0, got 0"),
+        ({"max_concurrent": 0}, "node 'f': max_concurrent must be an int >= 1, got 0"),
+        ({"rate_limit": "fast"}, "node 'f': rate_limit must look like '20/s', '100/min'"),
+        ({"rate_limit": 0}, "rate_limit must look like"),
+        ({"executor": "gpu"}, "node 'f': executor must be one of 'sequential', 'threaded'"),
+    ],
+)
+def test_bad_controls_are_rejected_naming_the_node(options: dict[str, Any], message: str) -> None:
+    def f(x):
+        return x
+
+    with pytest.raises(NodeDefinitionError, match=re.escape(message)):
+        node(f, output_name="y", **options)
+
+
+@pytest.mark.parametrize(
+    ("rate", "per_second"),
+    [
+        ("20/s", 20.0),
+        ("120/min", 2.0),
+        ("5/10s", 0.5),
+        ("3600/h", 1.0),
+        (2.5, 2.5),
+        ("1/second", 1),
+    ],
+)
+def test_rate_formats(rate: Any, per_second: float) -> None:
+    assert parse_rate("n", rate) == pytest.approx(per_second)
+
+
+def test_plain_nodes_are_not_controlled() -> None:
+    assert node(lambda x: x, output_name="y").options == NodeOptions()
+    assert not node(lambda x: x, output_name="y").options.controlled
+    assert node(lambda x: x, output_name="y", retries=1).options.controlled
+
+
+def test_backoff_doubles_with_jitter() -> None:
+    options = NodeOptions(backoff=1.0)
+    assert options.delay(1, 0.0) == 0.5
+    assert options.delay(1, 0.999) == pytest.approx(1.499)
+    assert options.delay(3, 0.5) == 4.0
+    assert NodeOptions(backoff=lambda n: n * 10).delay(2, 0.3) == 20
+
+
+# --- retries -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_retries_until_success(is_async: bool) -> None:
+    attempts: list[int] = []
+
+    def flaky(x):
+        attempts.append(x)
+        if len(attempts) < 3:
+            raise ConnectionError("down")
+        return x * 10
+
+    async def aflaky(x):
+        return flaky(x)
+
+    n = node(aflaky if is_async else flaky, output_name="y", name="flaky", retries=2, backoff=0)
+    assert Pipeline([n]).run(inputs={"x": 4}) == {"y": 40}
+    assert attempts == [4, 4, 4]
+
+
+def test_retries_exhausted_raise_the_last_error_with_a_note() -> None:
+    attempts = []
+
+    @node(output_name="y", retries=2, backoff=0.001)
+    def always_down(x):
+        attempts.append(1)
+        raise ConnectionError(f"down {len(attempts)}")
+
+    with pytest.raises(ConnectionError, match="down 3") as info:
+        Pipeline([always_down]).run(inputs={"x": 1})
+    assert len(attempts) == 3
+    assert info.value.__notes__ == ["plait: raised in node 'always_down' (→ y) called with (x=1)"]
+
+
+def test_only_retry_on_types_are_retried() -> None:
+    attempts = []
+
+    @node(output_name="y", retries=5, retry_on=(ConnectionError, TimeoutError), backoff=0)
+    def wrong_kind(x):
+        attempts.append(1)
+        raise ValueError("not transient")
+
+    with pytest.raises(ValueError, match="not transient"):
+        Pipeline([wrong_kind]).run(inputs={"x": 1})
+    assert len(attempts) == 1
+
+
+def test_backoff_waits_between_attempts() -> None:
+    times: list[float] = []
+
+    @node(output_name="y", retries=2, backoff=lambda attempt: 0.05 * attempt)
+    async def flaky():
+        times.append(time.monotonic())
+        if len(times) < 3:
+            raise ConnectionError
+        return 1
+
+    Pipeline([flaky]).run()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.045
+    assert gaps[1] >= 0.095
+
+
+def test_retry_hook_sees_each_retry() -> None:
+    from plait.engine import controls
+
+    seen: list[tuple[str, int, str, float]] = []
+
+    @node(output_name="y", retries=2, backoff=0)
+    def flaky(x):
+        if len(seen) < 2:
+            raise ConnectionError("again")
+        return x
+
+    pipe = Pipeline([flaky])
+    plan = pipe._plan(None, {"x": 1})
+    runtime = pipe.engine.runtime(plan)
+    assert runtime is not None
+    runtime.on_retry = lambda step, attempt, exc, delay: seen.append(
+        (step.node.name, attempt, str(exc), delay)
+    )
+    values = plan.new_values({"x": 1})
+    asyncio.run(controls.call_controlled(plan.steps[0], 0, values, runtime))
+    assert seen == [("flaky", 1, "again", 0.0), ("flaky", 2, "again", 0.0)]
+
+
+# --- timeouts ------------------------------------------------------------------------
+
+
+def test_async_timeout_cancels_and_names_the_node() -> None:
+    cancelled = threading.Event()
+
+    @node(output_name="y", timeout=0.05)
+    async def hangs(x):
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match=r"node 'hangs' timed out after 0\.05 s") as info:
+        Pipeline([hangs]).run(inputs={"x": 1})
+    assert time.perf_counter() - start < 1
+    assert cancelled.is_set()
+    assert "plait: raised in node 'hangs' (→ y) called with (x=1)" in info.value.__notes__
+
+
+def test_sync_timeout_is_reported_and_the_late_result_discarded() -> None:
+    finished = threading.Event()
+
+    @node(output_name="y", timeout=0.05)
+    def blocks(x):
+        time.sleep(0.3)
+        finished.set()
+        return "late"
+
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="cannot be stopped, so it runs to its end"):
+        Pipeline([blocks]).run(inputs={"x": 1})
+    assert time.perf_counter() - start < 0.25  # reported without waiting for the thread
+    assert not finished.is_set()
+    assert finished.wait(2)  # the thread itself ran on, documented
+
+
+def test_timeouts_are_retried_when_asked() -> None:
+    attempts = []
+
+    @node(output_name="y", timeout=0.05, retries=2, retry_on=TimeoutError, backoff=0)
+    async def slow_then_fast():
+        attempts.append(1)
+        await asyncio.sleep(1 if len(attempts) < 3 else 0)
+        return "ok"
+
+    assert Pipeline([slow_then_fast]).run() == {"y": "ok"}
+    assert len(attempts) == 3
+
+
+# --- limits across a run or map ---------------------------------------------------------
+
+
+class Gauge:
+    """Counts calls in flight and remembers the peak (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def test_max_concurrent_holds_across_an_async_map() -> None:
+    gauge = Gauge()
+
+    @node(output_name="y", max_concurrent=4)
+    async def call_api(x):
+        gauge.enter()
+        await asyncio.sleep(0.01)
+        gauge.leave()
+        return x
+
+    with Engine(map_executor="async", max_concurrent=100) as engine:
+        result = Pipeline([call_api], engine=engine).map(inputs={"x": range(40)}, map_over="x")
+    assert [r["y"] for r in result] == list(range(40))
+    assert gauge.peak == 4
+
+
+def test_max_concurrent_holds_across_threads_of_a_threaded_map() -> None:
+    gauge = Gauge()
+
+    @node(output_name="y", max_concurrent=2)
+    def blocking(x):
+        gauge.enter()
+        time.sleep(0.01)
+        gauge.leave()
+        return x
+
+    with Engine(map_executor="threaded", max_workers=6) as engine:
+        Pipeline([blocking], engine=engine).map(inputs={"x": range(30)}, map_over="x")
+    assert gauge.peak == 2
+
+
+def test_max_concurrent_holds_across_nodes_of_one_run() -> None:
+    gauge = Gauge()
+
+    async def work():
+        gauge.enter()
+        await asyncio.sleep(0.01)
+        gauge.leave()
+
+    shared = [node(work, output_name=f"o{i}", name=f"w{i}", max_concurrent=1) for i in range(3)]
+    Pipeline(shared).run()
+    # Each node has its own limit: three different nodes may overlap.
+    assert gauge.peak == 3
+
+
+def test_rate_limit_spaces_calls_across_a_map() -> None:
+    starts: list[float] = []
+
+    @node(output_name="y", rate_limit="50/s")
+    async def call(x):
+        starts.append(time.monotonic())
+        return x
+
+    with Engine(map_executor="async", max_concurrent=100) as engine:
+        Pipeline([call], engine=engine).map(inputs={"x": range(11)}, map_over="x")
+    assert starts[-1] - starts[0] >= 10 / 50 * 0.9  # 11 calls at 50/s span >= 0.2 s
+
+
+def test_cancelled_waiters_do_not_lose_slots() -> None:
+    gauge = Gauge()
+
+    @node(output_name="y", max_concurrent=1, timeout=0.02)
+    async def one_at_a_time(x):
+        gauge.enter()
+        try:
+            await asyncio.sleep(0.05 if x == 0 else 0)
+        finally:
+            gauge.leave()
+        return x
+
+    with Engine(map_executor="async", max_concurrent=10) as engine:
+        out = Pipeline([one_at_a_time], engine=engine).map(
+            inputs={"x": range(5)}, map_over="x", on_error="collect"
+        )
+    # item 0 times out; the queued ones still get the slot, one at a time
+    assert isinstance(out[0], ItemError)
+    assert isinstance(out[0].exception, TimeoutError)
+    assert [o["y"] for o in out[1:]] == [1, 2, 3, 4]
+    assert gauge.peak == 1
+
+
+# --- executors per node -----------------------------------------------------------------
+
+
+def test_node_executor_threaded_overrides_the_engine() -> None:
+    @node(output_name="where", executor="threaded")
+    def on_thread():
+        return threading.current_thread().name
+
+    @node(output_name="here")
+    def inline():
+        return threading.current_thread().name
+
+    with Engine() as engine:
+        result = Pipeline([on_thread, inline], engine=engine).run()
+    assert result["where"].startswith("plait-threads")
+    assert result["here"] == threading.current_thread().name
+
+
+def test_node_executor_instance() -> None:
+    with ThreadPoolExecutor(1, thread_name_prefix="custom") as pool:
+
+        @node(output_name="where", executor=pool)
+        def on_pool():
+            return threading.current_thread().name
+
+        assert Pipeline([on_pool]).run()["where"].startswith("custom")
+
+
+def test_controlled_thread_job_is_waited_for_on_failure() -> None:
+    log: list[str] = []
+    running = threading.Event()
+
+    @node(output_name="a", executor="threaded", retries=1)
+    def busy():
+        running.set()
+        time.sleep(0.2)
+        log.append("busy finished")
+
+    @node(output_name="b")
+    async def fails():
+        await asyncio.to_thread(running.wait, 5)
+        raise KeyError("x")
+
+    with Engine() as engine, pytest.raises(KeyError):
+        Pipeline([busy, fails], engine=engine).run()
+    assert log == ["busy finished"]
