@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from types import MappingProxyType
 from typing import Any
 
@@ -13,16 +14,20 @@ from plait._text import did_you_mean, quoted
 from plait.engine import Engine
 from plait.engine.executors import worker_count
 from plait.engine.mapping import (
+    ExecutorLauncher,
     ItemRunner,
+    Launcher,
     MapMode,
     MapSpec,
     OnError,
     Outcome,
+    TaskLauncher,
     annotate_item,
     check_map,
     item_error,
     iterate,
 )
+from plait.engine.parallel import ProcessLauncher
 from plait.engine.plan import Plan, compile_plan
 from plait.errors import InputError, UnusedInputWarning
 from plait.graph import Graph
@@ -303,19 +308,28 @@ class Pipeline:
 
     def _iterate(self, runner: ItemRunner, spec: MapSpec, *, ordered: bool) -> Batches:
         engine = self._engine
-        kind = engine.map_executor
         executor = engine.map_pool()
-        if executor is not None:
-            window = 2 * worker_count(executor, engine.max_workers)
+        launcher: Launcher
+        if executor is None:
+            launcher = TaskLauncher(runner)
+            window = engine.max_concurrent if engine.map_executor == "async" else 1
+        elif isinstance(executor, ProcessPoolExecutor):
+            workers = worker_count(executor, engine.max_workers)
+            owned = engine.map_executor == "parallel"
+            launcher = ProcessLauncher(
+                runner,
+                executor,
+                workers,
+                stop_on_error=spec.on_error == "raise",
+                size_hint=spec.size_hint(),
+                on_abort=engine.discard_map_pool if owned else None,
+            )
+            window = 2 * workers * launcher.chunk_size
         else:
-            window = engine.max_concurrent if kind == "async" else 1
+            launcher = ExecutorLauncher(runner, executor)
+            window = 2 * worker_count(executor, engine.max_workers)
         return iterate(
-            runner,
-            spec.items(),
-            executor=executor,
-            window=window,
-            on_error=spec.on_error,
-            ordered=ordered,
+            runner, spec.items(), launcher, window=window, on_error=spec.on_error, ordered=ordered
         )
 
     def _runs_inline(self, plan: Plan) -> bool:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from types import TracebackType
 from typing import Any
 
 from plait.engine import executors
 from plait.engine.controls import NodeRuntime
+from plait.engine.executors import terminate_pool
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_plan
 from plait.errors import EngineError
@@ -136,6 +137,18 @@ class Engine:
     async def arun_plan(self, plan: Plan, values: list[Any]) -> None:
         """Run a compiled plan, writing results into ``values``."""
         await run_plan(plan, values, self.node_pool(), self.runtime(plan))
+
+    def discard_map_pool(self) -> None:
+        """Terminate the owned map process pool now (after a failure or a dead worker);
+        the next map starts a fresh one."""
+        with self._lock:
+            pool = self._pools.pop("map", None)
+            if pool in self._owned:
+                self._owned.remove(pool)
+        if isinstance(pool, ProcessPoolExecutor):
+            terminate_pool(pool)
+        elif pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """Shut down the executors this engine created (waiting for their jobs)."""

@@ -7,8 +7,9 @@ the executor; an ``Executor`` instance is used as given and left open.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from plait._text import did_you_mean, quoted
 from plait.errors import EngineError
@@ -16,7 +17,7 @@ from plait.errors import EngineError
 #: Aliases accepted for ``Engine(node_executor=...)``.
 NODE_EXECUTORS = ("sequential", "threaded")
 #: Aliases accepted for ``Engine(map_executor=...)``.
-MAP_EXECUTORS = ("sequential", "async", "threaded")
+MAP_EXECUTORS = ("sequential", "async", "threaded", "parallel")
 
 ExecutorSpec = str | Executor
 
@@ -44,6 +45,13 @@ def create(spec: str, max_workers: int | None, role: str) -> Executor | None:
         return None
     if spec == "threaded":
         return ThreadPoolExecutor(max_workers=default_workers(max_workers), thread_name_prefix=role)
+    if spec == "parallel":
+        # spawn, not fork: forking a process that runs threads (plait's portal, thread
+        # pools, the user's) can deadlock the child on a lock held at fork time.
+        return ProcessPoolExecutor(
+            max_workers=default_workers(max_workers),
+            mp_context=multiprocessing.get_context("spawn"),
+        )
     raise AssertionError(f"unchecked executor alias {spec!r}")
 
 
@@ -56,3 +64,14 @@ def worker_count(executor: Executor, fallback: int | None) -> int:
     """How many jobs ``executor`` runs at once, as far as it tells."""
     count = getattr(executor, "_max_workers", None)
     return count if isinstance(count, int) and count > 0 else default_workers(fallback)
+
+
+def terminate_pool(executor: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: cancel its queue and terminate its workers."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(5)

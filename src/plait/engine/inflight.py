@@ -64,6 +64,11 @@ class InFlight(Generic[K]):
         self._jobs.pop(future, None)
         return future, self._futures.pop(future)
 
+    async def settle(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) for everything in flight to finish by itself."""
+        if self._futures:
+            await asyncio.wait(set(self._futures), timeout=seconds)
+
     async def cancel_all(self) -> None:
         """Cancel everything in flight and wait until all of it has finished.
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import itertools
+import math
 import traceback
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from typing import Any, Literal
 from plait import bridge
 from plait._text import did_you_mean, plural, quoted, short_repr
 from plait.engine.controls import NodeRuntime
+from plait.engine.engine import Engine
 from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_inline, run_plan
@@ -64,6 +67,13 @@ class MapSpec:
     mode: MapMode
     on_error: OnError
     columns: tuple[Iterable[Any], ...]
+
+    def size_hint(self) -> int | None:
+        """How many items there will be, when the inputs tell."""
+        sizes = [len(c) for c in self.columns if isinstance(c, Sized)]
+        if self.mode == "product":
+            return math.prod(sizes) if len(sizes) == len(self.columns) else None
+        return sizes[0] if sizes else None
 
     def items(self) -> Iterator[tuple[Any, ...]]:
         """The mapped values of each item, in order."""
@@ -193,6 +203,17 @@ class ItemRunner:
         await run_plan(self.plan, values, self.node_pool, self.runtime)
         return self.plan.outputs(values)
 
+    def for_worker(self) -> ItemRunner:
+        """A copy to ship to another process: no executors, no limits of this process."""
+        clone = copy.copy(self)
+        clone.node_pool = None
+        clone.runtime = None
+        return clone
+
+    def attach_local_runtime(self) -> None:
+        """In a worker process: node limits of its own (limits do not span processes)."""
+        self.runtime = Engine().runtime(self.plan)
+
     def run_blocking(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run one item to completion in a worker (a thread or a process)."""
         if self.plan.needs_loop:
@@ -206,75 +227,138 @@ def annotate_item(exc: BaseException, index: int, inputs: Mapping[str, Any]) -> 
     exc.add_note(f"plait: in map item {index} with inputs ({shown})")
 
 
-def item_error(exc: BaseException, index: int, inputs: dict[str, Any]) -> ItemError:
-    formatted = "".join(traceback.format_exception(exc))
+def item_error(
+    exc: BaseException, index: int, inputs: dict[str, Any], formatted: str | None = None
+) -> ItemError:
+    if formatted is None:
+        formatted = "".join(traceback.format_exception(exc))
     return ItemError(index, inputs, exc, formatted)
+
+
+Chunk = list[tuple[int, tuple[Any, ...]]]
+#: One item's result: (index, outputs) or (index, exception, formatted traceback or None).
+Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
+
+
+class Launcher:
+    """Starts chunks of items; turns a finished chunk's future into per-item results."""
+
+    chunk_size = 1
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        """A chunk of one item whose future holds its outputs or its exception."""
+        ((index, _),) = chunk
+        try:
+            return [(index, future.result())]
+        except Exception as exc:
+            return [(index, exc, None)]
+
+    async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
+        """Called after a failure, before everything in flight is cancelled."""
+
+    async def abort(self) -> None:
+        """Called after a failure, once everything in flight has been cancelled."""
+
+    def close(self) -> None:
+        """Called when the map ends, however it ends."""
+
+
+class TaskLauncher(Launcher):
+    """Each item a task on this event loop."""
+
+    def __init__(self, runner: ItemRunner) -> None:
+        self.runner = runner
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        ((_, item),) = chunk
+        inflight.start_task(self.runner.arun(item), chunk)
+
+
+class ExecutorLauncher(Launcher):
+    """Each item a job on an executor (threads see the caller's contextvars)."""
+
+    def __init__(self, runner: ItemRunner, executor: Executor) -> None:
+        self.runner = runner
+        self.executor = executor
+        self.thread_context = isinstance(executor, ThreadPoolExecutor)
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        ((_, item),) = chunk
+        if self.thread_context:
+            ctx = contextvars.copy_context()
+            job = self.executor.submit(ctx.run, self.runner.run_blocking, item)
+        else:
+            job = self.executor.submit(self.runner.run_blocking, item)
+        inflight.add_job(job, chunk)
 
 
 async def iterate(
     runner: ItemRunner,
     items: Iterator[tuple[Any, ...]],
+    launcher: Launcher,
     *,
-    executor: Executor | None,
     window: int,
     on_error: OnError,
     ordered: bool,
 ) -> AsyncGenerator[list[tuple[int, Outcome]], None]:
     """Run every item; yield batches of ``(index, outcome)`` as items finish.
 
-    With ``executor`` None, items run as tasks on this loop (``window=1`` runs
-    them one after another). At most ``window`` items are in flight or waiting
-    to be yielded in order. On the first failure (``on_error="raise"``), or when
-    the consumer stops early, everything in flight is cancelled and awaited.
+    At most ``window`` items are in flight or waiting to be yielded in order. On
+    the first failure (``on_error="raise"``), or when the consumer stops early,
+    everything in flight is cancelled and awaited before this returns.
     """
-    loop = asyncio.get_running_loop()
-    inflight: InFlight[int] = InFlight(loop)
-    thread_context = isinstance(executor, ThreadPoolExecutor)
+    inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
     numbered = enumerate(items)
-    pending_inputs: dict[int, tuple[Any, ...]] = {}
+    size = launcher.chunk_size
     waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
+    running = 0  # items in flight
     next_index = 0
     exhausted = False
     try:
         while True:
-            while not exhausted and len(inflight) + len(waiting) < window:
-                entry = next(numbered, None)
-                if entry is None:
+            while not exhausted and running + len(waiting) < window:
+                chunk = list(itertools.islice(numbered, min(size, window - running - len(waiting))))
+                if not chunk:
                     exhausted = True
                     break
-                index, item = entry
-                pending_inputs[index] = item
-                if executor is None:
-                    inflight.start_task(runner.arun(item), index)
-                elif thread_context:
-                    ctx = contextvars.copy_context()
-                    inflight.add_job(executor.submit(ctx.run, runner.run_blocking, item), index)
-                else:
-                    inflight.add_job(executor.submit(runner.run_blocking, item), index)
+                launcher.launch(inflight, chunk)
+                running += len(chunk)
             if not inflight:
                 return
             await inflight.wait_any()
             batch: list[tuple[int, Outcome]] = []
             while (done := inflight.pop_done()) is not None:
-                future, index = done
-                item = pending_inputs.pop(index)
-                outcome: Outcome
-                try:
-                    outcome = future.result()
-                except Exception as exc:
-                    annotate_item(exc, index, runner.inputs(item))
-                    if on_error == "raise":
-                        raise
-                    outcome = item_error(exc, index, runner.inputs(item))
-                if not ordered:
-                    batch.append((index, outcome))
-                    continue
-                waiting[index] = outcome
-                while next_index in waiting:
-                    batch.append((next_index, waiting.pop(next_index)))
-                    next_index += 1
+                future, chunk = done
+                running -= len(chunk)
+                inputs = dict(chunk)
+                for result in launcher.results(future, chunk):
+                    index = result[0]
+                    outcome: Outcome
+                    if len(result) == 2:
+                        outcome = result[1]
+                    else:
+                        _, exc, formatted = result
+                        if formatted is None:  # raised here, not in another process
+                            annotate_item(exc, index, runner.inputs(inputs[index]))
+                        if on_error == "raise":
+                            raise exc
+                        outcome = item_error(exc, index, runner.inputs(inputs[index]), formatted)
+                    if not ordered:
+                        batch.append((index, outcome))
+                        continue
+                    waiting[index] = outcome
+                    while next_index in waiting:
+                        batch.append((next_index, waiting.pop(next_index)))
+                        next_index += 1
             if batch:
                 yield batch
     except BaseException:
+        await launcher.before_cancel(inflight)
         await inflight.cancel_all()
+        await launcher.abort()
         raise
+    finally:
+        launcher.close()
