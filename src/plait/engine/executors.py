@@ -67,11 +67,11 @@ def worker_count(executor: Executor, fallback: int | None) -> int:
 
 
 def terminate_pool(executor: ProcessPoolExecutor) -> None:
-    """Stop a process pool now: cancel its queue and terminate its workers."""
+    """Stop a process pool now: terminate its workers; the pool fails their jobs."""
     processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
         process.join(5)
+    executor.shutdown(wait=False)

@@ -84,16 +84,15 @@ class ProcessLauncher(Launcher):
         return results
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
-        if self.broken:
-            # The pool fails every pending job itself; cancelling them meanwhile races
-            # with that (concurrent.futures raises InvalidStateError in its thread).
-            await inflight.settle(seconds=10)
-
-    async def abort(self) -> None:
-        # Queued chunks were cancelled; running ones are still at work in their
-        # processes. An owned pool is shut down hard so nothing keeps running.
+        # An owned pool is stopped hard, so no chunk keeps running in a worker: its
+        # processes are terminated and the pool fails their jobs itself. Wait for
+        # that rather than cancel the jobs meanwhile, which races with the pool's
+        # own thread (concurrent.futures then raises InvalidStateError there).
+        # A pool passed in is not ours to stop: its running chunks are waited for.
         if self.on_abort is not None:
             await asyncio.to_thread(self.on_abort)
+        if self.on_abort is not None or self.broken:
+            await inflight.settle(seconds=10)
 
     def close(self) -> None:
         """Remove the shipped pipeline file."""

@@ -1,0 +1,176 @@
+"""map_executor='parallel' and process-pool instances: real worker processes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plait import Engine, ItemError, Pipeline, node
+from plait.engine.parallel import WorkerDiedError
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    with Engine(map_executor="parallel", max_workers=2) as shared:
+        yield shared
+
+
+def test_closures_and_lambdas_run_in_worker_processes(engine: Engine) -> None:
+    offset = 7
+    scale = node(lambda x: x * 2 + offset, output_name="y", name="scale")
+
+    @node(output_name="where")
+    async def where(y):
+        return os.getpid(), y
+
+    result = Pipeline([scale, where], engine=engine).map(inputs={"x": range(40)}, map_over="x")
+    assert [r["y"] for r in result] == [x * 2 + 7 for x in range(40)]
+    pids = {r["where"][0] for r in result}
+    assert os.getpid() not in pids
+
+
+def test_results_come_back_in_input_order_with_uneven_work(engine: Engine) -> None:
+    def uneven(x):
+        time.sleep(0.02 if x % 7 == 0 else 0)
+        return x
+
+    pipe = Pipeline([node(uneven, output_name="y")], engine=engine)
+    assert [r["y"] for r in pipe.map(inputs={"x": range(60)}, map_over="x")] == list(range(60))
+    streamed = dict(pipe.imap(inputs={"x": range(30)}, map_over="x"))
+    assert sorted(streamed) == list(range(30))
+    ordered = [i for i, _ in pipe.imap(inputs={"x": range(30)}, map_over="x", ordered=True)]
+    assert ordered == list(range(30))
+
+
+def test_collected_errors_carry_notes_and_the_workers_traceback(engine: Engine) -> None:
+    def reciprocal(x):
+        return 1 / (x - 3)
+
+    pipe = Pipeline([node(reciprocal, output_name="r")], engine=engine)
+    out = pipe.map(inputs={"x": range(6)}, map_over="x", on_error="collect")
+    error = out[3]
+    assert isinstance(error, ItemError)
+    assert (error.index, error.inputs) == (3, {"x": 3})
+    assert isinstance(error.exception, ZeroDivisionError)
+    assert "in reciprocal" in error.traceback
+    assert error.exception.__notes__ == [
+        "plait: raised in node 'reciprocal' (→ r) called with (x=3)",
+        "plait: in map item 3 with inputs (x=3)",
+    ]
+    assert [o["r"] for i, o in enumerate(out) if i != 3] == [1 / (x - 3) for x in (0, 1, 2, 4, 5)]
+
+
+class Unpicklable(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("no pickling")
+
+
+def raise_unpicklable(x):
+    raise Unpicklable(x, "custom")
+
+
+def test_unpicklable_errors_come_back_as_a_runtime_error(engine: Engine) -> None:
+    pipe = Pipeline([node(raise_unpicklable, output_name="y")], engine=engine)
+    with pytest.raises(RuntimeError, match="Unpicklable: 5: custom") as info:
+        pipe.map(inputs={"x": [5]}, map_over="x")
+    assert "plait: the original Unpicklable could not be pickled" in info.value.__notes__
+
+
+def test_failure_terminates_the_owned_pool_so_nothing_keeps_running(tmp_path: Path) -> None:
+    marker = tmp_path / "late"
+
+    def slow_or_failing(x, marker):
+        if x == 0:
+            time.sleep(0.1)
+            raise ValueError("item 0 failed")
+        time.sleep(1.0)
+        Path(marker).with_suffix(f".{x}").write_text("written after the failure")
+        return x
+
+    with Engine(map_executor="parallel", max_workers=2) as engine:
+        pipe = Pipeline([node(slow_or_failing, output_name="y")], engine=engine)
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match="item 0 failed") as info:
+            pipe.map(inputs={"x": range(4), "marker": str(marker)}, map_over="x")
+        assert time.perf_counter() - start < 0.9  # did not wait for the 1 s items
+        assert "plait: in map item 0 with inputs (x=0)" in info.value.__notes__
+        time.sleep(1.5)
+        assert not list(tmp_path.iterdir())
+        # The engine starts a fresh pool for the next map.
+        assert pipe.map(inputs={"x": [], "marker": ""}, map_over="x") == []
+
+
+def kill_on_five(x):
+    if x == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+    return x
+
+
+def test_a_killed_worker_is_a_clear_error_not_a_hang() -> None:
+    with Engine(map_executor="parallel", max_workers=2) as engine:
+        pipe = Pipeline([node(kill_on_five, output_name="y")], engine=engine)
+        start = time.perf_counter()
+        with pytest.raises(WorkerDiedError) as info:
+            pipe.map(inputs={"x": range(40)}, map_over="x")
+        assert time.perf_counter() - start < 10
+        message = str(info.value)
+        assert "a worker process died (killed by SIGKILL) while map items" in message
+        assert "5-9" in message or "5" in message.split("map items")[1]
+        # The broken pool is replaced: the next map works.
+        survivors = Pipeline([node(lambda x: x + 1, output_name="y")], engine=engine)
+        assert [r["y"] for r in survivors.map(inputs={"x": range(5)}, map_over="x")] == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
+
+
+def double(x):
+    return 2 * x
+
+
+def test_process_pool_instance_is_used_and_left_open() -> None:
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        pipe = Pipeline([node(double, output_name="y")], engine=Engine(map_executor=pool))
+        assert [r["y"] for r in pipe.map(inputs={"x": range(10)}, map_over="x")] == [
+            2 * x for x in range(10)
+        ]
+        with pytest.raises(TypeError):
+            pipe.map(inputs={"x": ["a", None]}, map_over="x")
+        assert pool.submit(double, 21).result() == 42  # still open after a failure
+
+
+def test_the_shipped_pipeline_file_is_removed(engine: Engine) -> None:
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
+    Pipeline([node(double, output_name="y")], engine=engine).map(inputs={"x": [1]}, map_over="x")
+    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
+    assert after <= before
+
+
+def test_node_limits_apply_within_each_worker(engine: Engine) -> None:
+    @node(output_name="y", retries=2, backoff=0)
+    def flaky_once_per_value(x):
+        marker = Path(tempfile.gettempdir()) / f"plait-test-flaky-{os.getppid()}-{x}"
+        if not marker.exists():
+            marker.write_text("failed once")
+            raise ConnectionError("first attempt fails")
+        marker.unlink()
+        return x
+
+    pipe = Pipeline([flaky_once_per_value], engine=engine)
+    assert [r["y"] for r in pipe.map(inputs={"x": range(6)}, map_over="x")] == list(range(6))
