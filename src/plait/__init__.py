@@ -7,6 +7,7 @@ with automatic concurrency from a script, a thread or a running event loop.
 
 from plait.bridge import run_sync
 from plait.engine import Engine
+from plait.engine.async_executor import AsyncExecutor
 from plait.engine.mapping import ItemError
 from plait.errors import (
     CycleError,
@@ -31,6 +32,7 @@ from plait.pipeline import Pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncExecutor",
     "CycleError",
     "DuplicateNodeNameError",
     "DuplicateOutputError",

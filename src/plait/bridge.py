@@ -12,8 +12,9 @@
   stays up for the life of the process. The calling thread blocks until the
   work is done, so its own loop is paused meanwhile; a ``RunningLoopWarning``
   says so once. ``await`` the async form instead to keep that loop running.
-* **Called from the portal loop itself** (a nested sync call inside work that
-  is already on the portal): a temporary loop thread, so it never deadlocks.
+* **Called from a portal loop itself** (a nested sync call inside work that is
+  already on the portal): the next portal, one per nesting depth, so it never
+  deadlocks and each depth keeps its loop-bound objects.
 
 The caller's contextvars are visible inside the coroutine in every case.
 """
@@ -37,7 +38,7 @@ T = TypeVar("T")
 
 _thread_state = threading.local()
 _portal_lock = threading.Lock()
-_portal: _LoopThread | None = None
+_portals: list[LoopThread] = []  # _portals[k + 1] serves sync calls made on _portals[k]
 _warned_running_loop = False
 #: How often a blocked sync call inside a running loop checks for cancellation.
 _CANCEL_POLL_SECONDS = 0.05
@@ -71,6 +72,7 @@ def drive_inline(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None, stacklevel: int) -> T:
+    """run_sync with the warning's ``stacklevel`` counted from this function's caller."""
     if timeout is not None:
         coro = _with_timeout(coro, timeout)
     ctx = contextvars.copy_context()
@@ -78,12 +80,8 @@ def _run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None, stacklevel
         running = asyncio.get_running_loop()
     except RuntimeError:
         return _thread_runner().run(coro, context=ctx)
-    _warn_running_loop(stacklevel + 1)
-    portal = _get_portal()
-    if running is portal.loop:
-        with _LoopThread("plait-nested") as nested:
-            return nested.run(coro, ctx)
-    return portal.run(coro, ctx)
+    _warn_running_loop(stacklevel + 1)  # + this frame
+    return _portal_for(running).run(coro, ctx)
 
 
 async def _with_timeout(coro: Coroutine[Any, Any, T], seconds: float) -> T:
@@ -126,7 +124,7 @@ def _thread_runner() -> asyncio.Runner:
     return holder.runner
 
 
-class _LoopThread:
+class LoopThread:
     """An event loop running forever in a daemon thread; coroutines are submitted to it."""
 
     def __init__(self, name: str) -> None:
@@ -180,7 +178,7 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
 
-    def __enter__(self) -> _LoopThread:
+    def __enter__(self) -> LoopThread:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -210,10 +208,10 @@ def _forget_loops_after_fork() -> None:
     thread does not exist in the child. Closing them here would touch the
     parent's selector, so the child keeps them unreachable but never closes them.
     """
-    global _thread_state, _portal, _portal_lock
-    _abandoned_after_fork.append((_thread_state, _portal))
+    global _thread_state, _portals, _portal_lock
+    _abandoned_after_fork.append((_thread_state, _portals))
     _thread_state = threading.local()
-    _portal = None
+    _portals = []
     _portal_lock = threading.Lock()
 
 
@@ -221,10 +219,12 @@ _abandoned_after_fork: list[object] = []
 os.register_at_fork(after_in_child=_forget_loops_after_fork)
 
 
-def _get_portal() -> _LoopThread:
-    global _portal
+def _portal_for(running: asyncio.AbstractEventLoop) -> LoopThread:
+    """The portal a sync call made on loop ``running`` goes to: never ``running`` itself."""
     with _portal_lock:
-        if _portal is None:
-            _portal = _LoopThread("plait-portal")
-            atexit.register(_portal.stop)
-        return _portal
+        depth = next((k + 1 for k, p in enumerate(_portals) if p.loop is running), 0)
+        while len(_portals) <= depth:
+            portal = LoopThread(f"plait-portal-{len(_portals)}")
+            atexit.register(portal.stop)
+            _portals.append(portal)
+        return _portals[depth]

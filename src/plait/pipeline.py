@@ -462,12 +462,12 @@ def _sync_stream(
     """Drive an async stream of batches from sync code, one bridge call per batch."""
     try:
         while (
-            batch := bridge._run_sync(_next_batch(batches), timeout=None, stacklevel=4)
+            batch := bridge._run_sync(_next_batch(batches), timeout=None, stacklevel=3)
         ) is not None:
             yield from batch
     finally:
         # Leaving early (break, an exception, garbage collection) cancels what is in flight.
-        bridge._run_sync(batches.aclose(), timeout=None, stacklevel=4)
+        bridge._run_sync(batches.aclose(), timeout=None, stacklevel=3)
 
 
 def _inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:

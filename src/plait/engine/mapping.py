@@ -17,11 +17,13 @@ import math
 import traceback
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Future as JobFuture
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from plait import bridge
 from plait._text import did_you_mean, plural, quoted, short_repr
+from plait.engine.async_executor import AsyncExecutor
 from plait.engine.controls import NodeRuntime
 from plait.engine.engine import Engine
 from plait.engine.inflight import InFlight
@@ -93,6 +95,9 @@ def check_map(
     names = (map_over,) if isinstance(map_over, str) else tuple(map_over)
     if not names or not all(isinstance(n, str) for n in names):
         raise InputError(f"map_over must be an input name or a list of names, got {map_over!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"map_over names {quoted(repeated)} more than once; name each input once")
     if map_mode not in ("zip", "product"):
         raise InputError(f"map_mode must be 'zip' or 'product', got {map_mode!r}")
     if on_error not in ("raise", "collect"):
@@ -287,7 +292,10 @@ class ExecutorLauncher(Launcher):
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         ((_, item),) = chunk
-        if self.thread_context:
+        job: JobFuture[Any]
+        if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
+            job = self.executor.submit(self.runner.arun, item)
+        elif self.thread_context:
             ctx = contextvars.copy_context()
             job = self.executor.submit(ctx.run, self.runner.run_blocking, item)
         else:

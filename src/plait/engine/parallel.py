@@ -53,6 +53,8 @@ class ProcessLauncher(Launcher):
         self.on_abort = on_abort
         self.in_flight: dict[int, int] = {}  # first item -> last item of running chunks
         self.broken = False
+        # Worker processes seen so far: the pool forgets a dead one before we ask.
+        self.processes: dict[int, Any] = {}
         fd, self.path = tempfile.mkstemp(prefix="plait-map-", suffix=".pkl")  # mode 0600
         with os.fdopen(fd, "wb") as file:
             cloudpickle.dump(runner.for_worker(), file)
@@ -65,6 +67,7 @@ class ProcessLauncher(Launcher):
         )
         inflight.add_job(job, chunk)
         self.in_flight[first] = chunk[-1][0]
+        self.processes.update(getattr(self.executor, "_processes", None) or {})
 
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
         try:
@@ -75,7 +78,7 @@ class ProcessLauncher(Launcher):
                 str(a) if a == b else f"{a}-{b}" for a, b in sorted(self.in_flight.items())
             )
             raise WorkerDiedError(
-                f"a worker process died ({_exit_codes(self.executor)}) while map items {spans} "
+                f"a worker process died ({_exit_codes(self.processes)}) while map items {spans} "
                 "were in flight; one of them was running in it when it was killed or crashed "
                 "(out of memory, a segfault in an extension, os._exit). Those items are lost; "
                 "a pool the engine owns is replaced on the next map."
@@ -100,12 +103,13 @@ class ProcessLauncher(Launcher):
             os.unlink(self.path)
 
 
-def _exit_codes(executor: Executor) -> str:
-    processes = getattr(executor, "_processes", None) or {}
-    codes = [p.exitcode for p in list(processes.values()) if p.exitcode not in (None, 0)]
+def _exit_codes(processes: dict[int, Any]) -> str:
+    """How the pool's workers ended, as far as already known (the pool stops the
+    survivors of a broken pool itself, with SIGTERM)."""
+    codes = sorted({p.exitcode for p in processes.values() if p.exitcode not in (None, 0)})
     if not codes:
-        return "exit status unknown"
-    return ", ".join(_describe_exit(c) for c in codes)
+        return "exit status not known yet"
+    return "; ".join(_describe_exit(c) for c in codes)
 
 
 def _describe_exit(code: int) -> str:
