@@ -27,10 +27,12 @@ from plait.engine.mapping import (
     item_error,
     iterate,
 )
+from plait.engine.nesting import ENCLOSING, Enclosing, nested_engine
 from plait.engine.parallel import ProcessLauncher
 from plait.engine.plan import Plan, compile_plan
 from plait.errors import InputError, UnusedInputWarning
 from plait.graph import Graph
+from plait.nested import as_node
 from plait.node import Node
 
 OutputSelection = str | Sequence[str] | None
@@ -85,7 +87,7 @@ class Pipeline:
         if isinstance(nodes, Node):
             raise TypeError("Pipeline takes a list of nodes: Pipeline([my_node])")
         self._shared = _Shared(Graph(nodes))
-        self._engine = _check_engine(engine)
+        self._engine = None if engine is None else _check_engine(engine)
         self._name = name
         self._bound: Mapping[str, Any] = MappingProxyType({})
 
@@ -119,8 +121,14 @@ class Pipeline:
         return self._name
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> Engine | None:
+        """The engine given to this pipeline, or None: then it runs on the engine of the
+        run that calls it (when nested), else on the default engine."""
         return self._engine
+
+    def _run_engine(self) -> Engine:
+        """The engine this call runs on (see :attr:`engine`)."""
+        return self._engine if self._engine is not None else nested_engine(_DEFAULT_ENGINE)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -177,6 +185,41 @@ class Pipeline:
         """A new pipeline called ``name``."""
         return self._derive(name=name)
 
+    def as_node(
+        self,
+        input_mapping: Mapping[str, str] | None = None,
+        output_mapping: Mapping[str, str] | None = None,
+        map_over: str | Sequence[str] | None = None,
+        map_mode: MapMode = "zip",
+        name: str | None = None,
+    ) -> Node[..., Any]:
+        """This pipeline as one (async) node of another pipeline.
+
+        The node's inputs are this pipeline's unbound inputs, renamed by
+        ``input_mapping={outer: inner}``; optional ones stay optional. Its outputs are
+        all of this pipeline's outputs, or with ``output_mapping={inner: outer}`` only
+        those, renamed, and then only the inner nodes they need run. With
+        ``map_over`` (outer input names) the node takes iterables for those inputs,
+        maps this pipeline over them and returns one list per output.
+
+        The pipeline runs on its own engine when it was given one; otherwise on the
+        engine of the run that calls it, with nested maps sharing one budget
+        (see :mod:`plait.engine.nesting`).
+
+            >>> per_doc = Pipeline([tokenize, count], name="per_doc")  # doctest: +SKIP
+            >>> corpus = Pipeline([per_doc.as_node(map_over="text",
+            ...                                    output_mapping={"count": "counts"}),
+            ...                    total])
+        """
+        return as_node(
+            self,
+            input_mapping=input_mapping,
+            output_mapping=output_mapping,
+            map_over=map_over,
+            map_mode=map_mode,
+            name=name,
+        )
+
     # --- running --------------------------------------------------------------
 
     async def arun(
@@ -189,7 +232,7 @@ class Pipeline:
         needed for them run and only their inputs are required.
         """
         plan, values = self._prepare(inputs, output_name)
-        await self._engine.arun_plan(plan, values)
+        await self._run_engine().arun_plan(plan, values)
         return plan.outputs(values)
 
     def run(
@@ -202,11 +245,12 @@ class Pipeline:
         arun()`` there). Ctrl-C cancels the whole run.
         """
         plan, values = self._prepare(inputs, output_name)
-        if self._engine.inline and not plan.needs_loop:
+        engine = self._run_engine()
+        if engine.inline and not plan.needs_loop:
             # Nothing can suspend: run without any event loop.
-            bridge.drive_inline(self._engine.arun_plan(plan, values))
+            bridge.drive_inline(engine.arun_plan(plan, values))
         else:
-            bridge._run_sync(self._engine.arun_plan(plan, values), timeout=None, stacklevel=3)
+            bridge._run_sync(engine.arun_plan(plan, values), timeout=None, stacklevel=3)
         return plan.outputs(values)
 
     # --- mapping ---------------------------------------------------------------
@@ -220,8 +264,8 @@ class Pipeline:
         on_error: OnError = "raise",
     ) -> list[Outcome]:
         """Run the pipeline once per item; the native form of :meth:`map`."""
-        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return await _collect(self._iterate(runner, spec, ordered=False))
+        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        return await _collect(self._iterate(engine, runner, spec, ordered=False))
 
     def map(
         self,
@@ -246,11 +290,11 @@ class Pipeline:
             >>> pipeline.map({"x": [1, 2, 3]}, map_over="x")  # doctest: +SKIP
             [{'y': 2}, {'y': 4}, {'y': 6}]
         """
-        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if self._runs_inline(runner.plan):
+        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        if _runs_inline(engine, runner.plan):
             return [outcome for _, outcome in _inline_items(runner, spec)]
         return bridge._run_sync(
-            _collect(self._iterate(runner, spec, ordered=False)), timeout=None, stacklevel=3
+            _collect(self._iterate(engine, runner, spec, ordered=False)), timeout=None, stacklevel=3
         )
 
     def imap(
@@ -268,10 +312,10 @@ class Pipeline:
         flat memory. Leaving the loop early cancels what is in flight. Arguments
         are checked before this returns; see :meth:`map` for their meaning.
         """
-        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if self._runs_inline(runner.plan):
+        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        if _runs_inline(engine, runner.plan):
             return _inline_items(runner, spec)
-        return _sync_stream(self._iterate(runner, spec, ordered=ordered))
+        return _sync_stream(self._iterate(engine, runner, spec, ordered=ordered))
 
     def aimap(
         self,
@@ -288,8 +332,8 @@ class Pipeline:
         iterator: ``async with contextlib.aclosing(pipeline.aimap(...)) as items:``
         (otherwise they are cancelled when the iterator is garbage-collected).
         """
-        runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return _flatten(self._iterate(runner, spec, ordered=ordered))
+        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
+        return _flatten(self._iterate(engine, runner, spec, ordered=ordered))
 
     def _prepare_map(
         self,
@@ -298,16 +342,18 @@ class Pipeline:
         map_mode: str,
         output_name: OutputSelection,
         on_error: str,
-    ) -> tuple[ItemRunner, MapSpec]:
+    ) -> tuple[Engine, ItemRunner, MapSpec]:
         given = self._given(inputs)
         spec = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
         plan = self._plan(_normalize_outputs(output_name), given)
-        engine = self._engine
+        engine = self._run_engine()
         runner = ItemRunner(plan, given, spec.names, engine.node_pool(), engine.runtime(plan))
-        return runner, spec
+        runner.enclosing = Enclosing(engine, ENCLOSING.get().map_depth + 1, 1)
+        return engine, runner, spec
 
-    def _iterate(self, runner: ItemRunner, spec: MapSpec, *, ordered: bool) -> Batches:
-        engine = self._engine
+    def _iterate(
+        self, engine: Engine, runner: ItemRunner, spec: MapSpec, *, ordered: bool
+    ) -> Batches:
         executor = engine.map_pool()
         launcher: Launcher
         if executor is None:
@@ -328,14 +374,11 @@ class Pipeline:
         else:
             launcher = ExecutorLauncher(runner, executor)
             window = 2 * worker_count(executor, engine.max_workers)
+        depth = runner.enclosing.map_depth if runner.enclosing else 1
+        runner.enclosing = Enclosing(engine, depth, window)  # nested maps share the budget
         return iterate(
             runner, spec.items(), launcher, window=window, on_error=spec.on_error, ordered=ordered
         )
-
-    def _runs_inline(self, plan: Plan) -> bool:
-        """True when a map can run as plain calls: sequential items of sync nodes."""
-        engine = self._engine
-        return engine.map_executor == "sequential" and engine.inline and not plan.needs_loop
 
     # --- shared preparation ---------------------------------------------------
 
@@ -397,6 +440,10 @@ class Pipeline:
             f"{did_you_mean(name, graph.inputs)} Inputs: {quoted(graph.inputs) or 'none'}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The graph is rebuilt (and checked) on arrival; compiled plans are not sent.
+        return (_rebuild_pipeline, (self.nodes, self._engine, self._name, dict(self._bound)))
+
     def __repr__(self) -> str:
         name = f"{self._name!r}, " if self._name else ""
         inputs = quoted(self.input_names) or "none"
@@ -420,9 +467,12 @@ def _normalize_outputs(output_name: OutputSelection) -> tuple[str, ...] | None:
     )
 
 
+def _runs_inline(engine: Engine, plan: Plan) -> bool:
+    """True when a map can run as plain calls: sequential items of sync nodes."""
+    return engine.map_executor == "sequential" and engine.inline and not plan.needs_loop
+
+
 def _check_engine(engine: object) -> Engine:
-    if engine is None:
-        return _DEFAULT_ENGINE
     if not isinstance(engine, Engine):
         raise TypeError(
             f"engine must be a plait.Engine, got {type(engine).__name__}; "
@@ -481,3 +531,13 @@ def _inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outc
                 raise
             outcome = item_error(exc, index, runner.inputs(item))
         yield index, outcome
+
+
+def _rebuild_pipeline(
+    nodes: tuple[Node[..., Any], ...],
+    engine: Engine | None,
+    name: str | None,
+    bound: dict[str, Any],
+) -> Pipeline:
+    pipeline = Pipeline(nodes, engine=engine, name=name)
+    return pipeline.bind(**bound) if bound else pipeline

@@ -11,6 +11,7 @@ from typing import Any
 from plait.engine import executors
 from plait.engine.controls import NodeRuntime
 from plait.engine.executors import terminate_pool
+from plait.engine.nesting import ENCLOSING, Enclosing
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_plan
 from plait.errors import EngineError
@@ -59,6 +60,7 @@ class Engine:
         self._max_concurrent = max_concurrent
         self._pools: dict[str, Executor | None] = {}
         self._owned: list[Executor] = []
+        self._scaled: dict[int, Engine] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -136,7 +138,51 @@ class Engine:
 
     async def arun_plan(self, plan: Plan, values: list[Any]) -> None:
         """Run a compiled plan, writing results into ``values``."""
-        await run_plan(plan, values, self.node_pool(), self.runtime(plan))
+        here = ENCLOSING.get()
+        token = ENCLOSING.set(Enclosing(self, here.map_depth, here.map_width))
+        try:
+            await run_plan(plan, values, self.node_pool(), self.runtime(plan))
+        finally:
+            ENCLOSING.reset(token)
+
+    def scaled(self, width: int) -> Engine:
+        """This engine for a map nested in one of its map items: ``width`` items at once.
+
+        Nodes run as here; map items run on an engine of the same kind sized to
+        ``width``. A width of 1 runs them one by one, and so do executor
+        instances and process pools, where nested items would queue behind
+        their own parents.
+        """
+        width = max(1, width)
+        with self._lock:
+            engine = self._scaled.get(width)
+            if engine is None:
+                kind = self._map_spec if width > 1 else "sequential"
+                if kind not in ("async", "threaded"):
+                    kind = "sequential"
+                engine = Engine(
+                    self._node_spec,
+                    kind,
+                    max_workers=width if kind == "threaded" else self._max_workers,
+                    max_concurrent=width if kind == "async" else self._max_concurrent,
+                )
+                self._scaled[width] = engine
+        return engine
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to another process: aliases travel, executor instances stay behind.
+        def alias(spec: str | Executor) -> str:
+            return spec if isinstance(spec, str) else "sequential"
+
+        return (
+            _rebuild_engine,
+            (
+                alias(self._node_spec),
+                alias(self._map_spec),
+                self._max_workers,
+                self._max_concurrent,
+            ),
+        )
 
     def discard_map_pool(self) -> None:
         """Terminate the owned map process pool now (after a failure or a dead worker);
@@ -156,8 +202,11 @@ class Engine:
             self._closed = True
             owned, self._owned = self._owned, []
             self._pools.clear()
+            scaled, self._scaled = list(self._scaled.values()), {}
         for pool in owned:
             pool.shutdown(wait=True)
+        for engine in scaled:
+            engine.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -177,6 +226,14 @@ class Engine:
         if self._map_spec == "async":
             options.append(f"max_concurrent={self._max_concurrent}")
         return f"Engine({', '.join(options)})"
+
+
+def _rebuild_engine(
+    node_executor: str, map_executor: str, max_workers: int | None, max_concurrent: int
+) -> Engine:
+    return Engine(
+        node_executor, map_executor, max_workers=max_workers, max_concurrent=max_concurrent
+    )
 
 
 def _check_positive(option: str, value: object, *, allow_none: bool) -> None:

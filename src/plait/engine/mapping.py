@@ -27,6 +27,7 @@ from plait.engine.async_executor import AsyncExecutor
 from plait.engine.controls import NodeRuntime
 from plait.engine.engine import Engine
 from plait.engine.inflight import InFlight
+from plait.engine.nesting import ENCLOSING, Enclosing
 from plait.engine.plan import Plan
 from plait.engine.scheduler import run_inline, run_plan
 from plait.errors import InputError
@@ -167,7 +168,7 @@ _END = object()
 class ItemRunner:
     """Turns one item's mapped values into a finished run of the plan."""
 
-    __slots__ = ("base", "names", "node_pool", "plan", "runtime", "slots")
+    __slots__ = ("base", "enclosing", "names", "node_pool", "plan", "runtime", "slots")
 
     def __init__(
         self,
@@ -181,6 +182,8 @@ class ItemRunner:
         self.names = tuple(names)
         self.node_pool = node_pool
         self.runtime = runtime  # one set of node limits for the whole map
+        #: What code inside an item sees as its enclosing engine and map budget.
+        self.enclosing: Enclosing | None = None
         inputs = plan.input_index
         # Mapped inputs the selected outputs don't need have no slot: -1, skipped.
         self.slots = tuple(inputs.get(n, -1) for n in names)
@@ -200,12 +203,22 @@ class ItemRunner:
     def run_inline(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run a plan of sync nodes as plain calls (no event loop)."""
         values = self.values(item)
-        run_inline(self.plan, values)
+        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
+        try:
+            run_inline(self.plan, values)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
         return self.plan.outputs(values)
 
     async def arun(self, item: tuple[Any, ...]) -> dict[str, Any]:
         values = self.values(item)
-        await run_plan(self.plan, values, self.node_pool, self.runtime)
+        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
+        try:
+            await run_plan(self.plan, values, self.node_pool, self.runtime)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
         return self.plan.outputs(values)
 
     def for_worker(self) -> ItemRunner:
@@ -213,6 +226,7 @@ class ItemRunner:
         clone = copy.copy(self)
         clone.node_pool = None
         clone.runtime = None
+        clone.enclosing = None  # a worker process is its own top level
         return clone
 
     def attach_local_runtime(self) -> None:

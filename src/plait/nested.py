@@ -1,0 +1,112 @@
+"""A pipeline used as one node of another: ``pipeline.as_node(...)``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from plait._text import did_you_mean, quoted
+from plait.engine.mapping import ItemError
+from plait.errors import InputError, NodeDefinitionError, UnknownOutputError
+from plait.node import Node
+
+if TYPE_CHECKING:
+    from plait.pipeline import Pipeline
+
+
+class _InnerDefault:
+    """Stands for "not given: the inner node's own default applies"."""
+
+    def __repr__(self) -> str:
+        return "<inner default>"
+
+
+INNER_DEFAULT: Final = _InnerDefault()
+
+
+def as_node(
+    pipeline: Pipeline,
+    *,
+    input_mapping: Mapping[str, str] | None,
+    output_mapping: Mapping[str, str] | None,
+    map_over: str | Sequence[str] | None,
+    map_mode: str,
+    name: str | None,
+) -> Node[..., Any]:
+    """Build the node that runs ``pipeline``; see :meth:`Pipeline.as_node`."""
+    node_name = name or pipeline.name or "nested"
+    inner_inputs = [n for n in pipeline.input_names if n not in pipeline.bound_inputs]
+    to_inner = dict(input_mapping or {})
+    for outer, inner in to_inner.items():
+        if inner not in inner_inputs:
+            raise InputError(
+                f"as_node {node_name!r}: input_mapping maps {outer!r} to {inner!r}, which is "
+                f"not an unbound input of the pipeline.{did_you_mean(inner, inner_inputs)} "
+                f"Inputs: {quoted(inner_inputs) or 'none'}"
+            )
+    to_outer = {inner: outer for outer, inner in to_inner.items()}
+    params = {to_outer.get(n, n): n for n in inner_inputs}  # outer parameter -> inner input
+
+    if output_mapping is None:
+        exposed = {o: o for o in pipeline.output_names}
+    else:
+        for inner in output_mapping:
+            if inner not in pipeline.output_names:
+                raise UnknownOutputError(
+                    f"as_node {node_name!r}: output_mapping names {inner!r}, which the pipeline "
+                    f"does not produce.{did_you_mean(inner, pipeline.output_names)} "
+                    f"Outputs: {quoted(pipeline.output_names)}"
+                )
+        exposed = dict(output_mapping)
+    if not exposed:
+        raise NodeDefinitionError(f"as_node {node_name!r}: output_mapping exposes no output")
+    selected = list(exposed)
+
+    mapped: tuple[str, ...] = ()
+    if map_over is not None:
+        mapped = (map_over,) if isinstance(map_over, str) else tuple(map_over)
+        for outer in mapped:
+            if outer not in params:
+                raise InputError(
+                    f"as_node {node_name!r}: map_over names {outer!r}, which is not an input "
+                    f"of the node.{did_you_mean(outer, params)} Inputs: {quoted(params)}"
+                )
+
+    optional = set(pipeline.optional_inputs)
+
+    async def run_nested(**kwargs: Any) -> Any:
+        inputs = {params[k]: v for k, v in kwargs.items() if v is not INNER_DEFAULT}
+        if not mapped:
+            result = await pipeline.arun(inputs, output_name=selected)
+            values = [result[o] for o in selected]
+        else:
+            items = await pipeline.amap(
+                inputs,
+                map_over=[params[m] for m in mapped],
+                map_mode=map_mode,  # type: ignore[arg-type]
+                output_name=selected,
+            )
+            values = [[_outputs(item)[o] for item in items] for o in selected]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    run_nested.__name__ = run_nested.__qualname__ = node_name
+    run_nested.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                outer,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=INNER_DEFAULT if inner in optional else inspect.Parameter.empty,
+            )
+            for outer, inner in params.items()
+        ]
+    )
+    outputs = [exposed[o] for o in selected]
+    output_name = outputs[0] if len(outputs) == 1 else tuple(outputs)
+    return Node(run_nested, output_name=output_name, name=node_name)
+
+
+def _outputs(item: dict[str, Any] | ItemError) -> dict[str, Any]:
+    if isinstance(item, ItemError):  # not reached with on_error="raise"; kept for typing
+        raise item.exception
+    return item
