@@ -21,6 +21,9 @@ class _InnerDefault:
     def __repr__(self) -> str:
         return "<inner default>"
 
+    def __reduce__(self) -> str:
+        return "INNER_DEFAULT"  # one instance, also after pickling
+
 
 INNER_DEFAULT: Final = _InnerDefault()
 
@@ -74,24 +77,8 @@ def as_node(
                 )
 
     optional = set(pipeline.optional_inputs)
-
-    async def run_nested(**kwargs: Any) -> Any:
-        inputs = {params[k]: v for k, v in kwargs.items() if v is not INNER_DEFAULT}
-        if not mapped:
-            result = await pipeline.arun(inputs, output_name=selected)
-            values = [result[o] for o in selected]
-        else:
-            items = await pipeline.amap(
-                inputs,
-                map_over=[params[m] for m in mapped],
-                map_mode=map_mode,  # type: ignore[arg-type]
-                output_name=selected,
-            )
-            values = [[_outputs(item)[o] for item in items] for o in selected]
-        return values[0] if len(values) == 1 else tuple(values)
-
-    run_nested.__name__ = run_nested.__qualname__ = node_name
-    run_nested.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    call = _NestedCall(pipeline, params, selected, mapped, map_mode, node_name)
+    call.__signature__ = inspect.Signature(
         [
             inspect.Parameter(
                 outer,
@@ -103,7 +90,44 @@ def as_node(
     )
     outputs = [exposed[o] for o in selected]
     output_name = outputs[0] if len(outputs) == 1 else tuple(outputs)
-    return Node(run_nested, output_name=output_name, name=node_name)
+    return Node(call, output_name=output_name, name=node_name)
+
+
+class _NestedCall:
+    """The nested node's function: run (or map) the inner pipeline. Plain-picklable."""
+
+    __signature__: inspect.Signature
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        params: dict[str, str],
+        selected: list[str],
+        mapped: tuple[str, ...],
+        map_mode: str,
+        name: str,
+    ) -> None:
+        self.pipeline = pipeline
+        self.params = params  # outer parameter -> inner input
+        self.selected = selected
+        self.mapped = mapped
+        self.map_mode = map_mode
+        self.__name__ = name
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        inputs = {self.params[k]: v for k, v in kwargs.items() if v is not INNER_DEFAULT}
+        if not self.mapped:
+            result = await self.pipeline.arun(inputs, output_name=self.selected)
+            values = [result[o] for o in self.selected]
+        else:
+            items = await self.pipeline.amap(
+                inputs,
+                map_over=[self.params[m] for m in self.mapped],
+                map_mode=self.map_mode,  # type: ignore[arg-type]
+                output_name=self.selected,
+            )
+            values = [[_outputs(item)[o] for item in items] for o in self.selected]
+        return values[0] if len(values) == 1 else tuple(values)
 
 
 def _outputs(item: dict[str, Any] | ItemError) -> dict[str, Any]:
