@@ -146,7 +146,7 @@ def test_retry_hook_sees_each_retry() -> None:
 
     pipe = Pipeline([flaky])
     plan = pipe._plan(None, {"x": 1})
-    runtime = pipe.engine.runtime(plan)
+    runtime = Engine().runtime(plan)
     assert runtime is not None
     runtime.on_retry = lambda step, attempt, exc, delay: seen.append(
         (step.node.name, attempt, str(exc), delay)

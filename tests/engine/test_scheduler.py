@@ -199,8 +199,11 @@ def test_bad_max_workers() -> None:
 
 
 def test_engine_repr() -> None:
-    assert (
-        repr(Engine("threaded", max_workers=3)) == "Engine(node_executor='threaded', max_workers=3)"
+    assert repr(Engine("threaded", max_workers=3)) == (
+        "Engine(node_executor='threaded', map_executor='sequential', max_workers=3)"
+    )
+    assert repr(Engine(map_executor="async", max_concurrent=50)) == (
+        "Engine(node_executor='sequential', map_executor='async', max_concurrent=50)"
     )
 
 
