@@ -178,3 +178,22 @@ def test_node_limits_apply_within_each_worker(engine: Engine) -> None:
 
     pipe = Pipeline([flaky_once_per_value], engine=engine)
     assert [r["y"] for r in pipe.map(inputs={"x": range(6)}, map_over="x")] == list(range(6))
+
+
+def test_a_loky_executor_runs_items_with_closures() -> None:
+    loky = pytest.importorskip("loky")
+    offset = 5
+    executor = loky.get_reusable_executor(max_workers=2)
+    pipe = Pipeline(
+        [node(lambda x: (x + offset, os.getpid()), output_name="y", name="shift")],
+        engine=Engine(map_executor=executor),
+    )
+    result = pipe.map(inputs={"x": range(8)}, map_over="x")
+    assert [r["y"][0] for r in result] == [x + 5 for x in range(8)]
+    assert os.getpid() not in {r["y"][1] for r in result}
+    inverse = Pipeline(
+        [node(lambda x: 1 / x, output_name="y", name="inv")], engine=Engine(map_executor=executor)
+    )
+    with pytest.raises(ZeroDivisionError) as info:
+        inverse.map(inputs={"x": [1, 0]}, map_over="x")
+    assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__

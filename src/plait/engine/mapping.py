@@ -297,24 +297,38 @@ class TaskLauncher(Launcher):
 
 
 class ExecutorLauncher(Launcher):
-    """Each item a job on an executor (threads see the caller's contextvars)."""
+    """Each item a job on an executor.
+
+    Threads share this process: they see the caller's contextvars and the map's
+    node limits. Any other executor (loky, dask ...) may run the job elsewhere, so
+    each job carries a self-contained runner (pickled by that executor).
+    """
 
     def __init__(self, runner: ItemRunner, executor: Executor) -> None:
         self.runner = runner
         self.executor = executor
-        self.thread_context = isinstance(executor, ThreadPoolExecutor)
+        self.in_process = isinstance(executor, (ThreadPoolExecutor, AsyncExecutor))
+        self.remote = None if self.in_process else runner.for_worker()
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         ((_, item),) = chunk
         job: JobFuture[Any]
         if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
             job = self.executor.submit(self.runner.arun, item)
-        elif self.thread_context:
+        elif self.in_process:
             ctx = contextvars.copy_context()
             job = self.executor.submit(ctx.run, self.runner.run_blocking, item)
         else:
-            job = self.executor.submit(self.runner.run_blocking, item)
+            assert self.remote is not None
+            job = self.executor.submit(run_elsewhere, self.remote, item)
         inflight.add_job(job, chunk)
+
+
+def run_elsewhere(runner: ItemRunner, item: tuple[Any, ...]) -> dict[str, Any]:
+    """One item on another executor's worker, with node limits of its own."""
+    if runner.plan.has_controls and runner.runtime is None:
+        runner.attach_local_runtime()
+    return runner.run_blocking(item)
 
 
 async def iterate(
