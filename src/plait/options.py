@@ -14,7 +14,7 @@ from plait.errors import NodeDefinitionError
 Backoff = float | Callable[[int], float]
 
 #: Aliases accepted for ``@node(executor=...)``.
-NODE_EXECUTOR_ALIASES = ("sequential", "threaded")
+NODE_EXECUTOR_ALIASES = ("sequential", "threaded", "parallel")
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
 _PERIODS = {

@@ -197,3 +197,29 @@ def test_a_loky_executor_runs_items_with_closures() -> None:
     with pytest.raises(ZeroDivisionError) as info:
         inverse.map(inputs={"x": [1, 0]}, map_over="x")
     assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
+
+
+def test_node_executor_parallel_runs_independent_sync_nodes_in_processes() -> None:
+    base = 10
+    nodes = [
+        node(lambda i=i: (base + i, os.getpid()), output_name=f"o{i}", name=f"n{i}")
+        for i in range(4)
+    ]
+    with Engine(node_executor="parallel", max_workers=2) as engine:
+        result = Pipeline(nodes, engine=engine).run()
+    assert [result[f"o{i}"][0] for i in range(4)] == [10, 11, 12, 13]
+    assert os.getpid() not in {v[1] for v in result.values()}
+
+
+def test_per_node_parallel_executor() -> None:
+    @node(output_name="where", executor="parallel")
+    def elsewhere():
+        return os.getpid()
+
+    @node(output_name="here")
+    def here():
+        return os.getpid()
+
+    with Engine() as engine:
+        result = Pipeline([elsewhere, here], engine=engine).run()
+    assert result["here"] == os.getpid() != result["where"]

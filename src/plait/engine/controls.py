@@ -20,6 +20,7 @@ from concurrent.futures import Future as JobFuture
 from typing import Any
 
 from plait.engine.plan import Plan, Step
+from plait.engine.remote import submit_call
 
 #: Called before each retry sleep: (step, attempt that failed, exception, delay seconds).
 RetryHook = Callable[[Step, int, BaseException, float], None]
@@ -155,8 +156,8 @@ async def _attempt(
     if isinstance(executor, ThreadPoolExecutor):
         ctx = contextvars.copy_context()
         job = executor.submit(ctx.run, step.func, *args, **kwargs)
-    else:  # the Node pickles by reference where its function would not
-        job = executor.submit(step.node, *args, **kwargs)
+    else:
+        job = submit_call(executor, step, args, kwargs)
     return await _await_job(job, step, limit)
 
 

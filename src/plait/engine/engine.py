@@ -24,8 +24,10 @@ class Engine:
         node_executor: where sync nodes run within one run. ``"sequential"``
             (default) calls them inline on the event loop, one at a time;
             ``"threaded"`` runs them on a thread pool the engine owns, so
-            independent blocking nodes overlap; an ``Executor`` instance is used
-            as given. Async nodes always run as tasks on the event loop.
+            independent blocking nodes overlap; ``"parallel"`` on a process pool
+            it owns (closures and lambdas travel with cloudpickle); an
+            ``Executor`` instance is used as given. Async nodes always run as
+            tasks on the event loop.
         map_executor: how :meth:`~plait.Pipeline.map` runs items. ``"sequential"``
             (default): one after another; ``"async"``: as tasks on the event loop,
             at most ``max_concurrent`` at once (the way to run 10,000 async calls);
@@ -134,6 +136,8 @@ class Engine:
             return self.node_pool()
         if isinstance(spec, Executor):
             return spec
+        if spec == "parallel":
+            return self._pool("node" if self._node_spec == "parallel" else "processes", spec)
         return self.threads() if spec == "threaded" else None
 
     async def arun_plan(self, plan: Plan, values: list[Any]) -> None:

@@ -31,6 +31,7 @@ class Step:
         "keyword",
         "node",
         "out_slots",
+        "payload",
         "positional",
         "successors",
     )
@@ -57,6 +58,8 @@ class Step:
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()
+        #: The node cloudpickled, with a digest, once it is first sent to a process pool.
+        self.payload: tuple[bytes, str] | None = None
 
     def args(self, values: Sequence[Any]) -> tuple[Any, ...]:
         """Positional arguments for this call."""

@@ -20,6 +20,7 @@ from plait._text import short_repr
 from plait.engine.controls import NodeRuntime, call_controlled
 from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan, Step
+from plait.engine.remote import submit_call
 from plait.errors import OutputArityError
 
 
@@ -190,8 +191,8 @@ class _Dataflow:
             if self.thread_context:
                 ctx = contextvars.copy_context()
                 job = self.executor.submit(ctx.run, step.func, *args, **kwargs)
-            else:  # the Node pickles by reference where its function would not
-                job = self.executor.submit(step.node, *args, **kwargs)
+            else:
+                job = submit_call(self.executor, step, args, kwargs)
         except Exception as exc:
             annotate(exc, step, values)
             raise
