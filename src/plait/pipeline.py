@@ -522,14 +522,20 @@ def _sync_stream(
 
 def _inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:
     """Sequential items of sync nodes: plain calls, no event loop."""
+    run = runner.run_inline
+    collect = spec.on_error == "collect"
     for index, item in enumerate(spec.items()):
+        token = ENCLOSING.set(runner.enclosing) if runner.enclosing else None
         try:
-            outcome: Outcome = runner.run_inline(item)
+            outcome: Outcome = run(item)
         except Exception as exc:
             annotate_item(exc, index, runner.inputs(item))
-            if spec.on_error == "raise":
+            if not collect:
                 raise
             outcome = item_error(exc, index, runner.inputs(item))
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
         yield index, outcome
 
 

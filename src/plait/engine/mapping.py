@@ -14,6 +14,7 @@ import contextvars
 import copy
 import itertools
 import math
+import re
 import traceback
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -140,29 +141,27 @@ def _strict_zip(
     names: Sequence[str], columns: Sequence[Iterable[Any]]
 ) -> Iterator[tuple[Any, ...]]:
     """zip(), but running out of one input before the others is an error naming both."""
-    iterators = [iter(c) for c in columns]
-    for count in itertools.count():
-        row = []
-        for name, it in zip(names, iterators, strict=True):
-            try:
-                row.append(next(it))
-            except StopIteration:
-                if row:  # an earlier input still had items
-                    raise InputError(
-                        f"map_mode='zip' needs mapped inputs of one length: {name!r} ended "
-                        f"after {plural(count, 'item')} while {names[0]!r} had more"
-                    ) from None
-                for other, rest in zip(names[1:], iterators[1:], strict=True):
-                    if next(rest, _END) is not _END:
-                        raise InputError(
-                            f"map_mode='zip' needs mapped inputs of one length: {names[0]!r} "
-                            f"ended after {plural(count, 'item')} while {other!r} had more"
-                        ) from None
-                return
-        yield tuple(row)
+    if len(columns) == 1:
+        yield from zip(columns[0])
+        return
+    count = 0
+    try:
+        for row in zip(*columns, strict=True):
+            yield row
+            count += 1
+    except ValueError as exc:
+        mismatch = _ZIP_MISMATCH.match(str(exc))
+        if mismatch is None:
+            raise  # raised by an input's own iterator
+        other = names[int(mismatch["arg"]) - 1]
+        ended, more = (other, names[0]) if mismatch["how"] == "shorter" else (names[0], other)
+        raise InputError(
+            f"map_mode='zip' needs mapped inputs of one length: {ended!r} ended after "
+            f"{plural(count, 'item')} while {more!r} had more"
+        ) from None
 
 
-_END = object()
+_ZIP_MISMATCH = re.compile(r"zip\(\) argument (?P<arg>\d+) is (?P<how>shorter|longer) than")
 
 
 class ItemRunner:
@@ -191,7 +190,11 @@ class ItemRunner:
         self.base = plan.new_values(broadcast, partial=True)
 
     def values(self, item: tuple[Any, ...]) -> list[Any]:
-        values = list(self.base)
+        values = self.base.copy()
+        if len(item) == 1:
+            if self.slots[0] >= 0:
+                values[self.slots[0]] = item[0]
+            return values
         for slot, value in zip(self.slots, item, strict=True):
             if slot >= 0:
                 values[slot] = value
@@ -201,14 +204,10 @@ class ItemRunner:
         return dict(zip(self.names, item, strict=True))
 
     def run_inline(self, item: tuple[Any, ...]) -> dict[str, Any]:
-        """Run a plan of sync nodes as plain calls (no event loop)."""
+        """Run a plan of sync nodes as plain calls (no event loop), in the caller's
+        context: the caller enters :attr:`enclosing` (once for many items)."""
         values = self.values(item)
-        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
-        try:
-            run_inline(self.plan, values)
-        finally:
-            if token is not None:
-                ENCLOSING.reset(token)
+        run_inline(self.plan, values)
         return self.plan.outputs(values)
 
     async def arun(self, item: tuple[Any, ...]) -> dict[str, Any]:
@@ -237,7 +236,12 @@ class ItemRunner:
         """Run one item to completion in a worker (a thread or a process)."""
         if self.plan.needs_loop:
             return bridge.run_sync(self.arun(item))
-        return self.run_inline(item)
+        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
+        try:
+            return self.run_inline(item)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
 
 
 def annotate_item(exc: BaseException, index: int, inputs: Mapping[str, Any]) -> None:

@@ -94,6 +94,7 @@ class _Dataflow:
     """State of one run of a plan that has async nodes or an executor."""
 
     __slots__ = (
+        "deferred",
         "executor",
         "inflight",
         "launched",
@@ -121,6 +122,7 @@ class _Dataflow:
         self.remaining = list(plan.indegree)
         self.inflight: InFlight[int] = InFlight(asyncio.get_running_loop())
         self.launched = False  # tasks created since the loop last ran
+        self.deferred: list[int] = []  # ready async steps, not yet started
 
     async def run(self) -> None:
         steps = self.plan.steps
@@ -128,9 +130,28 @@ class _Dataflow:
         inline: deque[int] = deque()
         for index in self.plan.roots:
             self._ready(index, inline)
+        deferred = self.deferred
         try:
             while True:
-                while inline:
+                if deferred:
+                    if len(deferred) == 1 and not inline and not inflight:
+                        # The only work there is: await it here, without a task.
+                        step = steps[deferred.pop()]
+                        coro = _call(step, self.values)
+                        try:
+                            result = await coro
+                        except Exception as exc:
+                            annotate(exc, step, self.values)
+                            raise
+                        _store(step, self.values, result)
+                        self._release(step, inline)
+                        continue
+                    for index in deferred:
+                        coro = _call(steps[index], self.values)
+                        inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
+                    deferred.clear()
+                    self.launched = True
+                if inline:
                     index = inline.popleft()
                     if self.launched:
                         # Let freshly created tasks reach their first await (send
@@ -140,6 +161,7 @@ class _Dataflow:
                     step = steps[index]
                     _store(step, self.values, _call(step, self.values))
                     self._release(step, inline)
+                    continue
                 if not inflight:
                     return
                 await inflight.wait_any()
@@ -166,11 +188,7 @@ class _Dataflow:
             self.inflight.start_task(coro, index, f"plait node {step.node.name}")
             self.launched = True
         elif step.is_async:
-            # An async function's call returns its coroutine (errors are annotated).
-            self.inflight.start_task(
-                _call(step, self.values), index, f"plait node {step.node.name}"
-            )
-            self.launched = True
+            self.deferred.append(index)  # started (or awaited) by run()
         elif self.executor is not None:
             self._submit(index, step)
         else:
