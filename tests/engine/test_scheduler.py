@@ -184,7 +184,7 @@ def test_threaded_nodes_see_contextvars_and_async_nodes_still_run_on_the_loop() 
     ("spec", "message"),
     [
         ("threads", r"unknown node_executor 'threads'\. Did you mean 'threaded'\?"),
-        ("gpu", r"unknown node_executor 'gpu'\. Use one of 'sequential', 'threaded'"),
+        ("gpu", r"'gpu'\. Use one of 'sequential', 'async', 'threaded', 'parallel' or a"),
         (3, r"node_executor must be one of .* or a concurrent.futures.Executor instance, got int"),
     ],
 )
@@ -498,3 +498,58 @@ def test_process_pool_errors_keep_their_type_and_get_a_note() -> None:
     assert (
         "plait: raised in node 'fails_in_worker' (→ bad) called with (x=7)" in info.value.__notes__
     )
+
+
+# --- node_executor="async" --------------------------------------------------------------
+
+
+def test_async_node_executor_runs_sync_nodes_off_the_loop_and_bounds_nodes() -> None:
+    state = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def blocking() -> str:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return threading.current_thread().name
+
+    async def napping() -> str:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return threading.current_thread().name
+
+    nodes = [node(blocking, output_name=f"s{i}", name=f"s{i}") for i in range(6)]
+    nodes += [node(napping, output_name=f"a{i}", name=f"a{i}") for i in range(6)]
+    with Engine(node_executor="async", max_concurrent=3) as engine:
+        result = Pipeline(nodes, engine=engine).run()
+    assert state["peak"] == 3
+    loop_thread = threading.current_thread().name
+    assert all(result[f"s{i}"] != loop_thread for i in range(6))  # sync nodes on threads
+    assert all(result[f"a{i}"] == loop_thread for i in range(6))  # async nodes on the loop
+
+
+def test_async_node_executor_overlaps_blocking_nodes() -> None:
+    with Engine(node_executor="async", max_concurrent=4) as engine:
+        result = Pipeline(blocking_nodes(4, threading.Barrier(4)), engine=engine).run()
+    assert len(set(result.values())) == 4
+
+
+def test_async_node_executor_fails_fast() -> None:
+    @node(output_name="bad")
+    def fails():
+        raise ValueError("sync failure on a thread")
+
+    @node(output_name="slow")
+    async def slow():
+        await asyncio.sleep(5)
+
+    with Engine(node_executor="async") as engine, pytest.raises(ValueError) as info:
+        Pipeline([slow, fails], engine=engine).run()
+    assert "plait: raised in node 'fails' (→ bad) called with ()" in info.value.__notes__

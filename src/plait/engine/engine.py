@@ -24,7 +24,9 @@ class Engine:
         node_executor: where sync nodes run within one run. ``"sequential"``
             (default) calls them inline on the event loop, one at a time;
             ``"threaded"`` runs them on a thread pool the engine owns, so
-            independent blocking nodes overlap; ``"parallel"`` on a process pool
+            independent blocking nodes overlap; ``"async"`` runs them on threads
+            too and keeps at most ``max_concurrent`` nodes of a run in flight;
+            ``"parallel"`` on a process pool
             it owns (closures and lambdas travel with cloudpickle); an
             ``Executor`` instance is used as given. Async nodes always run as
             tasks on the event loop.
@@ -35,7 +37,8 @@ class Engine:
             ``Executor`` instance: each item submitted to it.
         max_workers: size of the executors the engine creates (default:
             ``os.cpu_count()``).
-        max_concurrent: items in flight at once with ``map_executor="async"``.
+        max_concurrent: items in flight at once with ``map_executor="async"``;
+            nodes in flight at once within a run with ``node_executor="async"``.
 
     Executors given as strings are created on first use, kept across runs, and
     shut down by :meth:`close` (or ``with Engine(...) as engine:``); instances
@@ -133,7 +136,7 @@ class Engine:
 
     def _executor_for(self, spec: str | Executor | None) -> Executor | None:
         if spec is None:
-            return self.node_pool()
+            return self.threads() if self._node_spec == "async" else self.node_pool()
         if isinstance(spec, Executor):
             return spec
         if spec == "parallel":
@@ -145,7 +148,8 @@ class Engine:
         here = ENCLOSING.get()
         token = ENCLOSING.set(Enclosing(self, here.map_depth, here.map_width))
         try:
-            await run_plan(plan, values, self.node_pool(), self.runtime(plan))
+            limit = self._max_concurrent if self._node_spec == "async" else None
+            await run_plan(plan, values, self.node_pool(), self.runtime(plan), limit)
         finally:
             ENCLOSING.reset(token)
 
@@ -227,7 +231,7 @@ class Engine:
         options = [f"node_executor={self._node_spec!r}", f"map_executor={self._map_spec!r}"]
         if self._max_workers:
             options.append(f"max_workers={self._max_workers}")
-        if self._map_spec == "async":
+        if "async" in (self._map_spec, self._node_spec):
             options.append(f"max_concurrent={self._max_concurrent}")
         return f"Engine({', '.join(options)})"
 

@@ -15,7 +15,7 @@ from plait._text import did_you_mean, quoted
 from plait.errors import EngineError
 
 #: Aliases accepted for ``Engine(node_executor=...)``.
-NODE_EXECUTORS = ("sequential", "threaded", "parallel")
+NODE_EXECUTORS = ("sequential", "async", "threaded", "parallel")
 #: Aliases accepted for ``Engine(map_executor=...)``.
 MAP_EXECUTORS = ("sequential", "async", "threaded", "parallel")
 

@@ -29,20 +29,23 @@ async def run_plan(
     values: list[Any],
     executor: Executor | None = None,
     runtime: NodeRuntime | None = None,
+    limit: int | None = None,
 ) -> None:
     """Run every step of ``plan``, writing results into ``values``.
 
     ``executor`` runs plain sync nodes (None: inline); ``runtime`` holds the
     limits and executors of controlled nodes and is required when the plan has
-    any. With no async or controlled node and no executor this never suspends:
-    dataflow order is then the plan's topological order, each node a plain call.
+    any. ``limit`` (the ``"async"`` node executor) runs sync nodes on threads and
+    keeps at most that many nodes in flight. With no async or controlled node, no
+    executor and no limit this never suspends: dataflow order is then the plan's
+    topological order, each node a plain call.
     """
-    if executor is None and not plan.needs_loop:
+    if executor is None and limit is None and not plan.needs_loop:
         run_inline(plan, values)
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    await _Dataflow(plan, values, executor, runtime).run()
+    await _Dataflow(plan, values, executor, runtime, limit).run()
 
 
 def run_inline(plan: Plan, values: list[Any]) -> None:
@@ -98,6 +101,7 @@ class _Dataflow:
         "executor",
         "inflight",
         "launched",
+        "limit",
         "plan",
         "remaining",
         "runtime",
@@ -111,8 +115,10 @@ class _Dataflow:
         values: list[Any],
         executor: Executor | None,
         runtime: NodeRuntime | None,
+        limit: int | None = None,
     ) -> None:
         self.plan = plan
+        self.limit = limit
         self.values = values
         self.executor = executor
         self.runtime = runtime
@@ -137,7 +143,7 @@ class _Dataflow:
                     if len(deferred) == 1 and not inline and not inflight:
                         # The only work there is: await it here, without a task.
                         step = steps[deferred.pop()]
-                        coro = _call(step, self.values)
+                        coro = self._coroutine(step)
                         try:
                             result = await coro
                         except Exception as exc:
@@ -146,11 +152,13 @@ class _Dataflow:
                         _store(step, self.values, result)
                         self._release(step, inline)
                         continue
-                    for index in deferred:
-                        coro = _call(steps[index], self.values)
-                        inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
-                    deferred.clear()
-                    self.launched = True
+                    room = len(deferred) if self.limit is None else self.limit - len(inflight)
+                    if room > 0:
+                        for index in deferred[:room]:
+                            coro = self._coroutine(steps[index])
+                            inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
+                        del deferred[:room]
+                        self.launched = True
                 if inline:
                     index = inline.popleft()
                     if self.launched:
@@ -187,12 +195,18 @@ class _Dataflow:
             coro = call_controlled(step, index, self.values, self.runtime)
             self.inflight.start_task(coro, index, f"plait node {step.node.name}")
             self.launched = True
-        elif step.is_async:
+        elif step.is_async or self.limit is not None:
             self.deferred.append(index)  # started (or awaited) by run()
         elif self.executor is not None:
             self._submit(index, step)
         else:
             inline.append(index)
+
+    def _coroutine(self, step: Step) -> Any:
+        """The awaitable for a deferred step: the async call, or a sync call on a thread."""
+        if step.is_async:
+            return _call(step, self.values)  # errors creating the coroutine are annotated
+        return asyncio.to_thread(step.func, *step.args(self.values), **step.kwargs(self.values))
 
     def _release(self, step: Step, inline: deque[int]) -> None:
         remaining = self.remaining
