@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import MappingProxyType
 from typing import Any
 
-from plait import bridge
+from plait import bridge, streams
 from plait._text import did_you_mean, quoted
 from plait.engine import Engine
 from plait.engine.executors import worker_count
@@ -22,9 +22,7 @@ from plait.engine.mapping import (
     OnError,
     Outcome,
     TaskLauncher,
-    annotate_item,
     check_map,
-    item_error,
     iterate,
 )
 from plait.engine.nesting import ENCLOSING, Enclosing, nested_engine
@@ -36,7 +34,6 @@ from plait.nested import as_node
 from plait.node import Node
 
 OutputSelection = str | Sequence[str] | None
-Batches = AsyncGenerator[list[tuple[int, Outcome]], None]
 
 _DEFAULT_ENGINE = Engine()
 
@@ -265,7 +262,7 @@ class Pipeline:
     ) -> list[Outcome]:
         """Run the pipeline once per item; the native form of :meth:`map`."""
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return await _collect(self._iterate(engine, runner, spec, ordered=False))
+        return await streams.collect(self._iterate(engine, runner, spec, ordered=False))
 
     def map(
         self,
@@ -291,10 +288,12 @@ class Pipeline:
             [{'y': 2}, {'y': 4}, {'y': 6}]
         """
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if _runs_inline(engine, runner.plan):
-            return [outcome for _, outcome in _inline_items(runner, spec)]
+        if streams.runs_inline(engine, runner.plan):
+            return [outcome for _, outcome in streams.inline_items(runner, spec)]
         return bridge._run_sync(
-            _collect(self._iterate(engine, runner, spec, ordered=False)), timeout=None, stacklevel=3
+            streams.collect(self._iterate(engine, runner, spec, ordered=False)),
+            timeout=None,
+            stacklevel=3,
         )
 
     def imap(
@@ -313,9 +312,9 @@ class Pipeline:
         are checked before this returns; see :meth:`map` for their meaning.
         """
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if _runs_inline(engine, runner.plan):
-            return _inline_items(runner, spec)
-        return _sync_stream(self._iterate(engine, runner, spec, ordered=ordered))
+        if streams.runs_inline(engine, runner.plan):
+            return streams.inline_items(runner, spec)
+        return streams.sync_stream(self._iterate(engine, runner, spec, ordered=ordered))
 
     def aimap(
         self,
@@ -333,7 +332,7 @@ class Pipeline:
         (otherwise they are cancelled when the iterator is garbage-collected).
         """
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return _flatten(self._iterate(engine, runner, spec, ordered=ordered))
+        return streams.flatten(self._iterate(engine, runner, spec, ordered=ordered))
 
     def _prepare_map(
         self,
@@ -353,7 +352,7 @@ class Pipeline:
 
     def _iterate(
         self, engine: Engine, runner: ItemRunner, spec: MapSpec, *, ordered: bool
-    ) -> Batches:
+    ) -> streams.Batches:
         executor = engine.map_pool()
         launcher: Launcher
         if executor is None:
@@ -467,11 +466,6 @@ def _normalize_outputs(output_name: OutputSelection) -> tuple[str, ...] | None:
     )
 
 
-def _runs_inline(engine: Engine, plan: Plan) -> bool:
-    """True when a map can run as plain calls: sequential items of sync nodes."""
-    return engine.map_executor == "sequential" and engine.inline and not plan.needs_loop
-
-
 def _check_engine(engine: object) -> Engine:
     if not isinstance(engine, Engine):
         raise TypeError(
@@ -479,64 +473,6 @@ def _check_engine(engine: object) -> Engine:
             "to run on an executor use Engine(node_executor=executor)"
         )
     return engine
-
-
-async def _collect(batches: Batches) -> list[Outcome]:
-    """Every outcome of a map, in input order."""
-    found: dict[int, Outcome] = {}
-    async for batch in batches:
-        found.update(batch)
-    return [found[i] for i in range(len(found))]
-
-
-async def _flatten(
-    batches: Batches,
-) -> AsyncIterator[tuple[int, Outcome]]:
-    try:
-        async for batch in batches:
-            for entry in batch:
-                yield entry
-    finally:
-        await batches.aclose()
-
-
-async def _next_batch(
-    batches: Batches,
-) -> list[tuple[int, Outcome]] | None:
-    return await anext(batches, None)
-
-
-def _sync_stream(
-    batches: Batches,
-) -> Iterator[tuple[int, Outcome]]:
-    """Drive an async stream of batches from sync code, one bridge call per batch."""
-    try:
-        while (
-            batch := bridge._run_sync(_next_batch(batches), timeout=None, stacklevel=3)
-        ) is not None:
-            yield from batch
-    finally:
-        # Leaving early (break, an exception, garbage collection) cancels what is in flight.
-        bridge._run_sync(batches.aclose(), timeout=None, stacklevel=3)
-
-
-def _inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:
-    """Sequential items of sync nodes: plain calls, no event loop."""
-    run = runner.run_inline
-    collect = spec.on_error == "collect"
-    for index, item in enumerate(spec.items()):
-        token = ENCLOSING.set(runner.enclosing) if runner.enclosing else None
-        try:
-            outcome: Outcome = run(item)
-        except Exception as exc:
-            annotate_item(exc, index, runner.inputs(item))
-            if not collect:
-                raise
-            outcome = item_error(exc, index, runner.inputs(item))
-        finally:
-            if token is not None:
-                ENCLOSING.reset(token)
-        yield index, outcome
 
 
 def _rebuild_pipeline(
