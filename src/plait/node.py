@@ -76,7 +76,7 @@ class Node(Generic[P, R]):
         self.output_name, self.outputs = _check_output_name(
             output_name if output_name is not None else default_name, self.name
         )
-        self.is_async = _is_async_callable(func)
+        self.is_async = _node_is_async(func)
         self.cache = cache
         self.options = make_options(
             self.name,
@@ -189,9 +189,7 @@ def node(
 
 
 def _callable_name(func: Callable[..., Any]) -> str:
-    inner = func
-    while isinstance(inner, functools.partial):
-        inner = inner.func
+    inner = _unwrap_partial(func)
     name = getattr(inner, "__name__", None)
     return name if isinstance(name, str) else type(inner).__name__
 
@@ -222,19 +220,29 @@ def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName,
     )
 
 
-def _is_async_callable(func: Callable[..., Any]) -> bool:
-    inner = func
-    while isinstance(inner, functools.partial):
-        inner = inner.func
-    if inspect.isasyncgenfunction(inner):
-        raise NodeDefinitionError(
-            f"{_callable_name(func)!r} is an async generator function; a node must return "
-            "its value. Collect the items in an async def that returns a list."
-        )
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions, partials of them, and objects whose
+    ``__call__`` is ``async def``: calling them returns a coroutine."""
+    inner = _unwrap_partial(func)
     if inspect.iscoroutinefunction(inner):
         return True
     call = getattr(inner, "__call__", None)  # noqa: B004 - objects whose __call__ is async
     return not inspect.isroutine(inner) and inspect.iscoroutinefunction(call)
+
+
+def _unwrap_partial(func: Callable[..., Any]) -> Callable[..., Any]:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def _node_is_async(func: Callable[..., Any]) -> bool:
+    if inspect.isasyncgenfunction(_unwrap_partial(func)):
+        raise NodeDefinitionError(
+            f"{_callable_name(func)!r} is an async generator function; a node must return "
+            "its value. Collect the items in an async def that returns a list."
+        )
+    return is_async_callable(func)
 
 
 def _read_parameters(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 from plait.bridge import LoopThread
 from plait.errors import EngineError
+from plait.node import is_async_callable
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ class AsyncExecutor(concurrent.futures.Executor):
             if not future.set_running_or_notify_cancel():
                 return  # cancelled while queued
             try:
-                if _is_async(fn):
+                if is_async_callable(fn):
                     result = await fn(*args, **kwargs)
                 else:  # on a thread, in a copy of this task's context
                     result = await asyncio.to_thread(fn, *args, **kwargs)
@@ -130,9 +130,3 @@ class AsyncExecutor(concurrent.futures.Executor):
 
         asyncio.run_coroutine_threadsafe(idle(), self._thread.loop).result()
         self._thread.stop()
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - objects whose __call__ is async
-    )

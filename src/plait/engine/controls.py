@@ -9,16 +9,16 @@ in other processes have limits of their own.)
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from typing import Any
 
+from plait.engine.inflight import wait_all_deferring_cancel
 from plait.engine.plan import Plan, Step
 from plait.engine.remote import submit_call
 
@@ -153,12 +153,7 @@ async def _attempt(
         executor = runtime.threads()
     if executor is None:
         return step.func(*args, **kwargs)
-    if isinstance(executor, ThreadPoolExecutor):
-        ctx = contextvars.copy_context()
-        job = executor.submit(ctx.run, step.func, *args, **kwargs)
-    else:
-        job = submit_call(executor, step, args, kwargs)
-    return await _await_job(job, step, limit)
+    return await _await_job(submit_call(executor, step, args, kwargs), step, limit)
 
 
 async def _await_job(job: JobFuture[Any], step: Step, limit: float | None) -> Any:
@@ -182,21 +177,9 @@ async def _await_job(job: JobFuture[Any], step: Step, limit: float | None) -> An
         return future.result()
     except asyncio.CancelledError:
         if not job.cancel() and not job.done():
-            await _finish(future)  # running on a thread: nothing may outlive the run
+            # Running on a thread: nothing may outlive the run.
+            await wait_all_deferring_cancel({future})
         raise
-
-
-async def _finish(future: asyncio.Future[Any]) -> None:
-    """Wait for ``future`` to complete, deferring further cancellation until it has."""
-    cancelled = None
-    while not future.done():
-        try:
-            await asyncio.wait({future})
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    _discard(future)
-    if cancelled is not None:
-        raise cancelled
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

@@ -84,18 +84,30 @@ class InFlight(Generic[K]):
                 job.cancel()  # a queued job never starts; a running one finishes
             else:
                 future.cancel()
-        pending = set(self._futures)
-        cancelled: asyncio.CancelledError | None = None
-        while pending:
-            try:
-                _, pending = await asyncio.wait(pending)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-        for future in self._futures:
-            if not future.cancelled():
-                future.exception()  # retrieved: no "exception was never retrieved"
-        self._futures.clear()
-        self._jobs.clear()
-        self._done.clear()
-        if cancelled is not None:
-            raise cancelled
+        try:
+            await wait_all_deferring_cancel(set(self._futures))
+        finally:
+            self._futures.clear()
+            self._jobs.clear()
+            self._done.clear()
+
+
+async def wait_all_deferring_cancel(futures: set[asyncio.Future[Any]]) -> None:
+    """Wait until every future is done, retrieving their exceptions.
+
+    A cancellation of the caller meanwhile is deferred until the wait is over,
+    then re-raised: cleanup that must finish (a thread job, a cancelled task's
+    ``finally``) is never abandoned halfway.
+    """
+    pending = futures
+    cancelled: asyncio.CancelledError | None = None
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    for future in futures:
+        if not future.cancelled():
+            future.exception()  # retrieved: no "exception was never retrieved"
+    if cancelled is not None:
+        raise cancelled

@@ -1,10 +1,11 @@
-"""Sync node calls on executors that run them in other processes."""
+"""Sync node calls on executors: threads, processes, anything else."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import pickle
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import Future as JobFuture
 from typing import Any
 
@@ -16,12 +17,16 @@ from plait.engine.plan import Step
 def submit_call(
     executor: Executor, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> JobFuture[Any]:
-    """Submit one call of ``step`` to a non-thread executor.
+    """Submit one call of ``step`` to ``executor``.
 
-    A process pool pickles with plain pickle, which cannot carry closures or
-    lambdas: the node goes cloudpickled instead (once per step here, unpickled
-    once per worker there). Other executors (loky, dask) cloudpickle by themselves.
+    A thread pool runs the function in a copy of the caller's context (its
+    contextvars are visible). A process pool pickles with plain pickle, which
+    cannot carry closures or lambdas: the node goes cloudpickled instead (once per
+    step here, unpickled once per worker there). Other executors (loky, dask)
+    cloudpickle the node by themselves.
     """
+    if isinstance(executor, ThreadPoolExecutor):
+        return executor.submit(contextvars.copy_context().run, step.func, *args, **kwargs)
     if not isinstance(executor, ProcessPoolExecutor):
         return executor.submit(step.node, *args, **kwargs)
     if step.payload is None:

@@ -10,10 +10,9 @@ job is cancelled or waited for before the exception propagates.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 from plait._text import short_repr
@@ -105,7 +104,6 @@ class _Dataflow:
         "plan",
         "remaining",
         "runtime",
-        "thread_context",
         "values",
     )
 
@@ -122,9 +120,6 @@ class _Dataflow:
         self.values = values
         self.executor = executor
         self.runtime = runtime
-        # Thread workers see the caller's contextvars; other executors get plain calls
-        # (a contextvars.Context cannot be pickled to a process or a cluster).
-        self.thread_context = isinstance(executor, ThreadPoolExecutor)
         self.remaining = list(plan.indegree)
         self.inflight: InFlight[int] = InFlight(asyncio.get_running_loop())
         self.launched = False  # tasks created since the loop last ran
@@ -220,11 +215,7 @@ class _Dataflow:
         values = self.values
         args, kwargs = step.args(values), step.kwargs(values)
         try:
-            if self.thread_context:
-                ctx = contextvars.copy_context()
-                job = self.executor.submit(ctx.run, step.func, *args, **kwargs)
-            else:
-                job = submit_call(self.executor, step, args, kwargs)
+            job = submit_call(self.executor, step, args, kwargs)
         except Exception as exc:
             annotate(exc, step, values)
             raise
