@@ -63,6 +63,14 @@ class EngineError(PlaitError, ValueError):
     """An engine or executor was configured wrongly."""
 
 
+class DepDefinitionError(PlaitError, TypeError):
+    """A :class:`~plait.deps.Dep` cannot be made as written (``*args``, a cycle ...)."""
+
+
+class DepError(PlaitError, RuntimeError):
+    """A dep did not follow the protocol when run (a generator that did not yield exactly once)."""
+
+
 class PlaitWarning(UserWarning):
     """Base class for warnings plait emits."""
 
