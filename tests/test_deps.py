@@ -6,15 +6,17 @@
 import asyncio
 import contextlib
 import functools
+import gc
 import pickle
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
 
 from plait.bridge import drive_inline
-from plait.deps import Dep, DepScope, find_deps
+from plait.deps import Dep, DepScope, all_deps, find_deps
 from plait.errors import DepDefinitionError, DepError, InputError, MissingInputsError
 
 if TYPE_CHECKING:
@@ -160,6 +162,15 @@ def test_undefined_dep_function_in_an_annotation_is_an_error() -> None:
         match=r"cannot evaluate Dep\(not_defined_anywhere\) in the annotation of parameter 'x'",
     ):
         Dep(needs_missing)
+
+
+def test_all_deps_lists_each_dep_once_after_the_deps_it_needs() -> None:
+    def make_cache(conn: str = Dep(make_conn)) -> str:
+        return conn
+
+    order = all_deps([Dep(make_cache), Dep(make_conn), Dep(make_config)])
+    assert order == [Dep(make_config), Dep(make_conn), Dep(make_cache)]
+    assert all_deps([]) == []
 
 
 # ------------------------------------------------------------------------- kinds of deps
@@ -589,6 +600,90 @@ def test_every_teardown_runs_and_the_first_error_is_raised_with_the_others_noted
         "plait: raised while tearing down Dep(third)",
         "plait: also raised during teardown: RuntimeError: first failed (tearing down Dep(first))",
     ]
+
+
+def test_a_cancelled_aclose_still_runs_every_teardown_then_reraises() -> None:
+    events: list[str] = []
+    in_teardown = asyncio.Event()
+
+    def make_first() -> Iterator[int]:
+        yield 1
+        events.append("first down")
+
+    async def make_slow_down() -> AsyncIterator[int]:
+        yield 2
+        in_teardown.set()
+        try:
+            await asyncio.sleep(10)
+        finally:
+            events.append("slow down interrupted")
+
+    def make_last() -> Iterator[int]:
+        yield 3
+        events.append("last down")
+
+    async def main() -> None:
+        scope = DepScope({})
+        for dep in (Dep(make_first), Dep(make_slow_down), Dep(make_last)):
+            await scope.resolve([dep])
+        closing = asyncio.create_task(scope.aclose())
+        await in_teardown.wait()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+
+    run(main())
+    assert events == ["last down", "slow down interrupted", "first down"]
+
+
+def test_sync_function_returning_a_coroutine_is_awaited_and_closed_if_never_started() -> None:
+    async def connect(url: str) -> str:
+        await asyncio.sleep(0)
+        return "connected to " + url
+
+    def make_conn(url: str) -> Any:  # not async def, but returns a coroutine
+        return connect(url)
+
+    dep = Dep(make_conn)
+    assert not dep.is_async  # it cannot be known before calling it
+
+    async def main() -> None:
+        async with DepScope({"url": "db"}) as scope:
+            assert (await scope.resolve([dep]))[dep] == "connected to db"
+
+        scope = DepScope({"url": "db"})
+        resolving = asyncio.create_task(scope.resolve([dep]))
+        await asyncio.sleep(0)  # resolve has started the setup task, which has not run yet
+        await scope.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await resolving
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail here
+        run(main())
+        gc.collect()
+
+
+def test_item_dep_that_fails_fails_only_its_item() -> None:
+    def make_tx(item: int) -> int:
+        if item == 1:
+            raise LookupError(f"no row {item}")
+        return item
+
+    dep = Dep(make_tx, scope="item")
+
+    async def main() -> None:
+        root = DepScope({})
+        items = [DepScope({"item": i}, parent=root) for i in range(3)]
+        results = await asyncio.gather(*(s.resolve([dep]) for s in items), return_exceptions=True)
+        assert results[0] == {dep: 0}
+        assert results[2] == {dep: 2}
+        assert isinstance(results[1], LookupError)
+        assert results[1].__notes__ == ["plait: raised while setting up Dep(make_tx, scope='item')"]
+        for scope in [*items, root]:
+            await scope.aclose()
+
+    run(main())
 
 
 # ------------------------------------------------------------------------------ item scopes

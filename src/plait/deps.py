@@ -219,6 +219,29 @@ def find_deps(func: Callable[..., Any]) -> dict[str, Dep[Any]]:
     return _find_deps_guarded(func, _read_signature(func, _callable_name(func)))
 
 
+def all_deps(deps: Iterable[Dep[Any]]) -> list[Dep[Any]]:
+    """``deps`` and every dep they need, each once, a dep after the deps it needs.
+
+    For collecting what a set of deps reads from the pipeline inputs::
+
+        inputs = {p for dep in all_deps(node_deps) for p in dep.params}
+    """
+    ordered: dict[Dep[Any], None] = {}
+    stack: list[tuple[Dep[Any], bool]] = [(dep, False) for dep in reversed(list(deps))]
+    while stack:
+        dep, expanded = stack.pop()
+        if dep in ordered:
+            continue
+        if expanded:
+            ordered[dep] = None
+            continue
+        stack.append((dep, True))
+        stack.extend(
+            (sub, False) for sub in reversed(list(dep.deps.values())) if sub not in ordered
+        )
+    return list(ordered)
+
+
 def _find_deps_guarded(
     func: Callable[..., Any], signature: inspect.Signature
 ) -> dict[str, Dep[Any]]:
@@ -413,7 +436,7 @@ class _Setup:
         self.error = error
 
     def result(self) -> Any:
-        if self.state is _FAILED:
+        if self.state == _FAILED:
             assert self.error is not None
             raise self.error
         return self.value
@@ -455,9 +478,9 @@ class DepScope:
         setups: dict[Dep[Any], _Setup] = {}
         for dep in deps:
             setup = setups[dep] = self._get(dep)
-            if setup.state is _FAILED:
+            if setup.state == _FAILED:
                 setup.result()  # raises
-        pending = [s for s in setups.values() if s.state is _PENDING]
+        pending = [s for s in setups.values() if s.state == _PENDING]
         if pending:
             await _wait_for(pending)
         return {dep: setup.result() for dep, setup in setups.items()}
@@ -479,9 +502,9 @@ class DepScope:
             subs = {name: self._get(sub) for name, sub in dep.deps.items()}
             waiting = []
             for sub in subs.values():
-                if sub.state is _FAILED:
+                if sub.state == _FAILED:
                     sub.result()  # raises
-                if sub.state is _PENDING:
+                if sub.state == _PENDING:
                     waiting.append(sub)
             if not waiting and dep._kind in (_SYNC, _GEN):
                 result = self._call(dep, subs)
@@ -516,7 +539,7 @@ class DepScope:
 
     def _task_done(self, setup: _Setup, called: object, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if setup.state is _PENDING:  # cancelled before it started
+        if setup.state == _PENDING:  # cancelled before it started
             setup.fail(asyncio.CancelledError())
             if inspect.iscoroutine(called):
                 called.close()
@@ -630,10 +653,10 @@ class DepScope:
 
 async def _wait_for(setups: list[_Setup]) -> None:
     """Wait until every setup is done; raise a failure as soon as one is known."""
-    pending = {s.task for s in setups if s.state is _PENDING and s.task is not None}
+    pending = {s.task for s in setups if s.state == _PENDING and s.task is not None}
     while True:
         for setup in setups:
-            if setup.state is _FAILED:
+            if setup.state == _FAILED:
                 setup.result()  # raises
         if not pending:
             return
