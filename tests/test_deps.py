@@ -230,6 +230,55 @@ def test_partials_and_callable_objects_are_dep_functions() -> None:
     assert run(main()) == {made: "hi!", joined: "AB"}
 
 
+def test_contextmanager_and_decorated_generator_deps() -> None:
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def make_file() -> Iterator[str]:
+        events.append("file open")
+        try:
+            yield "file"
+        except ValueError:
+            events.append("file saw ValueError")
+            raise
+        finally:
+            events.append("file closed")
+
+    @contextlib.asynccontextmanager
+    async def make_session() -> AsyncIterator[str]:
+        await asyncio.sleep(0)
+        yield "session"
+        events.append("session closed")
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            events.append("logged")
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    def make_lock() -> Iterator[str]:
+        yield "lock"
+        events.append("lock released")
+
+    file, session, lock = Dep(make_file), Dep(make_session), Dep(make_lock)
+    assert (file.is_async, session.is_async, lock.is_async) == (False, True, False)
+
+    scope = DepScope({})
+    assert drive_inline(scope.resolve([file, lock])) == {file: "file", lock: "lock"}
+    drive_inline(scope.aclose(ValueError("run failed")))
+    assert events == ["file open", "logged", "file saw ValueError", "file closed"]
+
+    async def main() -> Any:
+        async with DepScope({}) as scope:
+            return (await scope.resolve([session]))[session]
+
+    assert run(main()) == "session"
+    assert events[-1] == "session closed"
+
+
 def test_generator_that_does_not_yield_or_yields_twice() -> None:
     def no_yield() -> Iterator[int]:
         return

@@ -37,6 +37,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
@@ -125,7 +126,9 @@ class Dep(Generic[T]):
         self.func = func
         self.scope = scope
         self._name = name
-        self._kind = _kind_of(func)
+        self._kind = _kind_of(func, wrapped=False)
+        # What a decorator wraps: a generator function under @contextmanager, say.
+        self._inner_kind = _kind_of(func, wrapped=True)
         self._signature = _read_signature(func, f"Dep({name})")
         for param in self._signature.parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -152,7 +155,11 @@ class Dep(Generic[T]):
                 if self._signature.parameters[p].default is not inspect.Parameter.empty
             }
         )
-        self.is_async = self._kind in (_ASYNC, _AGEN) or any(d.is_async for d in deps.values())
+        self.is_async = (
+            self._kind in (_ASYNC, _AGEN)
+            or self._inner_kind in (_ASYNC, _AGEN)
+            or any(d.is_async for d in deps.values())
+        )
         # (name, positional-only, default) per parameter, for building the call.
         self._layout = tuple(
             (p.name, p.kind is p.POSITIONAL_ONLY, p.default)
@@ -355,27 +362,28 @@ def _last_name(expr: ast.expr) -> str | None:
     return None
 
 
-def _unwrap(func: Callable[..., Any]) -> Any:
-    """The function whose code runs: through partials, bound methods and ``__wrapped__``."""
+def _unwrap(func: Callable[..., Any], *, wrapped: bool) -> Any:
+    """The function called: through partials, bound methods, callable objects' ``__call__``
+    and, with ``wrapped``, decorators' ``__wrapped__``."""
     inner: Any = func
     while True:
         if isinstance(inner, functools.partial):
             inner = inner.func
         elif inspect.ismethod(inner):
             inner = inner.__func__
-        elif hasattr(inner, "__wrapped__") and inspect.isfunction(inner):
+        elif wrapped and inspect.isfunction(inner) and hasattr(inner, "__wrapped__"):
             inner = inspect.unwrap(inner)
         else:
             break
     if not inspect.isroutine(inner) and not inspect.isclass(inner):
         call = getattr(type(inner), "__call__", None)  # noqa: B004 - a callable object
         if call is not None:
-            inner = _unwrap(call)
+            inner = _unwrap(call, wrapped=wrapped)
     return inner
 
 
-def _kind_of(func: Callable[..., Any]) -> str:
-    inner = _unwrap(func)
+def _kind_of(func: Callable[..., Any], *, wrapped: bool) -> str:
+    inner = _unwrap(func, wrapped=wrapped)
     if inspect.isasyncgenfunction(inner):
         return _AGEN
     if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(func):
@@ -386,9 +394,9 @@ def _kind_of(func: Callable[..., Any]) -> str:
 
 
 def _globals_of(func: Callable[..., Any]) -> dict[str, Any]:
-    inner = _unwrap(func)
+    inner = _unwrap(func, wrapped=True)
     if inspect.isclass(inner):
-        inner = _unwrap(inner.__init__)
+        inner = _unwrap(inner.__init__, wrapped=True)
     found = getattr(inner, "__globals__", None)
     return found if isinstance(found, dict) else {}
 
@@ -429,7 +437,13 @@ class _Setup:
         self.value: Any = None
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
-        self.teardown: Generator[Any, Any, Any] | AsyncGenerator[Any, Any] | None = None
+        self.teardown: (
+            Generator[Any, Any, Any]
+            | AsyncGenerator[Any, Any]
+            | AbstractContextManager[Any]
+            | AbstractAsyncContextManager[Any]
+            | None
+        ) = None
 
     def fail(self, error: BaseException) -> None:
         self.state = _FAILED
@@ -506,17 +520,13 @@ class DepScope:
                     sub.result()  # raises
                 if sub.state == _PENDING:
                     waiting.append(sub)
-            if not waiting and dep._kind in (_SYNC, _GEN):
-                result = self._call(dep, subs)
-                if dep._kind == _GEN:
-                    self._finish(setup, _enter_generator(dep, result), result)
-                    return setup
-                if not inspect.isawaitable(result):
-                    self._finish(setup, result, None)
-                    return setup
-                self._spawn(setup, self._await_result(setup, result), result)
-            else:
+            if waiting:
                 self._spawn(setup, self._setup_async(setup, subs, waiting), None)
+                return setup
+            # Calling an async function only makes its coroutine: no code runs yet.
+            result = self._call(dep, subs)
+            if not self._enter_now(setup, result):
+                self._spawn(setup, self._enter_later(setup, result), result)
         except BaseException as exc:
             setup.fail(exc)
         return setup
@@ -547,28 +557,52 @@ class DepScope:
     async def _setup_async(
         self, setup: _Setup, subs: Mapping[str, _Setup], waiting: list[_Setup]
     ) -> None:
-        dep = setup.dep
+        """Wait for the deps ``setup`` needs, then set it up."""
         try:
-            if waiting:
-                await _wait_for(waiting)
-            result = self._call(dep, subs)
-            if dep._kind == _AGEN:
-                value = await _enter_async_generator(dep, result)
-                self._finish(setup, value, result)
-            elif dep._kind == _GEN:
-                self._finish(setup, _enter_generator(dep, result), result)
-            elif inspect.isawaitable(result):
-                self._finish(setup, await _noted(dep, result), None)
-            else:
-                self._finish(setup, result, None)
+            await _wait_for(waiting)
+            result = self._call(setup.dep, subs)
+            if self._enter_now(setup, result):
+                return
         except BaseException as exc:
             setup.fail(exc)
             if not isinstance(exc, Exception):
                 raise
+            return
+        await self._enter_later(setup, result)
 
-    async def _await_result(self, setup: _Setup, result: Awaitable[Any]) -> None:
+    def _enter_now(self, setup: _Setup, result: Any) -> bool:
+        """Get the value from what the dep function returned, if that needs no awaiting."""
+        dep = setup.dep
+        wraps_generator = dep._inner_kind == _GEN
+        wraps_async_generator = dep._inner_kind == _AGEN
+        if dep._kind == _GEN or (wraps_generator and isinstance(result, Generator)):
+            self._finish(setup, _enter_generator(dep, result), result)
+        elif wraps_generator and isinstance(result, AbstractContextManager):
+            self._finish(setup, _noted_call(dep, result.__enter__), result)  # @contextmanager
+        elif (
+            dep._kind in (_ASYNC, _AGEN)
+            or inspect.isawaitable(result)
+            # an async generator under a decorator (@asynccontextmanager, say)
+            or (wraps_async_generator and isinstance(result, AsyncGenerator))
+            or (wraps_async_generator and isinstance(result, AbstractAsyncContextManager))
+        ):
+            return False
+        else:
+            self._finish(setup, result, None)
+        return True
+
+    async def _enter_later(self, setup: _Setup, result: Any) -> None:
+        """Await the value from what the dep function returned (coroutine, async generator ...)."""
+        dep = setup.dep
         try:
-            self._finish(setup, await _noted(setup.dep, result), None)
+            if isinstance(result, AsyncGenerator):
+                self._finish(setup, await _enter_async_generator(dep, result), result)
+            elif isinstance(result, AbstractAsyncContextManager) and not inspect.isawaitable(
+                result
+            ):
+                self._finish(setup, await _noted(dep, result.__aenter__()), result)
+            else:
+                self._finish(setup, await _noted(dep, result), None)
         except BaseException as exc:
             setup.fail(exc)
             if not isinstance(exc, Exception):
@@ -665,6 +699,14 @@ async def _wait_for(setups: list[_Setup]) -> None:
         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
 
+def _noted_call(dep: Dep[Any], func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except Exception as exc:
+        exc.add_note(f"plait: raised while setting up {dep!r}")
+        raise
+
+
 async def _noted(dep: Dep[Any], awaitable: Awaitable[T]) -> T:
     try:
         return await awaitable
@@ -697,18 +739,25 @@ async def _teardown(setup: _Setup, exc: BaseException | None) -> BaseException |
     """Resume the dep's generator past its yield; the error it raised, if any."""
     gen = setup.teardown
     setup.teardown = None
+    exc_info = (None, None, None) if exc is None else (type(exc), exc, exc.__traceback__)
     try:
         if isinstance(gen, Generator):
             if exc is None:
                 next(gen)
             else:
                 gen.throw(exc)
-        else:
-            assert gen is not None
+        elif isinstance(gen, AsyncGenerator):
             if exc is None:
                 await gen.__anext__()
             else:
                 await gen.athrow(exc)
+        elif isinstance(gen, AbstractContextManager):
+            gen.__exit__(*exc_info)
+            return None  # a context manager's protocol is its own: no "yielded twice" check
+        else:
+            assert isinstance(gen, AbstractAsyncContextManager)
+            await gen.__aexit__(*exc_info)
+            return None
     except (StopIteration, StopAsyncIteration):
         return None
     except BaseException as error:
