@@ -219,15 +219,29 @@ def test_partials_and_callable_objects_are_dep_functions() -> None:
     def join(a: str, b: str) -> str:
         return a + b
 
+    class Settings:
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        def upper(self, b: str) -> str:
+            return self.prefix.upper() + b
+
+    settings = Settings("x")
     made, joined = Dep(Factory()), Dep(functools.partial(join, "A"))
+    built, method = Dep(Settings), Dep(settings.upper)
     assert (made.params, made.is_async) == (("prefix",), True)
     assert (joined.params, joined.is_async) == (("b",), False)
+    assert (built.params, method.params) == (("prefix",), ("b",))
+    assert method == Dep(settings.upper)  # a new bound method object, the same resource
 
     async def main() -> dict[Dep[Any], Any]:
         async with DepScope({"prefix": "hi", "b": "B"}) as scope:
-            return await scope.resolve([made, joined])
+            return await scope.resolve([made, joined, built, method])
 
-    assert run(main()) == {made: "hi!", joined: "AB"}
+    values = run(main())
+    assert (values[made], values[joined], values[method]) == ("hi!", "AB", "XB")
+    assert isinstance(values[built], Settings)
+    assert values[built].prefix == "hi"
 
 
 def test_contextmanager_and_decorated_generator_deps() -> None:
@@ -406,7 +420,27 @@ def test_independent_deps_are_set_up_concurrently() -> None:
         await scope.aclose()
         return elapsed
 
-    assert run(main()) < 0.35  # sequentially it would be 0.4 s
+    assert run(main()) < 0.38  # one after the other they take 0.4 s
+
+
+def test_independent_deps_are_set_up_concurrently_without_timing() -> None:
+    a_started, b_started = asyncio.Event(), asyncio.Event()
+
+    async def make_a() -> str:
+        a_started.set()
+        await b_started.wait()  # only finishes if make_b runs meanwhile
+        return "a"
+
+    async def make_b() -> str:
+        b_started.set()
+        await a_started.wait()
+        return "b"
+
+    async def main() -> dict[Dep[Any], Any]:
+        async with asyncio.timeout(5), DepScope({}) as scope:
+            return await scope.resolve([Dep(make_a), Dep(make_b)])
+
+    assert run(main()) == {Dep(make_a): "a", Dep(make_b): "b"}
 
 
 def test_dep_of_dep_and_a_shared_sub_dep_set_up_once() -> None:
