@@ -4,8 +4,10 @@ A node declares a resource by a parameter's default or its ``Annotated`` metadat
 
     def make_client(base_url):            # base_url is a pipeline input
         client = httpx.Client(base_url=base_url)
-        yield client                      # the value nodes receive
-        client.close()                    # teardown, once the run is over
+        try:
+            yield client                  # the value nodes receive
+        finally:
+            client.close()                # teardown, once the run is over (or failed)
 
     @node
     def fetch(path, client: httpx.Client = Dep(make_client)): ...
