@@ -1,10 +1,10 @@
-"""The hand-built event sequences follow the documented order (so the other tests mean something)."""
+"""The hand-built event sequences follow the documented order (else the tests mean little)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from tests.callbacks.events import N, Map, Run, Source, map_, nodes, run
+from tests.callbacks.events import Map, N, Run, Source, map_, nodes, run
 
 
 def check_order(log: list[tuple[str, int, str | None, int | None]]) -> None:
@@ -13,9 +13,11 @@ def check_order(log: list[tuple[str, int, str | None, int | None]]) -> None:
     for event, scope, _, _ in log:
         by_scope[scope].append(event)
     for events in by_scope.values():
-        assert events[0].endswith("_start") and events[0] != "on_map_item_start"
+        assert events[0].endswith("_start")
+        assert events[0] != "on_map_item_start"
         assert events[-1] == events[0].replace("_start", "_end")
-        assert events.count(events[0]) == 1 and events.count(events[-1]) == 1
+        assert events.count(events[0]) == 1
+        assert events.count(events[-1]) == 1
     open_: set[tuple[int, str | None, int | None]] = set()
     for event, scope, node, item in log:
         key = (scope, node, item)
@@ -36,7 +38,8 @@ def test_a_map_with_nested_runs_cache_hits_retries_and_a_failure() -> None:
     src.play(map_(src, spec))
     check_order(src.log)
     events = [event for event, *_ in src.log]
-    assert events[0] == "on_map_start" and events[-1] == "on_map_end"
+    assert events[0] == "on_map_start"
+    assert events[-1] == "on_map_end"
     assert events.count("on_nested_pipeline_start") == 4  # items 0, 2, 4, 5
     assert events.count("on_map_item_cached") == 1
     assert events.count("on_error") == 1

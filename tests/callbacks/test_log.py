@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from plait.callbacks import LoggingCallback
-from tests.callbacks.events import N, Map, Run, Source, map_, nodes, run
+from tests.callbacks.events import Map, N, Run, Source, map_, nodes, run
 
 LOGGER = "test.plait"
 
@@ -55,7 +55,9 @@ def test_a_map_logs_counts_and_keeps_item_detail_at_debug(
     # a nested run says where it sits and for which item; its nodes log at level
     assert (logging.INFO, "plait scrape/parse/parse_doc[0]: nested pipeline started") in logged
     assert (logging.INFO, "plait scrape/parse/parse_doc:tokenize: node done in 0.050s") in logged
-    assert not any("scrape:fetch[" in message and level < logging.ERROR for level, message in logged)
+    assert not any(
+        "scrape:fetch[" in message and level < logging.ERROR for level, message in logged
+    )
 
 
 def test_an_error_logs_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -72,7 +74,8 @@ def test_an_error_logs_its_traceback_once(caplog: pytest.LogCaptureFixture) -> N
         "plait outer: pipeline failed after 0.500s: KeyError('boom')",
     ]
     assert [r.exc_info is not None for r in errors] == [True, False, False, False]
-    assert errors[0].exc_info is not None and errors[0].exc_info[1] is boom
+    assert errors[0].exc_info is not None
+    assert errors[0].exc_info[1] is boom
 
 
 def test_level_sets_the_level_of_ordinary_messages(caplog: pytest.LogCaptureFixture) -> None:
