@@ -60,6 +60,7 @@ class Map:
     total_known: bool = True
     concurrency: int = 3  # items in flight at once (their events interleave)
     abort: bool = False  # the first failure ends the map (items in flight get no end event)
+    tell_item: bool = False  # inside a map item, the map's own events carry that item's index
 
 
 class Source:
@@ -144,11 +145,17 @@ def run(
     return None
 
 
-def map_(src: Source, spec: Map, parent: Scope | None = None, via: str | None = None) -> Steps:
+def map_(
+    src: Source,
+    spec: Map,
+    parent: Scope | None = None,
+    via: str | None = None,
+    item: int | None = None,
+) -> Steps:
     """A map: items in flight ``concurrency`` at a time, finishing in any order."""
     scope = src.scope(spec.name, parent, via)
     total = spec.items if spec.total_known else None
-    src.emit(scope, "on_map_start", total=total)
+    src.emit(scope, "on_map_start", total=total, **({"item": item} if spec.tell_item else {}))
     yield
     pending = iter(range(spec.items))
     in_flight = {
@@ -208,7 +215,7 @@ def node(src: Source, scope: Scope, n: N, item: int | None) -> Steps:
     if isinstance(n.inner, Run):
         error = error or (yield from run(src, n.inner, scope, n.name, item))
     elif isinstance(n.inner, Map):
-        error = error or (yield from map_(src, n.inner, scope, n.name))
+        error = error or (yield from map_(src, n.inner, scope, n.name, item))
     if error is not None:
         src.emit(scope, "on_error", node=n.name, item=item, duration=0.05, error=error)
         yield
