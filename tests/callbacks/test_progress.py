@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -194,3 +195,21 @@ def test_without_rich_the_error_says_what_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert "pip install 'plait[progress]'" in result.stdout
+
+
+def test_one_instance_serves_runs_in_several_threads_at_once() -> None:
+    progress, out = plain(interval=0.0)  # a line per event: as much contention as possible
+    src = Source(progress)
+    threads = [
+        threading.Thread(target=src.play, args=(map_(src, Map(name, 300, nodes("x"))),))
+        for name in ("a", "b", "c")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    finals = [line for line in out.getvalue().splitlines() if "done in" in line]
+    assert sorted(line.split(" items")[0] for line in finals) == [
+        f"plait: map '{name}' 300/300" for name in "abc"
+    ]
+    assert not progress._scopes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from plait.callbacks.base import Callback, CallbackContext
@@ -26,6 +27,7 @@ class LoggingCallback(Callback):
         self.level = level
         self._live = 0  # scopes started and not ended
         self._traced: dict[int, BaseException] = {}  # exceptions logged with a traceback
+        self._lock = threading.Lock()  # one instance may serve runs in several threads
 
     # -- runs and maps ---------------------------------------------------------------
 
@@ -100,11 +102,13 @@ class LoggingCallback(Callback):
         error = ctx.error
         if error is None:
             return
-        if id(error) in self._traced:
+        with self._lock:
+            seen = id(error) in self._traced
+            self._traced[id(error)] = error
+        if seen:
             self._log(logging.ERROR, ctx, "raised %r (traceback above)", error)
-            return
-        self._traced[id(error)] = error
-        self._log(logging.ERROR, ctx, "raised %r", error, exc_info=error)
+        else:
+            self._log(logging.ERROR, ctx, "raised %r", error, exc_info=error)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -113,19 +117,21 @@ class LoggingCallback(Callback):
         return logging.DEBUG if ctx.item is not None else self.level
 
     def _started(self) -> None:
-        self._live += 1
+        with self._lock:
+            self._live += 1
 
     def _end(
         self, ctx: CallbackContext, kind: str, extra: str = "", args: tuple[Any, ...] = ()
     ) -> None:
-        self._live = max(0, self._live - 1)
         if ctx.error is None:
             self._log(self.level, ctx, f"{kind} done in %.3fs{extra}", ctx.duration, *args)
         else:
             message = f"{kind} failed after %.3fs{extra}: %r"
             self._log(logging.ERROR, ctx, message, ctx.duration, *args, ctx.error)
-        if not self._live:
-            self._traced.clear()  # ids are only unique while the exceptions are alive
+        with self._lock:
+            self._live = max(0, self._live - 1)
+            if not self._live:
+                self._traced.clear()  # ids are only unique while the exceptions are alive
 
     def _log(
         self,
