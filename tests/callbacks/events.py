@@ -137,7 +137,7 @@ def run(
     src.emit(scope, f"on_{kind}_start", item=item)
     yield
     for n in spec.nodes:
-        error = yield from node(src, scope, n, None)
+        error = yield from node(src, scope, n, item)  # a nested run's nodes tell its item too
         if error is not None:
             src.emit(scope, f"on_{kind}_end", item=item, duration=0.5, error=error)
             return error

@@ -52,12 +52,43 @@ def test_a_map_logs_counts_and_keeps_item_detail_at_debug(
         "plait scrape: map done in 1.000s: 5/5 items (1 cached, 1 failed)",
     )
     assert (logging.ERROR, "plait scrape:fetch[3]: raised ValueError('bad item 3')") in logged
-    # a nested run says where it sits and for which item; its nodes log at level
-    assert (logging.INFO, "plait scrape/parse/parse_doc[0]: nested pipeline started") in logged
-    assert (logging.INFO, "plait scrape/parse/parse_doc:tokenize: node done in 0.050s") in logged
-    assert not any(
-        "scrape:fetch[" in message and level < logging.ERROR for level, message in logged
-    )
+    assert len(logged) == 3  # the rest, per item, is DEBUG
+
+
+def test_debug_says_where_each_event_happened(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    src = Source(LoggingCallback(LOGGER))
+    inner = Run("parse_doc", nodes("tokenize"))
+    src.play(map_(src, Map("scrape", 1, [N("parse", inner=inner)])))
+    assert records(caplog) == [
+        (logging.INFO, "plait scrape: map started: 1 items"),
+        (logging.DEBUG, "plait scrape[0]: item started"),
+        (logging.DEBUG, "plait scrape:parse[0]: node started"),
+        (logging.DEBUG, "plait scrape/parse/parse_doc[0]: nested pipeline started"),
+        (logging.DEBUG, "plait scrape/parse/parse_doc:tokenize[0]: node started"),
+        (logging.DEBUG, "plait scrape/parse/parse_doc:tokenize[0]: node done in 0.050s"),
+        (logging.DEBUG, "plait scrape/parse/parse_doc[0]: nested pipeline done in 0.500s"),
+        (logging.DEBUG, "plait scrape:parse[0]: node done in 0.050s"),
+        (logging.DEBUG, "plait scrape[0]: item done in 0.100s"),
+        (logging.INFO, "plait scrape: map done in 1.000s: 1/1 items (0 cached, 0 failed)"),
+    ]
+
+
+def test_a_map_inside_a_run_logs_like_a_run_but_not_inside_map_items(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    src = Source(LoggingCallback(LOGGER))
+    per_page = Map("per_page", 2, nodes("ocr"))
+    book = Map("book", 2, [N("split", inner=per_page)])
+    src.play(run(src, Run("corpus", [N("pages", inner=book)])))
+    assert [message for _, message in records(caplog)] == [
+        "plait corpus: pipeline started",
+        "plait corpus/pages/book: map started: 2 items",
+        "plait corpus/pages/book: map done in 1.000s: 2/2 items (0 cached, 0 failed)",
+        "plait corpus:pages: node done in 0.050s",
+        "plait corpus: pipeline done in 0.500s",
+    ]
 
 
 def test_an_error_logs_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:

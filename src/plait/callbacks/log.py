@@ -14,30 +14,29 @@ class LoggingCallback(Callback):
 
     Runs, nested runs and maps (start, end with duration, a map's item counts) log
     at ``level``; so do node ends and cache hits outside map items. Inside map
-    items, where there may be thousands, node and item events log at DEBUG.
-    Retries log at WARNING, failures at ERROR with the traceback (once per
+    items, where there may be thousands, everything but retries and errors logs at
+    DEBUG. Retries log at WARNING, failures at ERROR with the traceback (once per
     exception, however many scopes it ends). Each message names the pipeline's
-    path (``corpus/docs/per_doc``) and the item index when there is one.
+    path (``corpus/docs/per_doc``), the node, and the item index when there is one.
 
-        >>> pipeline.map(items, callbacks=[LoggingCallback("myapp.pipeline")])
+        >>> pipeline.with_callbacks([LoggingCallback("myapp.pipeline")]).map(...)
     """
 
     def __init__(self, logger: logging.Logger | str = "plait", level: int = logging.INFO) -> None:
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.level = level
         self._live = 0  # scopes started and not ended
+        self._mapped: set[int] = set()  # live maps and scopes inside map items
         self._traced: dict[int, BaseException] = {}  # exceptions logged with a traceback
         self._lock = threading.Lock()  # one instance may serve runs in several threads
 
     # -- runs and maps ---------------------------------------------------------------
 
     def on_pipeline_start(self, ctx: CallbackContext) -> None:
-        self._started()
-        self._log(self.level, ctx, "pipeline started")
+        self._start(ctx, "pipeline started")
 
     def on_nested_pipeline_start(self, ctx: CallbackContext) -> None:
-        self._started()
-        self._log(self.level, ctx, "nested pipeline started")
+        self._start(ctx, "nested pipeline started")
 
     def on_pipeline_end(self, ctx: CallbackContext) -> None:
         self._end(ctx, "pipeline")
@@ -46,10 +45,9 @@ class LoggingCallback(Callback):
         self._end(ctx, "nested pipeline")
 
     def on_map_start(self, ctx: CallbackContext) -> None:
-        self._started()
         ctx.state.update(done=0, cached=0, failed=0)
         total = "?" if ctx.total is None else ctx.total
-        self._log(self.level, ctx, "map started: %s items", total)
+        self._start(ctx, "map started: %s items", total, is_map=True)
 
     def on_map_end(self, ctx: CallbackContext) -> None:
         state = ctx.state
@@ -116,19 +114,26 @@ class LoggingCallback(Callback):
         """Per-node events inside map items log at DEBUG, elsewhere at ``level``."""
         return logging.DEBUG if ctx.item is not None else self.level
 
-    def _started(self) -> None:
+    def _start(self, ctx: CallbackContext, message: str, *args: Any, is_map: bool = False) -> None:
         with self._lock:
             self._live += 1
+            inside = ctx.item is not None or ctx.parent_id in self._mapped
+            if inside or is_map:
+                self._mapped.add(ctx.scope_id)
+        ctx.state["level"] = logging.DEBUG if inside else self.level
+        self._log(ctx.state["level"], ctx, message, *args)
 
     def _end(
         self, ctx: CallbackContext, kind: str, extra: str = "", args: tuple[Any, ...] = ()
     ) -> None:
         if ctx.error is None:
-            self._log(self.level, ctx, f"{kind} done in %.3fs{extra}", ctx.duration, *args)
+            level = ctx.state.get("level", self.level)
+            self._log(level, ctx, f"{kind} done in %.3fs{extra}", ctx.duration, *args)
         else:
             message = f"{kind} failed after %.3fs{extra}: %r"
             self._log(logging.ERROR, ctx, message, ctx.duration, *args, ctx.error)
         with self._lock:
+            self._mapped.discard(ctx.scope_id)
             self._live = max(0, self._live - 1)
             if not self._live:
                 self._traced.clear()  # ids are only unique while the exceptions are alive

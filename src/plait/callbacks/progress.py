@@ -100,16 +100,14 @@ class ProgressCallback(Callback):
         self._advance(ctx, cached=True)
 
     def on_node_end(self, ctx: CallbackContext) -> None:
-        if ctx.item is None:  # a run's node; a map counts items instead
-            self._advance(ctx)
+        self._advance(ctx, node=True)
 
     def on_node_cached(self, ctx: CallbackContext) -> None:
-        if ctx.item is None:
-            self._advance(ctx, cached=True)
+        self._advance(ctx, node=True, cached=True)
 
     def on_error(self, ctx: CallbackContext) -> None:
-        if ctx.item is None and ctx.node is not None:
-            self._advance(ctx, failed=True)
+        if ctx.node is not None:
+            self._advance(ctx, node=True, failed=True)
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -126,10 +124,18 @@ class ProgressCallback(Callback):
             if self._display is not None and (stats.is_map or ctx.parent_id is None):
                 entry.task = self._display.add(stats, order)
 
-    def _advance(self, ctx: CallbackContext, *, cached: bool = False, failed: bool = False) -> None:
+    def _advance(
+        self,
+        ctx: CallbackContext,
+        *,
+        node: bool = False,
+        cached: bool = False,
+        failed: bool = False,
+    ) -> None:
+        """One more item of a map, or node of a run, finished."""
         with self._lock:
             entry = self._scopes.get(ctx.scope_id)
-            if entry is None:
+            if entry is None or node == entry.stats.is_map:  # a map counts items, not nodes
                 return
             stats = entry.stats
             stats.done += 1
