@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 import pytest
 from rich.console import Console
@@ -170,6 +171,15 @@ def test_on_a_terminal_from_another_thread(clock: Clock) -> None:
     src = Source(clock, progress)
     src.play_in_thread(map_(src, Map("scrape", 50, nodes("fetch"), concurrency=8)))
     assert "50/50 items" in out.getvalue()
+
+
+@pytest.mark.skipif(find_spec("ipywidgets") is not None, reason="ipywidgets is installed")
+def test_in_jupyter_without_ipywidgets_it_writes_plain_lines() -> None:
+    out = io.StringIO()
+    progress = ProgressCallback(console=Console(file=out, force_jupyter=True), plain_interval=60)
+    src = Source(progress)
+    src.play(map_(src, Map("scrape", 3, nodes("fetch"))))
+    assert out.getvalue().startswith("plait: map 'scrape' 3/3 items (100.0%), done in")
 
 
 @pytest.mark.parametrize("transient", [True, False])

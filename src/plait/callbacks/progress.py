@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import IO
 
 try:
@@ -32,7 +33,7 @@ class _Entry:
 class ProgressCallback(Callback):
     """Show how far runs and maps have got.
 
-    On a terminal or in Jupyter: a live rich display with a bar per top-level run
+    On a terminal or in Jupyter (with ipywidgets): a live rich display with a bar per top-level run
     (nodes done) and per map (items done/total, rate, ETA, cached and failed
     counts); maps of nested pipelines show under their parent's bar and disappear
     when done. Elsewhere (a log file, CI): a plain line per top-level run or map at
@@ -61,10 +62,10 @@ class ProgressCallback(Callback):
             console = Console(file=file) if file is not None else Console(stderr=True)
         self.console = console
         self.plain_interval = plain_interval
+        # rich draws in Jupyter through ipywidgets; without it a live display shows nothing
+        live = console.is_terminal or (console.is_jupyter and find_spec("ipywidgets") is not None)
         self._display = (
-            _progress_rich.RichDisplay(console, refresh_per_second, transient)
-            if console.is_terminal or console.is_jupyter
-            else None
+            _progress_rich.RichDisplay(console, refresh_per_second, transient) if live else None
         )
         self._lock = threading.RLock()
         self._scopes: dict[int, _Entry] = {}
