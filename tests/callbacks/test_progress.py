@@ -223,3 +223,25 @@ def test_one_instance_serves_runs_in_several_threads_at_once() -> None:
         f"plait: map '{name}' 300/300" for name in "abc"
     ]
     assert not progress._scopes
+
+
+@pytest.mark.parametrize("on_terminal", [True, False])
+def test_an_aborted_map_closes_the_scopes_it_cut_short(clock: Clock, on_terminal: bool) -> None:
+    progress, out = terminal() if on_terminal else plain(interval=60.0)
+    src = Source(clock, progress)
+    inner = Map("sub", 3, nodes("y"))
+    spec = Map("scrape", 10, [N("x", inner=inner)], failing={2: "x"}, abort=True, concurrency=3)
+    src.play(map_(src, spec))
+    started = {scope for event, scope, *_ in src.log if event == "on_map_start"}
+    ended = {scope for event, scope, *_ in src.log if event == "on_map_end"}
+    assert started - ended  # sub-maps still running when the map failed: no end event
+    assert not progress._scopes
+    if on_terminal:
+        assert progress._display is not None
+        assert progress._display.progress is None
+        assert "✗ ValueError" in out.getvalue()
+    else:
+        assert out.getvalue().splitlines() == [
+            "plait: map 'scrape' 1/10 items (10.0%), failed (ValueError) in 1.0s, 1.0 items/s, "
+            "1 failed"
+        ]

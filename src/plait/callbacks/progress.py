@@ -26,6 +26,7 @@ from plait.callbacks.base import Callback, CallbackContext
 class _Entry:
     stats: ScopeStats
     parent_id: int | None
+    top: bool  # no parent this callback saw: a top-level run, or a scope only it observes
     order: tuple[int, ...]  # sorts a bar under its parent's
     task: TaskID | None = None  # its bar, on a live display
 
@@ -33,11 +34,12 @@ class _Entry:
 class ProgressCallback(Callback):
     """Show how far runs and maps have got.
 
-    On a terminal or in Jupyter (with ipywidgets): a live rich display with a bar per top-level run
-    (nodes done) and per map (items done/total, rate, ETA, cached and failed
-    counts); maps of nested pipelines show under their parent's bar and disappear
-    when done. Elsewhere (a log file, CI): a plain line per top-level run or map at
-    most every ``plain_interval`` seconds while it progresses, and one when it ends::
+    On a terminal or in Jupyter (with ipywidgets): a live rich display with a bar
+    per top-level run (nodes done) and per map (items done/total, rate, ETA, cached
+    and failed counts); maps of nested pipelines show under their parent's bar,
+    those inside map items only while they run. Elsewhere (a log file, CI): a plain
+    line per top-level run or map at most every ``plain_interval`` seconds while it
+    progresses, and one when it ends::
 
         plait: map 'scrape' 700/10000 items (7.0%), 12.3 items/s, ETA 12m34s, 3 cached, 1 failed
 
@@ -115,14 +117,18 @@ class ProgressCallback(Callback):
     def _start(self, ctx: CallbackContext, kind: str) -> None:
         with self._lock:
             parent = self._scopes.get(ctx.parent_id) if ctx.parent_id is not None else None
-            inside_map = parent is not None and (parent.stats.is_map or parent.stats.inside_map)
+            # a start event with an item index is a nested run inside that map item
+            inside_map = ctx.item is not None or (
+                parent is not None and (parent.stats.is_map or parent.stats.inside_map)
+            )
             stats = ScopeStats(kind, ctx.path, ctx.total, inside_map)
             self._count += 1
-            order = (*parent.order, self._count) if parent is not None else (self._count,)
-            entry = self._scopes[ctx.scope_id] = _Entry(stats, ctx.parent_id, order)
+            order = (self._count,) if parent is None else (*parent.order, self._count)
+            entry = _Entry(stats, ctx.parent_id, parent is None, order)
+            self._scopes[ctx.scope_id] = entry
             if len(self._scopes) == 1:
                 self._next_line = _progress_stats.clock() + self.plain_interval
-            if self._display is not None and (stats.is_map or ctx.parent_id is None):
+            if self._display is not None and (stats.is_map or entry.top):
                 entry.task = self._display.add(stats, order)
 
     def _advance(
@@ -136,7 +142,7 @@ class ProgressCallback(Callback):
         """One more item of a map, or node of a run, finished."""
         with self._lock:
             entry = self._scopes.get(ctx.scope_id)
-            if entry is None or node == entry.stats.is_map:  # a map counts items, not nodes
+            if entry is None or (node and entry.stats.is_map):  # a map counts items, not nodes
                 return
             stats = entry.stats
             stats.done += 1
@@ -152,8 +158,8 @@ class ProgressCallback(Callback):
             entry = self._scopes.get(ctx.scope_id)
             if entry is None:
                 return
-            for scope_id in self._descendants(ctx.scope_id):  # scopes it aborted silently
-                self._finish(scope_id, None)
+            for scope_id in self._descendants(ctx.scope_id):  # aborted, no end event of their own
+                self._finish(scope_id, ctx.error)
             self._finish(ctx.scope_id, ctx.error)
             if not self._scopes and self._display is not None:
                 self._display.close()
@@ -179,7 +185,7 @@ class ProgressCallback(Callback):
     def _reported(self, entry: _Entry) -> bool:
         """Plain lines are for top-level runs and maps not inside a map item."""
         stats = entry.stats
-        return not stats.inside_map and (stats.is_map or entry.parent_id is None)
+        return not stats.inside_map and (stats.is_map or entry.top)
 
     def _maybe_print(self) -> None:
         now = _progress_stats.clock()
