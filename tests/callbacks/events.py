@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ class N:
     retries: int = 0
     error: BaseException | None = None
     cached: bool = False
-    inner: Run | Map | None = None
+    inner: Run | Map | Callable[[int | None], Run | Map] | None = None  # or one per item
 
 
 @dataclass
@@ -212,10 +212,11 @@ def node(src: Source, scope: Scope, n: N, item: int | None) -> Steps:
         )
         yield
     error = n.error
-    if isinstance(n.inner, Run):
-        error = error or (yield from run(src, n.inner, scope, n.name, item))
-    elif isinstance(n.inner, Map):
-        error = error or (yield from map_(src, n.inner, scope, n.name, item))
+    inner = n.inner(item) if callable(n.inner) else n.inner
+    if isinstance(inner, Run):
+        error = error or (yield from run(src, inner, scope, n.name, item))
+    elif isinstance(inner, Map):
+        error = error or (yield from map_(src, inner, scope, n.name, item))
     if error is not None:
         src.emit(scope, "on_error", node=n.name, item=item, duration=0.05, error=error)
         yield

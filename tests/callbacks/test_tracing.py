@@ -145,7 +145,10 @@ def test_an_aborted_map_ends_the_spans_of_items_in_flight(
     tracing: TracingCallback, exporter: InMemorySpanExporter
 ) -> None:
     src = Source(tracing)
-    spec = Map("scrape", 10, nodes("fetch", "parse"), failing={1: "fetch"}, abort=True)
+    failing = Map("sub", 3, nodes("y"), failing={1: "y"}, abort=True)
+    slow = Map("sub", 9, nodes("y"))
+    parse = N("parse", inner=lambda item: failing if item == 0 else slow)
+    spec = Map("scrape", 10, [N("fetch"), parse], abort=True)
     src.play(map_(src, spec))
     starts = sum(
         event in ("on_map_start", "on_map_item_start", "on_node_start") for event, *_ in src.log
@@ -155,7 +158,9 @@ def test_an_aborted_map_ends_the_spans_of_items_in_flight(
     root = spans.one("map scrape")
     assert root.status.status_code is StatusCode.ERROR
     aborted = [s for s in spans.spans if (s.attributes or {}).get("plait.aborted")]
-    assert {s.name for s in aborted} - {"node fetch", "node parse"} == {"item scrape"}
+    # the other items' sub-maps were still going, with items in flight
+    assert {s.name for s in aborted} == {"item scrape", "node parse", "map sub", "item sub"}
+    assert len(spans.find("map sub")) == 3
     assert not tracing._scopes
 
 

@@ -25,6 +25,7 @@ class _Scope:
 
     span: Span
     path: tuple[str, ...]
+    parent_id: int | None
     items: dict[int, Span] = field(default_factory=dict)
     nodes: dict[tuple[int | None, str], Span] = field(default_factory=dict)
 
@@ -147,17 +148,24 @@ class TracingCallback(Callback):
         with self._lock:
             parent = self._scope_parent(ctx)
             span = self._span(name, parent, ctx, extra)
-            self._scopes[ctx.scope_id] = _Scope(span, ctx.path)
+            self._scopes[ctx.scope_id] = _Scope(span, ctx.path, ctx.parent_id)
 
     def _close(self, ctx: CallbackContext) -> None:
         with self._lock:
             scope = self._scopes.pop(ctx.scope_id, None)
             if scope is None:
                 return
-            for span in [*scope.nodes.values(), *scope.items.values()]:  # aborted, no end event
-                span.set_attribute("plait.aborted", True)
-                span.end()
-            _end(scope.span, ctx.error)
+            for child in self._descendants(ctx.scope_id):  # aborted: no end event of their own
+                _end_scope(self._scopes.pop(child), None, aborted=True)
+            _end_scope(scope, ctx.error)
+
+    def _descendants(self, scope_id: int) -> list[int]:
+        """Open scopes under ``scope_id``, deepest first."""
+        found: list[int] = []
+        for child_id, child in list(self._scopes.items()):
+            if child.parent_id == scope_id:
+                found[:0] = [*self._descendants(child_id), child_id]
+        return found
 
     def _scope_parent(self, ctx: CallbackContext) -> Span | None:
         """The span a run or map belongs under: the node running it when the path tells."""
@@ -215,6 +223,21 @@ class TracingCallback(Callback):
         now = time.time_ns()
         span = self._span(name, parent, ctx, {"plait.cached": True}, start_time=now)
         span.end(end_time=now)
+
+
+def _end_scope(scope: _Scope, error: BaseException | None, *, aborted: bool = False) -> None:
+    """End a scope's span, and those of its items and nodes still open (cut short)."""
+    for span in [*scope.nodes.values(), *scope.items.values()]:
+        _abort(span)
+    if aborted:
+        _abort(scope.span)
+    else:
+        _end(scope.span, error)
+
+
+def _abort(span: Span) -> None:
+    span.set_attribute("plait.aborted", True)
+    span.end()
 
 
 def _end(span: Span, error: BaseException | None) -> None:
