@@ -148,9 +148,9 @@ class _Walk:
             return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
         if isinstance(obj, _BUILTINS):
             out = b"B" + text(qualified_name(obj))
-            owner = getattr(obj, "__self__", None)
-            if owner is not None and not isinstance(owner, (types.ModuleType, type)):
-                out += self.value(owner, f"{qualified_name(obj)}.__self__")
+            bound = getattr(obj, "__self__", None)
+            if bound is not None and not isinstance(bound, (types.ModuleType, type)):
+                out += self.value(bound, f"{qualified_name(obj)}.__self__")
             return out
         if isinstance(obj, type):
             if is_user_module(obj.__module__):
@@ -167,9 +167,7 @@ class _Walk:
             raise Failure(obj, "it is a callable object whose state plait cannot read")
         state = _instance_state(obj)
         if state:
-            raise Failure(
-                obj, f"it is a callable object with instance state ({quoted(state)})"
-            )
+            raise Failure(obj, f"it is a callable object with instance state ({quoted(state)})")
         return b"O" + self.ref(cls)
 
     def global_ref(self, value: Any, modules: list[types.ModuleType]) -> bytes:
@@ -223,7 +221,9 @@ class _Walk:
         ordered = sorted(names)
         for global_name in ordered:
             if global_name in namespace:
-                h.update(b"g" + text(global_name) + self.global_ref(namespace[global_name], modules))
+                h.update(
+                    b"g" + text(global_name) + self.global_ref(namespace[global_name], modules)
+                )
         done: set[str] = set()
         while modules:  # ``import helpers; helpers.clean(x)``: look the names up there too
             module = modules.pop()

@@ -37,7 +37,9 @@ def _numpy(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
     elif isinstance(value, np.dtype):
         h.update(b"y" + text(repr(value)))
     elif isinstance(value, np.ndarray):
-        raise Failure(value, "ndarray subclasses (masked arrays, matrices ...) carry state plait cannot read")
+        raise Failure(
+            value, "ndarray subclasses (masked arrays, matrices ...) carry state plait cannot read"
+        )
     else:
         raise Failure(value)
 
