@@ -2,11 +2,14 @@
 
 A function's fingerprint covers its code object (bytecode, constants, names; never
 line numbers or file names), its defaults, its closure cells, and the globals its code
-reads: functions and classes from the user's own modules are walked in turn, simple
-module-level constants count by value, anything else (modules, third-party code, big
-objects) by name. The walk collects every reachable user function and class once and
-hashes the sorted set of their digests, so recursive helpers terminate and the result
-does not depend on the order they were met in.
+reads. Functions and classes from the user's own modules are walked in turn; library
+functions and callables that their module and qualified name identify (``json.dumps``,
+``numpy.sum``, ``operator.add``) count by that name; modules by name; other globals and
+class attributes by value when they can be fingerprinted (constants, dicts, arrays ...),
+else by their type only (a logger, a lock, a client: reading one must not make every
+function using it uncacheable). The walk collects every reachable user function and
+class once and hashes the sorted set of their digests, so recursive helpers terminate
+and the result does not depend on the order they were met in.
 
 Only the digest of a code object is memoized (code objects are immutable); the walk
 over globals is redone on every call, so a helper redefined in a notebook is seen.
@@ -137,7 +140,9 @@ class _Walk:
         while isinstance(obj, Node):
             obj = obj.func
         if isinstance(obj, types.FunctionType):
-            self.visit(obj)
+            if not is_user_module(obj.__module__) and _named(obj):
+                return b"n" + text(qualified_name(obj))  # library code: by name
+            self.visit(obj)  # the user's, or a closure a library made: by content
             return b"F" + code_digest(obj.__code__)[0]
         if isinstance(obj, types.MethodType):
             owner = self.value(obj.__self__, f"{qualified_name(obj.__func__)}.__self__")
@@ -164,6 +169,14 @@ class _Walk:
         if not callable(obj):
             raise Failure(obj, "it is not callable")
         if not all(is_user_module(k.__module__) for k in cls.__mro__[:-1]):
+            try:
+                wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
+            except Exception:  # a proxy object may raise anything from __getattr__
+                wrapped = None
+            if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
+                return b"w" + text(qualified_name(cls)) + self.ref(wrapped)
+            if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
+                return b"n" + text(qualified_name(obj))
             raise Failure(obj, "it is a callable object whose state plait cannot read")
         state = _instance_state(obj)
         if state:
@@ -171,28 +184,29 @@ class _Walk:
         return b"O" + self.ref(cls)
 
     def global_ref(self, value: Any, modules: list[types.ModuleType]) -> bytes:
-        """A global a function reads: user code by content, constants by value, else name."""
+        """A global a function reads: code as :meth:`ref`, modules by name, values by value."""
         while isinstance(value, Node):
             value = value.func
-        if isinstance(value, types.FunctionType):
-            if is_user_module(value.__module__):
-                return self.ref(value)
-            return b"n" + text(qualified_name(value))
-        if isinstance(value, type):
+        if isinstance(value, (types.FunctionType, type)):
             return self.ref(value)
         if isinstance(value, types.ModuleType):
             if is_user_module(value.__name__):
                 modules.append(value)  # its attributes the code names count too
             return b"m" + text(value.__name__)
+        return self.by_value(value)
+
+    def by_value(self, value: Any) -> bytes:
+        """A global or class attribute by value when plait can read it, else by type.
+
+        By type only for what has no fingerprint (a logger, a client, a lock): reading
+        such a global must not make every function using it uncacheable.
+        """
         if _is_constant(value):
             return b"v" + self.enc.digest(value)
         try:
-            wrapped = getattr(value, "__wrapped__", None)  # lru_cache and similar wrappers
-        except Exception:  # a proxy object may raise anything from __getattr__
-            wrapped = None
-        if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
-            return b"w" + text(qualified_name(type(value))) + self.ref(wrapped)
-        return b"o" + text(qualified_name(type(value)))
+            return b"v" + Encoder(self).digest(value)  # a fresh encoder: this may fail halfway
+        except Failure:
+            return b"o" + text(qualified_name(type(value)))
 
     # ---- local digests of the user functions and classes met -----------------------
 
@@ -264,9 +278,7 @@ class _Walk:
             return b"q" + self.ref(attr.func)
         if isinstance(attr, type):
             return self.global_ref(attr, [])
-        if _is_constant(attr):
-            return b"v" + self.enc.digest(attr)
-        return b"o" + text(qualified_name(type(attr)))
+        return self.by_value(attr)
 
 
 def _is_constant(value: object) -> bool:
@@ -278,6 +290,22 @@ def _is_constant(value: object) -> bool:
         items: Any = value
         return len(items) <= _MAX_CONSTANT_ITEMS and all(type(x) in _SCALARS for x in items)
     return False
+
+
+def _named(obj: object) -> bool:
+    """Whether ``obj`` is what its ``__module__`` and ``__qualname__`` name, so that name
+    identifies it (not a closure or an instance a library made at run time)."""
+    try:
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+        if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
+            return False
+        found: object = module
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # any attribute lookup of a foreign object may raise
+        return False
+    return found is obj
 
 
 def _instance_state(obj: object) -> list[str]:

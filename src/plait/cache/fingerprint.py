@@ -69,12 +69,25 @@ def integer(value: int) -> bytes:
 
 
 class Failure(Exception):
-    """Internal: a value cannot be fingerprinted; ``path`` grows while unwinding."""
+    """Internal: a value cannot be fingerprinted; ``path`` grows while unwinding.
 
-    def __init__(self, value: object, reason: str = _UNSUPPORTED, type_name: str = "") -> None:
+    ``structural`` failures (cycles, depth) are about the shape of the value, not its
+    type, so the error does not suggest ``__cache_key__`` for the type.
+    """
+
+    def __init__(
+        self,
+        value: object,
+        reason: str = _UNSUPPORTED,
+        type_name: str = "",
+        *,
+        structural: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.type_name = type_name or qualified_name(type(value))
+        self.module = getattr(type(value), "__module__", None)
+        self.structural = structural
         self.shown = short_repr(value)
         self.path: list[str] = []  # innermost step first
 
@@ -82,11 +95,26 @@ class Failure(Exception):
         """The public error, with ``where`` (``"input 'config'"``) heading the path."""
         steps = ([where] if where else []) + self.path[::-1]
         at = f" at {' → '.join(steps)}" if steps else ""
+        if self.structural:
+            advice = ""
+        else:
+            from plait.cache._code import is_user_module  # late: _code imports this module
+
+            if self.module not in ("builtins", None) and is_user_module(self.module):
+                advice = (
+                    f"Define __cache_key__() on {self.type_name} returning a fingerprintable "
+                    "value (for example a tuple of the settings that determine what it "
+                    "computes), or "
+                )
+            else:
+                advice = (
+                    "Pass a value plait can fingerprint instead (for example the settings "
+                    "it is built from, or your own class with a __cache_key__() method), or "
+                )
         message = (
             f"cannot fingerprint {self.shown} (type {self.type_name}){at}: {self.reason}. "
-            f"Define __cache_key__() on {self.type_name} returning a fingerprintable value "
-            "(for example a tuple of the settings that determine what it computes), or opt "
-            "the node out of caching with @node(cache=False)."
+            f"{advice}{'O' if not advice else 'o'}pt the node out of caching with "
+            "@node(cache=False)."
         )
         return Unfingerprintable(message, type_name=self.type_name, path=steps)
 
@@ -131,10 +159,10 @@ class Encoder:
     def enter(self, value: object) -> None:
         """Start a container: guard against cycles and absurd depth."""
         if self.depth >= MAX_DEPTH:
-            raise Failure(value, f"it is nested more than {MAX_DEPTH} levels deep")
+            raise Failure(value, f"it is nested more than {MAX_DEPTH} levels deep", structural=True)
         key = id(value)  # identity only detects cycles; it never enters a digest
         if key in self.active:
-            raise Failure(value, "it contains itself (a reference cycle)")
+            raise Failure(value, "it contains itself (a reference cycle)", structural=True)
         self.active.add(key)
         self.depth += 1
 
@@ -193,7 +221,13 @@ class Encoder:
         for name in names:
             h.update(text(name))
             try:
-                self.feed(h, getattr(value, name))
+                item = getattr(value, name)
+            except AttributeError:  # a field never set (dataclass field with init=False)
+                h.update(b"-")
+                continue
+            h.update(b"=")
+            try:
+                self.feed(h, item)
             except Failure as fail:
                 raise step(fail, f".{name}") from None
         self.leave(value)
@@ -374,7 +408,7 @@ def _other(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
             raise step(fail, ".__cache_key__()") from None
         return
     module = getattr(cls, "__module__", None) or ""
-    if module.partition(".")[0] in ("numpy", "pandas"):
+    if module.partition(".")[0] in ("numpy", "pandas") and not callable(value):
         from plait.cache import _scientific  # imported only once such a value shows up
 
         _scientific.encode(enc, h, value, module.partition(".")[0])
@@ -458,13 +492,14 @@ def fingerprint_value(value: object, *, where: str | None = None) -> bytes:
     except Failure as fail:
         raise fail.error(where) from None
     except RecursionError:
-        raise Failure(value, "it is nested too deeply to walk").error(where) from None
+        deep = Failure(value, "it is nested too deeply to walk", structural=True)
+        raise deep.error(where) from None
     return h.digest()
 
 
 def fingerprint_code(func: Callable[..., Any], *, where: str | None = None) -> bytes:
     """A digest of what ``func`` computes: its code, defaults, closure and the user
-    helpers and constants it reads. Stable across processes; see docs/caching.md."""
+    helpers and constants it reads. Stable across processes; see docs/cache.md."""
     from plait.cache import _code  # late: _code imports this module
 
     try:
@@ -472,7 +507,8 @@ def fingerprint_code(func: Callable[..., Any], *, where: str | None = None) -> b
     except Failure as fail:
         raise fail.error(where) from None
     except RecursionError:
-        raise Failure(func, "its helpers nest too deeply to walk").error(where) from None
+        deep = Failure(func, "its helpers nest too deeply to walk", structural=True)
+        raise deep.error(where) from None
 
 
 def cache_key(*parts: bytes) -> str:
