@@ -508,6 +508,14 @@ def test_closure_values_count() -> None:
     assert info.value.path[0] == "node 'n'"
 
 
+def test_closures_of_one_code_in_swapped_positions_differ() -> None:
+    one, two = _adder(1), _adder(2)
+    source = "def f(x, ops=OPS):\n    return ops[0](ops[1](x))\n"
+    forward = fingerprint_code(compiled(source, OPS=(one, two)))
+    assert forward == fingerprint_code(compiled(source, OPS=(_adder(1), _adder(2))))
+    assert forward != fingerprint_code(compiled(source, OPS=(two, one)))
+
+
 def test_partials_and_methods() -> None:
     def power(x: int, k: int) -> int:
         return x**k

@@ -143,7 +143,7 @@ class _Walk:
             if not is_user_module(obj.__module__) and _named(obj):
                 return b"n" + text(qualified_name(obj))  # library code: by name
             self.visit(obj)  # the user's, or a closure a library made: by content
-            return b"F" + code_digest(obj.__code__)[0]
+            return b"F" + code_digest(obj.__code__)[0] + _captured_constants(obj)
         if isinstance(obj, types.MethodType):
             owner = self.value(obj.__self__, f"{qualified_name(obj.__func__)}.__self__")
             return b"M" + self.ref(obj.__func__) + owner
@@ -290,6 +290,40 @@ def _is_constant(value: object) -> bool:
         items: Any = value
         return len(items) <= _MAX_CONSTANT_ITEMS and all(type(x) in _SCALARS for x in items)
     return False
+
+
+def _captured_constants(func: types.FunctionType) -> bytes:
+    """The closure cells and defaults of ``func`` that are plain constants.
+
+    A reference to a function names its code; its full digest joins the walk's sorted
+    set. Adding these tells apart closures of one code where they are referenced, so
+    ``(add(1), add(2))`` and ``(add(2), add(1))`` differ. Other captured values are
+    covered by the set only.
+    """
+    values: list[object] = []
+    for cell in func.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # a cell not assigned yet
+            values.append(_Unset)
+    values.extend(func.__defaults__ or ())
+    values.extend(sorted((func.__kwdefaults__ or {}).items()))  # (name, value) pairs
+    if not values:
+        return b""
+    h = new_hash()
+    encoder = Encoder()
+    for value in values:
+        if value is _Unset:
+            h.update(b"-")
+        elif _is_constant(value):
+            h.update(b"v" + encoder.digest(value))
+        else:
+            h.update(b"?")
+    return h.digest()
+
+
+class _Unset:
+    """Marks a closure cell not assigned yet."""
 
 
 def _named(obj: object) -> bool:
