@@ -77,7 +77,7 @@ class MemoryCache:
     (None, MISS)
     """
 
-    __slots__ = ("_data", "_lock", "max_entries")
+    __slots__ = ("_data", "_lock", "_lru", "max_entries")
 
     def __init__(self, max_entries: int | None = None) -> None:
         if max_entries is not None and (
@@ -88,37 +88,48 @@ class MemoryCache:
                 "no limit"
             )
         self.max_entries = max_entries
-        self._data: OrderedDict[str, Any] = OrderedDict()
+        # Unbounded: a plain dict, whose single get and set are atomic, so no lock (a
+        # lock would make a write ~5x slower). Bounded: an OrderedDict under a lock.
+        self._data: dict[str, Any] = {}
+        self._lru: OrderedDict[str, Any] | None = None if max_entries is None else OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Any:
         """The value stored under ``key`` (now the most recently used), or :data:`MISS`."""
+        lru = self._lru
+        if lru is None:
+            return self._data.get(key, MISS)
         with self._lock:
-            value = self._data.get(key, MISS)
-            if value is not MISS and self.max_entries is not None:
-                self._data.move_to_end(key)
+            value = lru.get(key, MISS)
+            if value is not MISS:
+                lru.move_to_end(key)
             return value
 
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key``; beyond ``max_entries`` drop the least recently used."""
-        with self._lock:
+        lru = self._lru
+        if lru is None:
             self._data[key] = value
-            if self.max_entries is not None:
-                self._data.move_to_end(key)
-                while len(self._data) > self.max_entries:
-                    self._data.popitem(last=False)
+            return
+        with self._lock:
+            lru[key] = value
+            lru.move_to_end(key)
+            if self.max_entries is not None and len(lru) > self.max_entries:
+                lru.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._data if self._lru is None else self._lru)
 
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
             self._data.clear()
+            if self._lru is not None:
+                self._lru.clear()
 
     def __repr__(self) -> str:
         limit = "" if self.max_entries is None else f"max_entries={self.max_entries}, "
-        return f"MemoryCache({limit}entries={len(self._data)})"
+        return f"MemoryCache({limit}entries={len(self)})"
 
 
 #: Seconds a writer waits for the sqlite lock another thread or process holds.
@@ -222,8 +233,8 @@ class DiskCache:
     def _discard(self, key: str) -> None:
         # Another process may have replaced the entry meanwhile; deleting its good value
         # only costs that process's result one recomputation.
-        with contextlib.suppress(OSError, sqlite3.Error):
-            self._cache.delete(key, retry=True)
+        with contextlib.suppress(OSError, sqlite3.Error, diskcache.Timeout):
+            self._cache.delete(key)
 
     def __len__(self) -> int:
         return len(self._cache)
