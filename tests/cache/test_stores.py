@@ -265,12 +265,27 @@ def test_disk_directory_holding_something_else(tmp_path: pathlib.Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_disk_expands_the_user_and_accepts_str(
+def test_disk_expands_the_user_and_variables(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PLAIT_TEST_CACHE_NAME", "named")
     with DiskCache("~/cache") as cache:
         assert cache.directory == tmp_path / "cache"
+    with DiskCache("~/$PLAIT_TEST_CACHE_NAME") as cache:
+        cache.set("k", 1)
+        assert cache.directory == tmp_path / "named"
+    assert (tmp_path / "named" / "cache.db").exists()  # the directory diskcache opened
+    assert stat.S_IMODE((tmp_path / "named").stat().st_mode) == 0o700
+
+
+def test_disk_foreign_pickled_entry_is_a_miss(disk: DiskCache) -> None:
+    raw = diskcache.Cache(str(disk.directory))
+    raw.set("k6", ["pickled", "by", "diskcache"])  # diskcache's own pickle mode
+    with pytest.warns(CacheWarning, match="holds a list, not pickled bytes"):
+        assert disk.get("k6") is MISS
+    assert raw.get("k6") is None
+    raw.close()
 
 
 # ---- DiskCache: values -----------------------------------------------------------------------

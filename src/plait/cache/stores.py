@@ -177,7 +177,10 @@ class DiskCache:
     __slots__ = ("_cache", "_path")
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        path = pathlib.Path(os.fspath(directory)).expanduser().absolute()
+        # diskcache expands ~ and $VARS itself; expand them here too, so the directory
+        # checked for privacy is the one diskcache opens.
+        expanded = os.path.expandvars(os.path.expanduser(os.fspath(directory)))
+        path = pathlib.Path(expanded).absolute()
         self._path = path
         _private_directory(path)
         try:
@@ -198,15 +201,14 @@ class DiskCache:
         """The value stored under ``key``, or :data:`MISS` (also for an unreadable entry)."""
         try:
             data = self._cache.get(key, MISS)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
-            _warn(f"cannot read cache entry {key} in '{self._path}' ({_reason(error)})")
-            return MISS
-        if data is MISS:
-            return MISS
-        try:
+            if data is MISS:
+                return MISS
             if type(data) is not bytes:
                 raise TypeError(f"it holds a {type(data).__name__}, not pickled bytes")
             return pickle.loads(data)
+        except (sqlite3.Error, diskcache.Timeout) as error:  # the index: busy or broken
+            _warn(f"cannot read cache entry {key} in '{self._path}' ({_reason(error)})")
+            return MISS
         except Exception as error:  # unpickling can raise anything a __setstate__ raises
             self._discard(key)
             _warn(
