@@ -597,10 +597,12 @@ def user_module(
 
 
 STEPS = """
+import collections
+import dataclasses
 import json
 import logging
-import threading
 import operator
+import threading
 
 import numpy as np
 
@@ -609,9 +611,20 @@ import PREFIX_helpers
 log = logging.getLogger(__name__)
 LOCK = threading.Lock()
 THRESHOLD = 3
-OPTIONS = {"scale": 2, "names": ["a", "b"]}
+OPTIONS = {"scale": 2, "names": ("a", "b")}
+LIMITS = (1, ("low", 0.5))
 AGGREGATE = np.sum
 COMBINE = operator.add
+calls = collections.Counter()  # state the function mutates: counts by type only
+results = []
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    depth: int
+
+
+SETTINGS = Settings(depth=2)
 
 
 class Scaler:
@@ -631,8 +644,11 @@ def unrelated(x):
 
 def step(x):
     log.debug("step")
+    calls["step"] += 1
     with LOCK:
         y = COMBINE(helper(x), float(AGGREGATE([THRESHOLD])))
+    y += LIMITS[1][1] + SETTINGS.depth
+    results.append(y)
     return Scaler().apply(y) + PREFIX_helpers.clean(x) + len(json.dumps(x))
 """
 
@@ -646,8 +662,9 @@ def clean(x):
     ("old", "new"),
     [
         ("return x * OPTIONS", "return x * 2 * OPTIONS"),  # a called helper's body
-        ('"scale": 2', '"scale": 3'),  # a module-level dict it reads
         ("THRESHOLD = 3", "THRESHOLD = 4"),  # a module-level constant
+        ('("low", 0.5)', '("low", 0.25)'),  # a nested tuple
+        ("depth=2", "depth=3"),  # a frozen dataclass instance
         ("factor = 10", "factor = 11"),  # a class attribute of a class it uses
         ("return x * self.factor", "return x * self.factor + 1"),  # a method
         ("np.sum", "np.mean"),  # which library function a global names
@@ -664,6 +681,17 @@ def test_editing_what_a_function_uses_changes_it(
     assert old in STEPS
     edited = user_module(STEPS.replace(old, new))
     assert fingerprint_code(edited.step) != before
+
+
+def test_state_a_function_mutates_does_not_change_it(user_module: Callable[..., Any]) -> None:
+    user_module(HELPERS, "helpers")
+    module = user_module(STEPS)
+    before = fingerprint_code(module.step)
+    module.step(1)
+    module.step(2)
+    assert module.calls["step"] == 2
+    assert len(module.results) == 2
+    assert fingerprint_code(module.step) == before  # else every run would be a miss
 
 
 def test_editing_an_uncalled_function_changes_nothing(user_module: Callable[..., Any]) -> None:

@@ -77,6 +77,8 @@ def test_both_stores_satisfy_the_protocol(tmp_path: pathlib.Path) -> None:
     assert isinstance(MemoryCache(), CacheStore)
     with DiskCache(tmp_path) as cache:
         assert isinstance(cache, CacheStore)
+        assert cache.process_safe  # worker processes may share it
+    assert not MemoryCache().process_safe
     assert not isinstance({}, CacheStore)
 
 

@@ -4,12 +4,13 @@ A function's fingerprint covers its code object (bytecode, constants, names; nev
 line numbers or file names), its defaults, its closure cells, and the globals its code
 reads. Functions and classes from the user's own modules are walked in turn; library
 functions and callables that their module and qualified name identify (``json.dumps``,
-``numpy.sum``, ``operator.add``) count by that name; modules by name; other globals and
-class attributes by value when they can be fingerprinted (constants, dicts, arrays ...),
-else by their type only (a logger, a lock, a client: reading one must not make every
-function using it uncacheable). The walk collects every reachable user function and
-class once and hashes the sorted set of their digests, so recursive helpers terminate
-and the result does not depend on the order they were met in.
+``numpy.sum``, ``operator.add``) count by that name; modules by name; immutable
+globals and class attributes (numbers, strings, tuples, frozen dataclasses, enums) by
+value; mutable ones (a dict, a list, an array) and objects without a fingerprint (a
+logger, a client) by their type only, since functions often mutate module-level state
+and that must not turn every run into a miss. The walk collects every reachable user
+function and class once and hashes the sorted set of their digests, so recursive
+helpers terminate and the result does not depend on the order they were met in.
 
 Only the digest of a code object is memoized (code objects are immutable); the walk
 over globals is redone on every call, so a helper redefined in a notebook is seen.
@@ -17,6 +18,11 @@ over globals is redone on every call, so a helper redefined in a notebook is see
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import fractions
 import functools
 import os
 import pathlib
@@ -24,6 +30,7 @@ import sys
 import sysconfig
 import threading
 import types
+import uuid
 import weakref
 from typing import Any, Final
 
@@ -196,17 +203,29 @@ class _Walk:
         return self.by_value(value)
 
     def by_value(self, value: Any) -> bytes:
-        """A global or class attribute by value when plait can read it, else by type.
+        """A global or class attribute that is not a function, class or module.
 
-        By type only for what has no fingerprint (a logger, a client, a lock): reading
-        such a global must not make every function using it uncacheable.
+        Immutable values (numbers, strings, tuples, frozen dataclasses, enums ...) count
+        by value, callables as :meth:`ref` names them (``numpy.sum``), anything else by
+        its type only: functions often mutate module-level state (a counter, a memo
+        dict, a list of results), and hashing that would make every run a miss; and an
+        object without a fingerprint (a logger, a client) must not make every function
+        reading it uncacheable.
         """
-        if _is_constant(value):
+        if _is_constant(value):  # the common case, cheaply
             return b"v" + self.enc.digest(value)
-        try:
-            return b"v" + Encoder(self).digest(value)  # a fresh encoder: this may fail halfway
-        except Failure:
-            return b"o" + text(qualified_name(type(value)))
+        if _immutable(value):
+            try:
+                return b"v" + Encoder(self).digest(value)  # fresh: this may fail halfway
+            except Failure:
+                pass
+        elif callable(value):
+            depth, active = self.enc.depth, set(self.enc.active)
+            try:
+                return b"r" + self.ref(value)
+            except Failure:  # e.g. a bound method of an object plait cannot read
+                self.enc.depth, self.enc.active = depth, active
+        return b"o" + text(qualified_name(type(value)))
 
     # ---- local digests of the user functions and classes met -----------------------
 
@@ -340,6 +359,57 @@ def _named(obj: object) -> bool:
     except Exception:  # any attribute lookup of a foreign object may raise
         return False
     return found is obj
+
+
+_IMMUTABLE: Final = frozenset(
+    {
+        *_SCALARS,
+        type(...),
+        range,
+        decimal.Decimal,
+        fractions.Fraction,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        dt.timezone,
+        uuid.UUID,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+    }
+)
+_MAX_IMMUTABLE_ITEMS: Final = 100_000
+
+
+def _immutable(value: object) -> bool:
+    """Whether ``value`` cannot change in place: immutable leaves in tuples, frozensets
+    and frozen dataclasses, checked up to :data:`_MAX_IMMUTABLE_ITEMS` items."""
+    stack = [value]
+    budget = _MAX_IMMUTABLE_ITEMS
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        cls = type(item)
+        if cls in _IMMUTABLE or isinstance(item, (enum.Enum, type, types.FunctionType)):
+            continue
+        if isinstance(item, _BUILTINS):
+            continue
+        if isinstance(item, (tuple, frozenset)):
+            if getattr(item, "__dict__", None):  # a subclass holding mutable attributes
+                return False
+            stack.extend(item)
+            continue
+        if dataclasses.is_dataclass(item) and cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            stack.extend(getattr(item, f.name, None) for f in dataclasses.fields(item))
+            continue
+        if callable(item) and _named(item):  # numpy.sum, a ufunc
+            continue
+        return False
+    return True
 
 
 def _instance_state(obj: object) -> list[str]:

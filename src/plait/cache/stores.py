@@ -19,7 +19,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 
 import cloudpickle  # type: ignore[import-untyped]
 import diskcache  # type: ignore[import-untyped]
@@ -54,6 +54,10 @@ class CacheStore(Protocol):
     ``get`` must return :data:`MISS` for a key it does not hold (or cannot read), and
     neither method should raise for a bad entry: a cache that fails only costs a
     recomputation. Both may be called from several threads at once.
+
+    Optionally, a class attribute ``process_safe = True`` says that the store pickles
+    into worker processes and they share it (as :class:`DiskCache` does); without it
+    items run in worker processes do not use the cache.
     """
 
     def get(self, key: str) -> Any:
@@ -78,6 +82,9 @@ class MemoryCache:
     """
 
     __slots__ = ("_data", "_lock", "_lru", "max_entries")
+
+    #: Whether worker processes can share this store (they cannot: it is in this process).
+    process_safe: ClassVar[bool] = False
 
     def __init__(self, max_entries: int | None = None) -> None:
         if max_entries is not None and (
@@ -175,6 +182,9 @@ class DiskCache:
     """
 
     __slots__ = ("_cache", "_path")
+
+    #: Whether worker processes can share this store (they can: it pickles as its path).
+    process_safe: ClassVar[bool] = True
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         # diskcache expands ~ and $VARS itself; expand them here too, so the directory
