@@ -177,6 +177,13 @@ def test_memory_lru_under_threads_stays_bounded() -> None:
     assert len(cache) == 10
 
 
+def test_memory_cannot_be_pickled() -> None:
+    with pytest.raises(TypeError, match=r"lives in one process .* use plait\.cache\.DiskCache"):
+        pickle.dumps(MemoryCache())
+    with pytest.raises(TypeError, match="lives in one process"):
+        cloudpickle.dumps(MemoryCache(max_entries=3))
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
 def test_memory_max_entries_must_be_positive(bad: Any) -> None:
     with pytest.raises(CacheError, match=r"max_entries=.*positive int, or None"):

@@ -81,7 +81,7 @@ class MemoryCache:
     (None, MISS)
     """
 
-    __slots__ = ("_data", "_lock", "_lru", "max_entries")
+    __slots__ = ("_data", "_lock", "_lru", "_max_entries")
 
     #: Whether worker processes can share this store (they cannot: it is in this process).
     process_safe: ClassVar[bool] = False
@@ -94,12 +94,17 @@ class MemoryCache:
                 f"MemoryCache(max_entries={max_entries!r}): give a positive int, or None for "
                 "no limit"
             )
-        self.max_entries = max_entries
+        self._max_entries = max_entries
         # Unbounded: a plain dict, whose single get and set are atomic, so no lock (a
         # lock would make a write ~5x slower). Bounded: an OrderedDict under a lock.
         self._data: dict[str, Any] = {}
         self._lru: OrderedDict[str, Any] | None = None if max_entries is None else OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def max_entries(self) -> int | None:
+        """How many entries are kept at most (None: no limit)."""
+        return self._max_entries
 
     def get(self, key: str) -> Any:
         """The value stored under ``key`` (now the most recently used), or :data:`MISS`."""
@@ -121,7 +126,7 @@ class MemoryCache:
         with self._lock:
             lru[key] = value
             lru.move_to_end(key)
-            if self.max_entries is not None and len(lru) > self.max_entries:
+            if self._max_entries is not None and len(lru) > self._max_entries:
                 lru.popitem(last=False)
 
     def __len__(self) -> int:
@@ -133,6 +138,12 @@ class MemoryCache:
             self._data.clear()
             if self._lru is not None:
                 self._lru.clear()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a MemoryCache lives in one process and cannot be pickled; to share a cache "
+            "with worker processes use plait.cache.DiskCache(path)"
+        )
 
     def __repr__(self) -> str:
         limit = "" if self.max_entries is None else f"max_entries={self.max_entries}, "
