@@ -612,7 +612,7 @@ log = logging.getLogger(__name__)
 LOCK = threading.Lock()
 THRESHOLD = 3
 OPTIONS = {"scale": 2, "names": ("a", "b")}
-LIMITS = (1, ("low", 0.5))
+LIMITS = (1, ("low", 0.5), np.float32(0.5))
 AGGREGATE = np.sum
 COMBINE = operator.add
 calls = collections.Counter()  # state the function mutates: counts by type only
@@ -664,6 +664,7 @@ def clean(x):
         ("return x * OPTIONS", "return x * 2 * OPTIONS"),  # a called helper's body
         ("THRESHOLD = 3", "THRESHOLD = 4"),  # a module-level constant
         ('("low", 0.5)', '("low", 0.25)'),  # a nested tuple
+        ("np.float32(0.5)", "np.float32(0.25)"),  # a numpy scalar in it
         ("depth=2", "depth=3"),  # a frozen dataclass instance
         ("factor = 10", "factor = 11"),  # a class attribute of a class it uses
         ("return x * self.factor", "return x * self.factor + 1"),  # a method

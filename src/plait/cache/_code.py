@@ -408,6 +408,9 @@ def _immutable(value: object) -> bool:
             continue
         if callable(item) and _named(item):  # numpy.sum, a ufunc
             continue
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(item, numpy.generic):  # numpy.float64(0.5)
+            continue
         return False
     return True
 
