@@ -174,10 +174,11 @@ class DiskCache:
     """Results in a directory, shared by threads and by several processes.
 
     Built on `diskcache <https://grantjenks.com/docs/diskcache/>`_: a sqlite index (WAL
-    mode) plus one file per large value. A write is one sqlite transaction, O(1) in the
-    number of entries, atomic (a reader or a crashed writer never leaves half an entry),
-    and safe with concurrent writers in other threads and processes. Nothing is ever
-    evicted: the directory grows until :meth:`clear` or until you delete it.
+    mode) plus one file per large value. A write is one sqlite transaction (a B-tree
+    insert, flat in practice as the cache grows), atomic (a reader or a crashed writer
+    never leaves half an entry), and safe with concurrent writers in other threads and
+    processes. Nothing is ever evicted: the directory grows until :meth:`clear` or until
+    you delete it.
 
     Values are pickled with cloudpickle (so lambdas and closures inside results work).
     An entry that cannot be unpickled (corrupt, or its class is gone) is a miss: plait
