@@ -81,3 +81,24 @@ class UnusedInputWarning(PlaitWarning):
 
 class RunningLoopWarning(PlaitWarning, RuntimeWarning):
     """A sync entry point was called inside a running event loop and blocks it."""
+
+
+class CacheError(PlaitError, ValueError):
+    """A cache store was configured wrongly or cannot be opened."""
+
+
+class Unfingerprintable(PlaitError, TypeError):
+    """A value or callable cannot be fingerprinted, so a result depending on it cannot be cached.
+
+    :attr:`type_name` is the qualified name of the offending type and :attr:`path`
+    the steps from the top-level value down to it (``["['model']", ".weights"]``).
+    """
+
+    def __init__(self, message: str, *, type_name: str, path: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.path: tuple[str, ...] = tuple(path)
+
+
+class CacheWarning(PlaitWarning):
+    """A cache entry could not be read or written; plait recomputes instead."""

@@ -1,0 +1,487 @@
+"""Code fingerprints: what a callable computes, stable across processes and runs.
+
+A function's fingerprint covers its code object (bytecode, constants, names; never
+line numbers or file names), its defaults, its closure cells, and the globals its code
+reads. Functions and classes from the user's own modules are walked in turn; library
+functions and callables that their module and qualified name identify (``json.dumps``,
+``numpy.sum``, ``operator.add``) count by that name; modules by name; immutable
+globals and class attributes (numbers, strings, tuples, frozen dataclasses, enums) by
+value; mutable ones (a dict, a list, an array) and objects without a fingerprint (a
+logger, a client) by their type only, since functions often mutate module-level state
+and that must not turn every run into a miss. The walk collects every reachable user
+function and class once and hashes the sorted set of their digests, so recursive
+helpers terminate and the result does not depend on the order they were met in.
+
+Only the digest of a code object is memoized (code objects are immutable); the walk
+over globals is redone on every call, so a helper redefined in a notebook is seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import fractions
+import functools
+import os
+import pathlib
+import sys
+import sysconfig
+import threading
+import types
+import uuid
+import weakref
+from typing import Any, Final
+
+from plait._text import quoted
+from plait.cache.fingerprint import Encoder, Failure, new_hash, qualified_name, step, text
+from plait.node import Node
+
+_SALT: Final = text(f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}")
+
+_BUILTINS: Final = (
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+_SCALARS: Final = frozenset({int, float, str, bytes, bool, complex, type(None)})
+_MAX_CONSTANT_ITEMS: Final = 64
+# Class attributes that do not change what the class computes (or change with lines).
+_SKIP: Final = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "__dict__",
+        "__weakref__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__annotations__",
+        "__slotnames__",
+        "__abstractmethods__",
+        "_abc_impl",
+        "__orig_bases__",
+        "__parameters__",
+    }
+)
+
+_codes: weakref.WeakKeyDictionary[types.CodeType, tuple[bytes, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+_codes_lock = threading.Lock()
+
+
+def code_digest(code: types.CodeType) -> tuple[bytes, frozenset[str]]:
+    """The digest of a code object and every name it (or nested code) reads; memoized."""
+    with _codes_lock:
+        known = _codes.get(code)
+    if known is not None:
+        return known
+    h = new_hash()
+    h.update(b"K" + _SALT + text(code.co_name))
+    for number in (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount):
+        h.update(number.to_bytes(4, "little"))
+    h.update(code.co_flags.to_bytes(8, "little"))
+    for blob in (code.co_code, code.co_exceptiontable):
+        h.update(len(blob).to_bytes(8, "little") + blob)
+    for group in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+        h.update(len(group).to_bytes(8, "little") + b"".join(text(name) for name in group))
+    names = set(code.co_names)
+    h.update(len(code.co_consts).to_bytes(8, "little"))
+    constants = Encoder()
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            inner, inner_names = code_digest(const)
+            h.update(b"k" + inner)
+            names |= inner_names
+        else:
+            constants.feed(h, const)
+    result = (h.digest(), frozenset(names))
+    with _codes_lock:
+        _codes[code] = result
+    return result
+
+
+def digest(func: Any) -> bytes:
+    """:func:`plait.cache.fingerprint.fingerprint_code` without the error translation."""
+    return _Walk().run(func)
+
+
+class _Walk:
+    """One code fingerprint: the user functions and classes reachable from a root."""
+
+    def __init__(self) -> None:
+        self.enc = Encoder(self)
+        self.seen: dict[int, object] = {}  # keeps each visited object alive during the walk
+        self.pending: list[Any] = []
+
+    def run(self, root: Any) -> bytes:
+        head = self.ref(root)
+        parts = []
+        while self.pending:
+            parts.append(self.local(self.pending.pop()))
+        parts.sort()
+        h = new_hash()
+        h.update(b"W" + _SALT + head + b"".join(parts))
+        return h.digest()
+
+    def visit(self, obj: Any) -> None:
+        if id(obj) not in self.seen:
+            self.seen[id(obj)] = obj
+            self.pending.append(obj)
+
+    def value(self, value: object, where: str) -> bytes:
+        try:
+            return self.enc.digest(value)
+        except Failure as fail:
+            raise step(fail, where) from None
+
+    # ---- references: what a callable is, queueing user code for its own digest ----
+
+    def ref(self, obj: Any) -> bytes:
+        """Identify a callable; user functions and classes join the walk."""
+        while isinstance(obj, Node):
+            obj = obj.func
+        if isinstance(obj, types.FunctionType):
+            if not is_user_module(obj.__module__) and _named(obj):
+                return b"n" + text(qualified_name(obj))  # library code: by name
+            self.visit(obj)  # the user's, or a closure a library made: by content
+            return b"F" + code_digest(obj.__code__)[0] + _captured_constants(obj)
+        if isinstance(obj, types.MethodType):
+            owner = self.value(obj.__self__, f"{qualified_name(obj.__func__)}.__self__")
+            return b"M" + self.ref(obj.__func__) + owner
+        if isinstance(obj, functools.partial):
+            name = f"partial({qualified_name(obj.func)})"
+            args = self.value(obj.args, f"{name}.args")
+            return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
+        if isinstance(obj, _BUILTINS):
+            out = b"B" + text(qualified_name(obj))
+            bound = getattr(obj, "__self__", None)
+            if bound is not None and not isinstance(bound, (types.ModuleType, type)):
+                out += self.value(bound, f"{qualified_name(obj)}.__self__")
+            return out
+        if isinstance(obj, type):
+            if is_user_module(obj.__module__):
+                self.visit(obj)
+                return b"Y" + text(qualified_name(obj))
+            return b"N" + text(qualified_name(obj))
+        cls = type(obj)
+        if getattr(cls, "__cache_key__", None) is not None:
+            key = self.value(obj.__cache_key__(), ".__cache_key__()")
+            return b"K" + text(qualified_name(cls)) + key
+        if not callable(obj):
+            raise Failure(obj, "it is not callable")
+        if not all(is_user_module(k.__module__) for k in cls.__mro__[:-1]):
+            try:
+                wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
+            except Exception:  # a proxy object may raise anything from __getattr__
+                wrapped = None
+            if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
+                return b"w" + text(qualified_name(cls)) + self.ref(wrapped)
+            if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
+                return b"n" + text(qualified_name(obj))
+            raise Failure(obj, "it is a callable object whose state plait cannot read")
+        state = _instance_state(obj)
+        if state:
+            raise Failure(obj, f"it is a callable object with instance state ({quoted(state)})")
+        return b"O" + self.ref(cls)
+
+    def global_ref(self, value: Any, modules: list[types.ModuleType]) -> bytes:
+        """A global a function reads: code as :meth:`ref`, modules by name, values by value."""
+        while isinstance(value, Node):
+            value = value.func
+        if isinstance(value, (types.FunctionType, type)):
+            return self.ref(value)
+        if isinstance(value, types.ModuleType):
+            if is_user_module(value.__name__):
+                modules.append(value)  # its attributes the code names count too
+            return b"m" + text(value.__name__)
+        return self.by_value(value)
+
+    def by_value(self, value: Any) -> bytes:
+        """A global or class attribute that is not a function, class or module.
+
+        Immutable values (numbers, strings, tuples, frozen dataclasses, enums ...) count
+        by value, callables as :meth:`ref` names them (``numpy.sum``), anything else by
+        its type only: functions often mutate module-level state (a counter, a memo
+        dict, a list of results), and hashing that would make every run a miss; and an
+        object without a fingerprint (a logger, a client) must not make every function
+        reading it uncacheable.
+        """
+        if _is_constant(value):  # the common case, cheaply
+            return b"v" + self.enc.digest(value)
+        if _immutable(value):
+            try:
+                return b"v" + Encoder(self).digest(value)  # fresh: this may fail halfway
+            except Failure:
+                pass
+        elif callable(value):
+            depth, active = self.enc.depth, set(self.enc.active)
+            try:
+                return b"r" + self.ref(value)
+            except Failure:  # e.g. a bound method of an object plait cannot read
+                self.enc.depth, self.enc.active = depth, active
+        return b"o" + text(qualified_name(type(value)))
+
+    # ---- local digests of the user functions and classes met -----------------------
+
+    def local(self, obj: Any) -> bytes:
+        if isinstance(obj, types.FunctionType):
+            return self.function(obj)
+        return self.klass(obj)
+
+    def function(self, func: types.FunctionType) -> bytes:
+        code = func.__code__
+        own, names = code_digest(code)
+        name = qualified_name(func)
+        h = new_hash()
+        h.update(b"f" + own)
+        h.update(self.value(func.__defaults__, f"default values of {name}"))
+        h.update(self.value(func.__kwdefaults__, f"keyword-only defaults of {name}"))
+        for var, cell in zip(code.co_freevars, func.__closure__ or (), strict=True):
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a cell not assigned yet
+                h.update(text(var) + b"-")
+                continue
+            h.update(text(var) + self.value(contents, f"closure variable {var!r} of {name}"))
+        modules: list[types.ModuleType] = []
+        namespace = func.__globals__
+        ordered = sorted(names)
+        for global_name in ordered:
+            if global_name in namespace:
+                h.update(
+                    b"g" + text(global_name) + self.global_ref(namespace[global_name], modules)
+                )
+        done: set[str] = set()
+        while modules:  # ``import helpers; helpers.clean(x)``: look the names up there too
+            module = modules.pop()
+            if module.__name__ in done:
+                continue
+            done.add(module.__name__)
+            members = vars(module)
+            for attr in ordered:
+                if attr in members:
+                    h.update(b"a" + text(module.__name__) + text(attr))
+                    h.update(self.global_ref(members[attr], modules))
+        return h.digest()
+
+    def klass(self, cls: type) -> bytes:
+        h = new_hash()
+        h.update(b"c" + text(qualified_name(cls)))
+        for base in cls.__bases__:
+            h.update(self.global_ref(base, []))
+        if type(cls) is not type:
+            h.update(b"M" + self.global_ref(type(cls), []))
+        members = vars(cls)
+        for name in sorted(members):
+            if name not in _SKIP:
+                h.update(text(name) + self.member(members[name]))
+        return h.digest()
+
+    def member(self, attr: Any) -> bytes:
+        if isinstance(attr, types.FunctionType):
+            return self.ref(attr)
+        if isinstance(attr, staticmethod):
+            return b"s" + self.ref(attr.__func__)
+        if isinstance(attr, classmethod):
+            return b"k" + self.ref(attr.__func__)
+        if isinstance(attr, property):
+            parts = (attr.fget, attr.fset, attr.fdel)
+            return b"p" + b"".join(b"-" if f is None else self.ref(f) for f in parts)
+        if isinstance(attr, functools.cached_property):
+            return b"q" + self.ref(attr.func)
+        if isinstance(attr, type):
+            return self.global_ref(attr, [])
+        return self.by_value(attr)
+
+
+def _is_constant(value: object) -> bool:
+    """A module-level constant that counts by value: a builtin scalar or a small tuple of them."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return True
+    if cls is tuple or cls is frozenset:
+        items: Any = value
+        return len(items) <= _MAX_CONSTANT_ITEMS and all(type(x) in _SCALARS for x in items)
+    return False
+
+
+def _captured_constants(func: types.FunctionType) -> bytes:
+    """The closure cells and defaults of ``func`` that are plain constants.
+
+    A reference to a function names its code; its full digest joins the walk's sorted
+    set. Adding these tells apart closures of one code where they are referenced, so
+    ``(add(1), add(2))`` and ``(add(2), add(1))`` differ. Other captured values are
+    covered by the set only.
+    """
+    values: list[object] = []
+    for cell in func.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # a cell not assigned yet
+            values.append(_Unset)
+    values.extend(func.__defaults__ or ())
+    values.extend(sorted((func.__kwdefaults__ or {}).items()))  # (name, value) pairs
+    if not values:
+        return b""
+    h = new_hash()
+    encoder = Encoder()
+    for value in values:
+        if value is _Unset:
+            h.update(b"-")
+        elif _is_constant(value):
+            h.update(b"v" + encoder.digest(value))
+        else:
+            h.update(b"?")
+    return h.digest()
+
+
+class _Unset:
+    """Marks a closure cell not assigned yet."""
+
+
+def _named(obj: object) -> bool:
+    """Whether ``obj`` is what its ``__module__`` and ``__qualname__`` name, so that name
+    identifies it (not a closure or an instance a library made at run time)."""
+    try:
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+        if module is None or not isinstance(qualname, str) or "<locals>" in qualname:
+            return False
+        found: object = module
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # any attribute lookup of a foreign object may raise
+        return False
+    return found is obj
+
+
+_IMMUTABLE: Final = frozenset(
+    {
+        *_SCALARS,
+        type(...),
+        range,
+        decimal.Decimal,
+        fractions.Fraction,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        dt.timezone,
+        uuid.UUID,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+    }
+)
+_MAX_IMMUTABLE_ITEMS: Final = 100_000
+
+
+def _immutable(value: object) -> bool:
+    """Whether ``value`` cannot change in place: immutable leaves in tuples, frozensets
+    and frozen dataclasses, checked up to :data:`_MAX_IMMUTABLE_ITEMS` items."""
+    stack = [value]
+    budget = _MAX_IMMUTABLE_ITEMS
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        cls = type(item)
+        if cls in _IMMUTABLE or isinstance(item, (enum.Enum, type, types.FunctionType)):
+            continue
+        if isinstance(item, _BUILTINS):
+            continue
+        if isinstance(item, (tuple, frozenset)):
+            if getattr(item, "__dict__", None):  # a subclass holding mutable attributes
+                return False
+            stack.extend(item)
+            continue
+        if dataclasses.is_dataclass(item) and cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            stack.extend(getattr(item, f.name, None) for f in dataclasses.fields(item))
+            continue
+        if callable(item) and _named(item):  # numpy.sum, a ufunc
+            continue
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(item, numpy.generic):  # numpy.float64(0.5)
+            continue
+        return False
+    return True
+
+
+def _instance_state(obj: object) -> list[str]:
+    """Names of the attributes an object holds itself (``__dict__`` and slots)."""
+    names = list(getattr(obj, "__dict__", None) or ())
+    for klass in type(obj).__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                names.append(slot)
+    return names
+
+
+# ---- which modules are the user's ------------------------------------------------------
+
+_user_modules: dict[str, bool] = {}
+_user_cwd: list[str] = [""]  # the working directory _user_modules was computed for
+
+
+def is_user_module(name: str | None) -> bool:
+    """Whether code from module ``name`` is the user's own (walked) or a library's (named).
+
+    The user's: ``__main__``, modules of unknown origin, and modules whose file lies under
+    the working directory or the main script's directory, outside site-packages and the
+    standard library. plait itself is never walked.
+    """
+    if name is None or name == "__main__":
+        return True
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed
+        cwd = ""
+    if cwd != _user_cwd[0]:
+        _user_modules.clear()
+        _user_cwd[0] = cwd
+    known = _user_modules.get(name)
+    if known is None:
+        known = _user_modules[name] = _classify(name, cwd)
+    return known
+
+
+def _classify(name: str, cwd: str) -> bool:
+    if name == "plait" or name.startswith("plait."):
+        return False
+    module = sys.modules.get(name)
+    if module is None:
+        return True
+    file = getattr(module, "__file__", None)
+    if not file:
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        return name not in sys.builtin_module_names and origin not in ("built-in", "frozen")
+    path = os.path.realpath(file)
+    parts = pathlib.PurePath(path).parts
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    if any(_under(path, lib) for lib in _library_dirs()):
+        return False
+    roots = [cwd] if cwd else []
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file:
+        roots.append(os.path.dirname(os.path.realpath(main_file)))
+    return any(_under(path, os.path.realpath(root)) for root in roots)
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib") if key in paths})
+
+
+def _under(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
