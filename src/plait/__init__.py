@@ -5,12 +5,20 @@ them to other nodes' outputs and to pipeline inputs; a :class:`Pipeline` runs th
 with automatic concurrency from a script, a thread or a running event loop.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from plait.bridge import run_sync
+from plait.callbacks import Callback, CallbackContext
+from plait.deps import Dep
 from plait.engine import Engine
 from plait.engine.async_executor import AsyncExecutor
 from plait.engine.mapping import ItemError
 from plait.errors import (
+    CacheError,
+    CacheWarning,
     CycleError,
+    DepDefinitionError,
+    DepError,
     DuplicateNodeNameError,
     DuplicateOutputError,
     EngineError,
@@ -22,6 +30,7 @@ from plait.errors import (
     PlaitError,
     PlaitWarning,
     RunningLoopWarning,
+    Unfingerprintable,
     UnknownOutputError,
     UnusedInputWarning,
 )
@@ -29,11 +38,23 @@ from plait.graph import Graph
 from plait.node import Node, node
 from plait.pipeline import Pipeline
 
+if TYPE_CHECKING:
+    from plait.cache import CacheStore, DiskCache, MemoryCache
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncExecutor",
+    "CacheError",
+    "CacheStore",
+    "CacheWarning",
+    "Callback",
+    "CallbackContext",
     "CycleError",
+    "Dep",
+    "DepDefinitionError",
+    "DepError",
+    "DiskCache",
     "DuplicateNodeNameError",
     "DuplicateOutputError",
     "Engine",
@@ -42,6 +63,7 @@ __all__ = [
     "GraphError",
     "InputError",
     "ItemError",
+    "MemoryCache",
     "MissingInputsError",
     "Node",
     "NodeDefinitionError",
@@ -50,9 +72,19 @@ __all__ = [
     "PlaitError",
     "PlaitWarning",
     "RunningLoopWarning",
+    "Unfingerprintable",
     "UnknownOutputError",
     "UnusedInputWarning",
     "__version__",
     "node",
     "run_sync",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The cache stores load on first use: they import diskcache and SQLite.
+    if name in ("CacheStore", "DiskCache", "MemoryCache"):
+        from plait.cache import stores
+
+        return getattr(stores, name)
+    raise AttributeError(f"module 'plait' has no attribute {name!r}")

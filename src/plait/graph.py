@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from plait._text import did_you_mean, quoted
+from plait.deps import Dep
 from plait.errors import (
     CycleError,
     DuplicateNodeNameError,
@@ -68,6 +69,19 @@ class Graph:
                     distinct[producer] = None
                     succs[producer].append(index)
             preds.append(tuple(distinct))
+            for param in item.dep_inputs:
+                producer = self._producer.get(param)
+                if producer is not None:
+                    dep = next(d for d in _all_deps(item) if param in d.params)
+                    raise GraphError(
+                        f"node {item.name!r}: {dep!r} takes {param!r}, which node "
+                        f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
+                        "pipeline inputs or other deps, since deps are set up before any node "
+                        "runs. Rename the parameter, or make the dep's work a node."
+                    )
+                consumers = self._consumers.setdefault(param, [])
+                if index not in consumers:
+                    consumers.append(index)
         self._predecessors = tuple(preds)
         self._successors = tuple(tuple(s) for s in succs)
         self._order = self._topological_order()
@@ -82,7 +96,7 @@ class Graph:
         optional = {
             name
             for name, consumers in self._consumers.items()
-            if all(name in self._nodes[i].defaults for i in consumers)
+            if all(_optional_for(self._nodes[i], name) for i in consumers)
         }
         self._optional = tuple(n for n in self._inputs if n in optional)
         self._required = tuple(n for n in self._inputs if n not in optional)
@@ -273,3 +287,21 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph: {len(self._nodes)} nodes, inputs {quoted(self._consumers) or 'none'}>"
+
+
+def _optional_for(item: Node[..., Any], name: str) -> bool:
+    """Whether ``item`` (its parameters and its deps') has a default for input ``name``."""
+    if name in item.inputs and name not in item.defaults:
+        return False
+    return name not in item.dep_inputs or name in item.dep_defaults
+
+
+def _all_deps(item: Node[..., Any]) -> Iterator[Dep[Any]]:
+    """The node's deps and the deps they use, each once."""
+    todo, seen = list(item.deps.values()), set()
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            yield dep
+            todo.extend(dep.deps.values())

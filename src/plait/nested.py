@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from plait._text import did_you_mean, quoted
 from plait.engine.mapping import ItemError
+from plait.engine.services import NESTED_NODE
 from plait.errors import InputError, NodeDefinitionError, UnknownOutputError
 from plait.node import Node
 
@@ -20,6 +21,9 @@ class _InnerDefault:
 
     def __repr__(self) -> str:
         return "<inner default>"
+
+    def __cache_key__(self) -> str:
+        return "plait.nested.INNER_DEFAULT"
 
     def __reduce__(self) -> str:
         return "INNER_DEFAULT"  # one instance, also after pickling
@@ -114,8 +118,34 @@ class _NestedCall:
         self.map_mode = map_mode
         self.__name__ = name
 
+    def __cache_key__(self) -> tuple[Any, ...]:
+        """What this node computes, for the cache: the inner nodes' code and wiring, the
+        inner pipeline's bound inputs and this node's mappings. Stable across processes."""
+        from plait.cache.fingerprint import fingerprint_code
+
+        inner = sorted(self.pipeline.nodes, key=lambda n: n.name)
+        return (
+            "plait.nested",
+            tuple(
+                (n.name, n.outputs, n.inputs, n.cache, fingerprint_code(n.func, where=n.name))
+                for n in inner
+            ),
+            tuple(sorted(self.pipeline.bound_inputs.items())),
+            tuple(sorted(self.params.items())),
+            tuple(self.selected),
+            self.mapped,
+            self.map_mode,
+        )
+
     async def __call__(self, **kwargs: Any) -> Any:
         inputs = {self.params[k]: v for k, v in kwargs.items() if v is not INNER_DEFAULT}
+        token = NESTED_NODE.set(self.__name__)
+        try:
+            return await self._call(inputs)
+        finally:
+            NESTED_NODE.reset(token)
+
+    async def _call(self, inputs: dict[str, Any]) -> Any:
         if not self.mapped:
             result = await self.pipeline.arun(inputs, output_name=self.selected)
             values = [result[o] for o in self.selected]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
+from plait.deps import Dep, find_deps
 from plait.errors import NodeDefinitionError
 from plait.options import Backoff, NodeOptions, make_options
 
@@ -88,8 +89,17 @@ class Node(Generic[P, R]):
             timeout=timeout,
             rate_limit=rate_limit,
         )
-        self._defaults, self.positional, self.keyword = _read_parameters(func, self.name)
-        self.inputs: tuple[str, ...] = self.positional + self.keyword
+        signature = _signature(func, self.name)
+        self._defaults, self.positional, self.keyword = _read_parameters(signature, self.name)
+        #: Parameters that receive a per-run resource (:class:`~plait.Dep`), by name.
+        self.deps: Mapping[str, Dep[Any]] = MappingProxyType(find_deps(func, signature))
+        for param in self.deps:
+            self._defaults.pop(param, None)
+        #: Pipeline inputs the deps' functions take (they are set up before any node runs).
+        self.dep_inputs, self.dep_defaults = _dep_inputs(self.deps.values())
+        self.inputs: tuple[str, ...] = tuple(
+            p for p in self.positional + self.keyword if p not in self.deps
+        )
         #: Default values of the optional inputs, by parameter name (read-only).
         self.defaults: Mapping[str, Any] = MappingProxyType(self._defaults)
         #: Parameters without a default: something must provide them.
@@ -104,7 +114,12 @@ class Node(Generic[P, R]):
     def describe(self) -> str:
         """``name(a, b=1) → y``: the node as error messages show it."""
         params = ", ".join(
-            f"{p}={self._defaults[p]!r}" if p in self._defaults else p for p in self.inputs
+            f"{p}={self.deps[p]!r}"
+            if p in self.deps
+            else f"{p}={self._defaults[p]!r}"
+            if p in self._defaults
+            else p
+            for p in self.positional + self.keyword
         )
         single = isinstance(self.output_name, str)
         outs = self.outputs[0] if single else f"({', '.join(self.outputs)})"
@@ -245,16 +260,19 @@ def _node_is_async(func: Callable[..., Any]) -> bool:
     return is_async_callable(func)
 
 
-def _read_parameters(
-    func: Callable[..., Any], node_name: str
-) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+def _signature(func: Callable[..., Any], node_name: str) -> inspect.Signature:
     try:
-        signature = inspect.signature(func)
+        return inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise NodeDefinitionError(
             f"cannot read the parameters of {node_name!r} ({exc}); wrap it in a def "
             "whose parameters name its inputs"
         ) from None
+
+
+def _read_parameters(
+    signature: inspect.Signature, node_name: str
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]:
     defaults: dict[str, Any] = {}
     positional: list[str] = []
     keyword: list[str] = []
@@ -270,6 +288,22 @@ def _read_parameters(
             defaults[param.name] = param.default
         (keyword if param.kind is param.KEYWORD_ONLY else positional).append(param.name)
     return defaults, tuple(positional), tuple(keyword)
+
+
+def _dep_inputs(deps: Iterable[Dep[Any]]) -> tuple[tuple[str, ...], Mapping[str, Any]]:
+    """The pipeline inputs ``deps`` (and the deps they use) take, and their defaults."""
+    names: dict[str, None] = {}
+    defaults: dict[str, Any] = {}
+    todo, seen = list(deps), set()
+    while todo:
+        dep = todo.pop()
+        if dep in seen:
+            continue
+        seen.add(dep)
+        names.update(dict.fromkeys(dep.params))
+        defaults.update(dep.defaults)
+        todo.extend(dep.deps.values())
+    return tuple(names), MappingProxyType(defaults)
 
 
 def _lookup(module_name: str | None, qualname: str) -> object:

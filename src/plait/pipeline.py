@@ -7,11 +7,12 @@ import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait import bridge, streams
 from plait._text import did_you_mean, quoted
 from plait.engine import Engine
+from plait.engine.engine import check_cache, check_callbacks
 from plait.engine.executors import worker_count
 from plait.engine.mapping import (
     ExecutorLauncher,
@@ -28,10 +29,15 @@ from plait.engine.mapping import (
 from plait.engine.nesting import ENCLOSING, Enclosing, nested_engine
 from plait.engine.parallel import ProcessLauncher
 from plait.engine.plan import Plan, compile_plan
+from plait.engine.resources import around_inline_map, around_map, map_scope
+from plait.engine.services import Services, observed_items, observed_map, observed_run, resolve
 from plait.errors import InputError, UnusedInputWarning
 from plait.graph import Graph
 from plait.nested import as_node
 from plait.node import Node
+
+if TYPE_CHECKING:
+    from plait.cache.stores import CacheStore
 
 OutputSelection = str | Sequence[str] | None
 
@@ -69,10 +75,14 @@ class Pipeline:
     Args:
         nodes: the nodes, in any order.
         engine: how nodes run (default: sync nodes inline, async nodes as tasks).
-        name: a name for errors and reprs.
+        name: a name for errors, reprs and callbacks.
+        cache: a cache store (:class:`~plait.MemoryCache`, :class:`~plait.DiskCache`):
+            a node whose code and inputs were seen before is not run again.
+        callbacks: objects told of runs, nodes and map items (see
+            :mod:`plait.callbacks`), in addition to the engine's.
     """
 
-    __slots__ = ("_bound", "_engine", "_name", "_shared")
+    __slots__ = ("_bound", "_cache", "_callbacks", "_engine", "_name", "_shared")
 
     def __init__(
         self,
@@ -80,6 +90,8 @@ class Pipeline:
         *,
         engine: Engine | None = None,
         name: str | None = None,
+        cache: CacheStore | None = None,
+        callbacks: Sequence[object] = (),
     ) -> None:
         if isinstance(nodes, Node):
             raise TypeError("Pipeline takes a list of nodes: Pipeline([my_node])")
@@ -87,6 +99,8 @@ class Pipeline:
         self._engine = None if engine is None else _check_engine(engine)
         self._name = name
         self._bound: Mapping[str, Any] = MappingProxyType({})
+        self._cache = check_cache(cache)
+        self._callbacks = check_callbacks(callbacks)
 
     def _derive(
         self,
@@ -94,12 +108,16 @@ class Pipeline:
         engine: Engine | None = None,
         name: str | None = None,
         bound: Mapping[str, Any] | None = None,
+        cache: CacheStore | None = None,
+        callbacks: Sequence[object] | None = None,
     ) -> Pipeline:
         new = object.__new__(Pipeline)
         new._shared = self._shared
         new._engine = self._engine if engine is None else engine
         new._name = self._name if name is None else name
         new._bound = self._bound if bound is None else MappingProxyType(dict(bound))
+        new._cache = self._cache if cache is None else cache
+        new._callbacks = self._callbacks if callbacks is None else tuple(callbacks)
         return new
 
     # --- the graph ----------------------------------------------------------
@@ -116,6 +134,17 @@ class Pipeline:
     @property
     def name(self) -> str | None:
         return self._name
+
+    @property
+    def cache(self) -> CacheStore | None:
+        """The cache given to this pipeline, or None (then the engine's, or when
+        nested the enclosing run's, is used)."""
+        return self._cache
+
+    @property
+    def callbacks(self) -> tuple[object, ...]:
+        """This pipeline's own callbacks (the engine's and an enclosing run's add to them)."""
+        return self._callbacks
 
     @property
     def engine(self) -> Engine | None:
@@ -182,6 +211,14 @@ class Pipeline:
         """A new pipeline called ``name``."""
         return self._derive(name=name)
 
+    def with_cache(self, cache: CacheStore) -> Pipeline:
+        """A new pipeline that caches node results in ``cache``."""
+        return self._derive(cache=check_cache(cache))
+
+    def with_callbacks(self, callbacks: Sequence[object]) -> Pipeline:
+        """A new pipeline with these callbacks instead of its own."""
+        return self._derive(callbacks=check_callbacks(callbacks))
+
     def as_node(
         self,
         input_mapping: Mapping[str, str] | None = None,
@@ -229,7 +266,12 @@ class Pipeline:
         needed for them run and only their inputs are required.
         """
         plan, values = self._prepare(inputs, output_name)
-        await self._run_engine().arun_plan(plan, values)
+        engine = self._run_engine()
+        services = self._services(engine)
+        if services is None:
+            await engine.arun_plan(plan, values)
+        else:
+            await observed_run(services, engine, plan, values)
         return plan.outputs(values)
 
     def run(
@@ -243,11 +285,16 @@ class Pipeline:
         """
         plan, values = self._prepare(inputs, output_name)
         engine = self._run_engine()
+        services = self._services(engine)
+        if services is None:
+            run = engine.arun_plan(plan, values)
+        else:
+            run = observed_run(services, engine, plan, values)
         if engine.inline and not plan.needs_loop:
             # Nothing can suspend: run without any event loop.
-            bridge.drive_inline(engine.arun_plan(plan, values))
+            bridge.drive_inline(run)
         else:
-            bridge._run_sync(engine.arun_plan(plan, values), timeout=None, stacklevel=3)
+            bridge._run_sync(run, timeout=None, stacklevel=3)
         return plan.outputs(values)
 
     # --- mapping ---------------------------------------------------------------
@@ -289,7 +336,7 @@ class Pipeline:
         """
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
         if streams.runs_inline(engine, runner.plan):
-            return [outcome for _, outcome in streams.inline_items(runner, spec)]
+            return [outcome for _, outcome in self._inline_items(runner, spec)]
         return bridge._run_sync(
             streams.collect(self._iterate(engine, runner, spec, ordered=False)),
             timeout=None,
@@ -313,7 +360,7 @@ class Pipeline:
         """
         engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
         if streams.runs_inline(engine, runner.plan):
-            return streams.inline_items(runner, spec)
+            return self._inline_items(runner, spec)
         return streams.sync_stream(self._iterate(engine, runner, spec, ordered=ordered))
 
     def aimap(
@@ -348,7 +395,21 @@ class Pipeline:
         engine = self._run_engine()
         runner = ItemRunner(plan, given, spec.names, engine.node_pool(), engine.runtime(plan))
         runner.enclosing = Enclosing(engine, ENCLOSING.get().map_depth + 1, 1)
+        services = self._services(engine)
+        if services is not None:
+            runner.observe(services)
+        if plan.deps:
+            runner.shared = map_scope(plan, runner.base, spec.names)
         return engine, runner, spec
+
+    def _inline_items(self, runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:
+        items = streams.inline_items(runner, spec)
+        if runner.shared is not None:
+            items = around_inline_map(runner.shared, runner.plan, items)
+        services = runner.services
+        if services is None or services.scope is None:
+            return items
+        return observed_items(services, spec.size_hint(), items)
 
     def _iterate(
         self, engine: Engine, runner: ItemRunner, spec: MapSpec, *, ordered: bool
@@ -375,9 +436,15 @@ class Pipeline:
             window = 2 * worker_count(executor, engine.max_workers)
         depth = runner.enclosing.map_depth if runner.enclosing else 1
         runner.enclosing = Enclosing(engine, depth, window)  # nested maps share the budget
-        return iterate(
+        batches = iterate(
             runner, spec.items(), launcher, window=window, on_error=spec.on_error, ordered=ordered
         )
+        if runner.shared is not None:
+            batches = around_map(runner.shared, runner.plan, batches)
+        services = runner.services
+        if services is None or services.scope is None:
+            return batches
+        return observed_map(services, spec.size_hint(), batches)
 
     # --- shared preparation ---------------------------------------------------
 
@@ -425,6 +492,14 @@ class Pipeline:
                 )
         return compile_plan(graph, outputs, given)
 
+    def _services(self, engine: Engine) -> Services | None:
+        """The cache and callbacks this run observes with, or None."""
+        if self._cache is None and not self._callbacks and engine.cache is None:
+            here = ENCLOSING.get()
+            if not engine.callbacks and here.scope is None and here.cache is None:
+                return None
+        return resolve(self._name, self._cache, self._callbacks, engine)
+
     def _check_input_name(self, name: str, verb: str) -> None:
         graph = self.graph
         if graph.is_input(name):
@@ -441,7 +516,11 @@ class Pipeline:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The graph is rebuilt (and checked) on arrival; compiled plans are not sent.
-        return (_rebuild_pipeline, (self.nodes, self._engine, self._name, dict(self._bound)))
+        # Callbacks stay in this process: events of runs elsewhere are replayed here.
+        return (
+            _rebuild_pipeline,
+            (self.nodes, self._engine, self._name, dict(self._bound), self._cache),
+        )
 
     def __repr__(self) -> str:
         name = f"{self._name!r}, " if self._name else ""
@@ -480,6 +559,7 @@ def _rebuild_pipeline(
     engine: Engine | None,
     name: str | None,
     bound: dict[str, Any],
+    cache: CacheStore | None = None,
 ) -> Pipeline:
-    pipeline = Pipeline(nodes, engine=engine, name=name)
+    pipeline = Pipeline(nodes, engine=engine, name=name, cache=cache)
     return pipeline.bind(**bound) if bound else pipeline

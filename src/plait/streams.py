@@ -14,7 +14,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from plait import bridge
 from plait.engine.engine import Engine
 from plait.engine.mapping import ItemRunner, MapSpec, Outcome, annotate_item, item_error
-from plait.engine.nesting import ENCLOSING
 from plait.engine.plan import Plan
 
 Batches = AsyncGenerator[list[tuple[int, Outcome]], None]
@@ -69,15 +68,11 @@ def inline_items(runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outco
     run = runner.run_inline
     collect = spec.on_error == "collect"
     for index, item in enumerate(spec.items()):
-        token = ENCLOSING.set(runner.enclosing) if runner.enclosing else None
         try:
-            outcome: Outcome = run(item)
+            outcome: Outcome = run(index, item)
         except Exception as exc:
             annotate_item(exc, index, runner.inputs(item))
             if not collect:
                 raise
             outcome = item_error(exc, index, runner.inputs(item))
-        finally:
-            if token is not None:
-                ENCLOSING.reset(token)
         yield index, outcome

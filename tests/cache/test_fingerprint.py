@@ -734,3 +734,35 @@ def test_cached_helpers_are_walked(user_module: Callable[..., Any]) -> None:
     before = fingerprint_code(user_module(source).step)
     after = fingerprint_code(user_module(source.replace("range(n)", "range(n + 1)")).step)
     assert before != after
+
+
+def test_remembered_code_digest_follows_every_change_it_depends_on() -> None:
+    namespace: dict[str, Any] = {}
+    exec(
+        "SCALE = 2\n"
+        "def helper(x):\n    return x * SCALE\n"
+        "def outer(x, bias=(1, 2)):\n    return helper(x) + bias[0]\n",
+        namespace,
+    )
+    outer = namespace["outer"]
+    first = fingerprint_code(outer)
+    assert fingerprint_code(outer) == first  # remembered, guard still holds
+    exec("def helper(x):\n    return x * SCALE + 1\n", namespace)  # a notebook redefinition
+    second = fingerprint_code(outer)
+    assert second != first
+    namespace["SCALE"] = 3  # a constant it reads through the helper
+    third = fingerprint_code(outer)
+    assert third not in (first, second)
+    outer.__defaults__ = ((5, 6),)
+    assert fingerprint_code(outer) != third
+
+
+def test_mutable_captures_are_rehashed_every_time() -> None:
+    settings = {"mode": "a"}
+
+    def uses_settings(x):
+        return settings["mode"], x
+
+    before = fingerprint_code(uses_settings)
+    settings["mode"] = "b"  # mutated in place: same object, new value
+    assert fingerprint_code(uses_settings) != before

@@ -148,11 +148,12 @@ def test_retry_hook_sees_each_retry() -> None:
     plan = pipe._plan(None, {"x": 1})
     runtime = Engine().runtime(plan)
     assert runtime is not None
-    runtime.on_retry = lambda step, attempt, exc, delay: seen.append(
-        (step.node.name, attempt, str(exc), delay)
-    )
+
+    def on_retry(step, attempt, exc, delay):
+        seen.append((step.node.name, attempt, str(exc), delay))
+
     values = plan.new_values({"x": 1})
-    asyncio.run(controls.call_controlled(plan.steps[0], 0, values, runtime))
+    asyncio.run(controls.call_controlled(plan.steps[0], 0, values, runtime, on_retry))
     assert seen == [("flaky", 1, "again", 0.0), ("flaky", 2, "again", 0.0)]
 
 

@@ -1,7 +1,19 @@
-"""Caching of node results: fingerprints of values and code, and the stores results live in."""
+"""Caching of node results: fingerprints of values and code, and the stores results live in.
 
-from plait.cache.fingerprint import fingerprint_code, fingerprint_value
-from plait.cache.stores import MISS, CacheStore, DiskCache, MemoryCache
+The stores and fingerprints load on first use, so ``import plait`` does not import
+diskcache or SQLite.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from plait.cache.miss import MISS
+
+if TYPE_CHECKING:
+    from plait.cache.fingerprint import fingerprint_code, fingerprint_value
+    from plait.cache.stores import CacheStore, DiskCache, MemoryCache
 
 __all__ = [
     "MISS",
@@ -11,3 +23,18 @@ __all__ = [
     "fingerprint_code",
     "fingerprint_value",
 ]
+
+_LAZY = {
+    "CacheStore": "plait.cache.stores",
+    "DiskCache": "plait.cache.stores",
+    "MemoryCache": "plait.cache.stores",
+    "fingerprint_code": "plait.cache.fingerprint",
+    "fingerprint_value": "plait.cache.fingerprint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

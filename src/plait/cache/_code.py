@@ -18,6 +18,7 @@ over globals is redone on every call, so a helper redefined in a notebook is see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -107,8 +108,60 @@ def code_digest(code: types.CodeType) -> tuple[bytes, frozenset[str]]:
 
 
 def digest(func: Any) -> bytes:
-    """:func:`plait.cache.fingerprint.fingerprint_code` without the error translation."""
-    return _Walk().run(func)
+    """:func:`plait.cache.fingerprint.fingerprint_code` without the error translation.
+
+    A finished walk is remembered with a guard: every attribute, global, closure
+    cell and class member it read, by identity. While all of them are still the
+    same objects the digest cannot have changed, so later runs only check the
+    guard. A walk that hashed a mutable value (a list default, a dict in a
+    closure) or called ``__cache_key__`` has no guard and is redone every time.
+    """
+    while isinstance(func, Node):
+        func = func.func
+    try:
+        known = _digests.get(func)
+    except TypeError:  # not weakly referable or not hashable: no memo
+        return _Walk().run(func)
+    if known is not None and _still(known[1]):
+        return known[0]
+    walk = _Walk()
+    result = walk.run(func)
+    if walk.guard is not None:
+        with contextlib.suppress(TypeError):
+            _digests[func] = (result, (("cwd", os.getcwd()), *walk.guard))
+    return result
+
+
+#: Digests of callables with the guard that proves them current (see :func:`digest`).
+_digests: weakref.WeakKeyDictionary[Any, tuple[bytes, tuple[tuple[Any, ...], ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_ABSENT: Final = object()
+
+
+def _still(guard: tuple[tuple[Any, ...], ...]) -> bool:
+    """Whether everything a walk read is still the object it read."""
+    for entry in guard:
+        kind = entry[0]
+        if kind == "attr":
+            if getattr(entry[1], entry[2], _ABSENT) is not entry[3]:
+                return False
+        elif kind == "item":
+            if entry[1].get(entry[2], _ABSENT) is not entry[3]:
+                return False
+        elif kind == "cell":
+            try:
+                contents = entry[1].cell_contents
+            except ValueError:
+                contents = _ABSENT
+            if contents is not entry[2]:
+                return False
+        elif kind == "names":
+            if tuple(entry[1].__dict__) != entry[2]:
+                return False
+        elif os.getcwd() != entry[1]:  # "cwd": which modules count as the user's
+            return False
+    return True
 
 
 class _Walk:
@@ -118,6 +171,12 @@ class _Walk:
         self.enc = Encoder(self)
         self.seen: dict[int, object] = {}  # keeps each visited object alive during the walk
         self.pending: list[Any] = []
+        #: What the walk read, by identity; None once it read something mutable.
+        self.guard: list[tuple[Any, ...]] | None = []
+
+    def read(self, *entry: Any) -> None:
+        if self.guard is not None:
+            self.guard.append(entry)
 
     def run(self, root: Any) -> bytes:
         head = self.ref(root)
@@ -135,6 +194,8 @@ class _Walk:
             self.pending.append(obj)
 
     def value(self, value: object, where: str) -> bytes:
+        if self.guard is not None and not _immutable(value):
+            self.guard = None  # it may change in place: no memo
         try:
             return self.enc.digest(value)
         except Failure as fail:
@@ -171,6 +232,7 @@ class _Walk:
             return b"N" + text(qualified_name(obj))
         cls = type(obj)
         if getattr(cls, "__cache_key__", None) is not None:
+            self.guard = None  # the key may change at any time
             key = self.value(obj.__cache_key__(), ".__cache_key__()")
             return b"K" + text(qualified_name(cls)) + key
         if not callable(obj):
@@ -238,6 +300,10 @@ class _Walk:
         code = func.__code__
         own, names = code_digest(code)
         name = qualified_name(func)
+        read = self.read
+        read("attr", func, "__code__", code)
+        read("attr", func, "__defaults__", func.__defaults__)
+        read("attr", func, "__kwdefaults__", func.__kwdefaults__)
         h = new_hash()
         h.update(b"f" + own)
         h.update(self.value(func.__defaults__, f"default values of {name}"))
@@ -246,17 +312,19 @@ class _Walk:
             try:
                 contents = cell.cell_contents
             except ValueError:  # a cell not assigned yet
+                read("cell", cell, _ABSENT)
                 h.update(text(var) + b"-")
                 continue
+            read("cell", cell, contents)
             h.update(text(var) + self.value(contents, f"closure variable {var!r} of {name}"))
         modules: list[types.ModuleType] = []
         namespace = func.__globals__
         ordered = sorted(names)
         for global_name in ordered:
-            if global_name in namespace:
-                h.update(
-                    b"g" + text(global_name) + self.global_ref(namespace[global_name], modules)
-                )
+            found = namespace.get(global_name, _ABSENT)
+            read("item", namespace, global_name, found)
+            if found is not _ABSENT:
+                h.update(b"g" + text(global_name) + self.global_ref(found, modules))
         done: set[str] = set()
         while modules:  # ``import helpers; helpers.clean(x)``: look the names up there too
             module = modules.pop()
@@ -265,14 +333,20 @@ class _Walk:
             done.add(module.__name__)
             members = vars(module)
             for attr in ordered:
-                if attr in members:
+                member = members.get(attr, _ABSENT)
+                read("item", members, attr, member)
+                if member is not _ABSENT:
                     h.update(b"a" + text(module.__name__) + text(attr))
-                    h.update(self.global_ref(members[attr], modules))
+                    h.update(self.global_ref(member, modules))
         return h.digest()
 
     def klass(self, cls: type) -> bytes:
         h = new_hash()
         h.update(b"c" + text(qualified_name(cls)))
+        self.read("attr", cls, "__bases__", cls.__bases__)
+        self.read("names", cls, tuple(cls.__dict__))
+        for member_name, member in cls.__dict__.items():
+            self.read("item", cls.__dict__, member_name, member)
         for base in cls.__bases__:
             h.update(self.global_ref(base, []))
         if type(cls) is not type:

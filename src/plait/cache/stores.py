@@ -9,7 +9,6 @@ process) and :class:`DiskCache` (a directory shared by threads and processes).
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import pathlib
 import pickle
@@ -19,7 +18,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from types import TracebackType
-from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 import cloudpickle  # type: ignore[import-untyped]
 import diskcache  # type: ignore[import-untyped]
@@ -30,21 +29,7 @@ from plait.errors import CacheError, CacheWarning
 __all__ = ["MISS", "CacheStore", "DiskCache", "MemoryCache"]
 
 
-class _Miss(enum.Enum):
-    """The type of :data:`MISS` (an enum, so it stays a singleton through pickle)."""
-
-    MISS = "MISS"
-
-    def __repr__(self) -> str:
-        return "MISS"
-
-    __str__ = __repr__
-
-
-MISS: Final = _Miss.MISS
-"""What :meth:`CacheStore.get` returns for a key it does not hold (``None`` is a value)."""
-
-Miss = Literal[_Miss.MISS]
+from plait.cache.miss import MISS
 
 
 @runtime_checkable

@@ -21,8 +21,9 @@ started the run, in this order:
   the events of one item are always in this order, also when the item ran on a
   thread or in a worker process (whose events are replayed in the parent when
   the item completes);
-* a failure: ``on_error`` for the node (or item) that raised, then the end event
-  of each scope it aborted, with ``ctx.error`` set.
+* a failure: ``on_error`` for the node that raised, in place of its
+  ``on_node_end``, then the end event of each scope it aborted (the item's
+  ``on_map_item_end``, the run's or map's end), with ``ctx.error`` set.
 
 A callback that raises does not break the run: the first failure of each
 callback is logged (logger ``plait.callbacks``) and later ones are ignored. A
@@ -71,7 +72,8 @@ class CallbackContext:
             at the top level.
         node: the node's name, for node events (and ``on_error`` raised in a node).
         item: the map item's index, for item events and for node events inside a
-            map item (None otherwise).
+            map item; on the start and end events of a pipeline or map nested in a
+            map item, that enclosing item (None otherwise).
         total: for map events, how many items the map has when that is known.
         duration: seconds, on end events (``*_end``, ``on_map_item_cached``).
         error: the exception, on ``on_error`` and on end events of scopes it aborted.

@@ -91,25 +91,30 @@ class Rate:
 class NodeRuntime:
     """What controlled steps share across one run or map: limits and executors."""
 
-    __slots__ = ("executors", "on_retry", "rates", "slots", "threads")
+    __slots__ = ("executors", "rates", "slots", "threads")
 
     def __init__(
         self,
         plan: Plan,
         executors: Sequence[Executor | None],
         threads: Callable[[], Executor],
-        on_retry: RetryHook | None = None,
     ) -> None:
         options = [step.node.options for step in plan.steps]
         self.slots = tuple(Slots(o.max_concurrent) if o.max_concurrent else None for o in options)
         self.rates = tuple(Rate(o.rate_limit) if o.rate_limit else None for o in options)
         self.executors = tuple(executors)
         self.threads = threads  # for sync nodes with a timeout and no executor
-        self.on_retry = on_retry
 
 
-async def call_controlled(step: Step, index: int, values: list[Any], runtime: NodeRuntime) -> Any:
-    """One node call with its slot, rate limit, timeout and retries."""
+async def call_controlled(
+    step: Step,
+    index: int,
+    values: list[Any],
+    runtime: NodeRuntime,
+    on_retry: RetryHook | None = None,
+) -> Any:
+    """One node call with its slot, rate limit, timeout and retries; ``on_retry`` is
+    told of each retry before its wait."""
     options = step.node.options
     slots, rate = runtime.slots[index], runtime.rates[index]
     attempt = 0
@@ -129,8 +134,8 @@ async def call_controlled(step: Step, index: int, values: list[Any], runtime: No
             if attempt > options.retries:
                 raise
             delay = options.delay(attempt, random.random())
-            if runtime.on_retry is not None:
-                runtime.on_retry(step, attempt, exc, delay)
+            if on_retry is not None:
+                on_retry(step, attempt, exc, delay)
             await asyncio.sleep(delay)
 
 

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait.engine import executors
 from plait.engine.controls import NodeRuntime
 from plait.engine.executors import terminate_pool
+from plait.engine.hooks import NodeHooks
 from plait.engine.nesting import ENCLOSING, Enclosing
 from plait.engine.plan import Plan
+from plait.engine.resources import run_with_deps
 from plait.engine.scheduler import run_plan
 from plait.errors import EngineError
+
+if TYPE_CHECKING:
+    from plait.cache.stores import CacheStore
+    from plait.callbacks.dispatch import Scope
 
 
 class Engine:
@@ -39,6 +47,10 @@ class Engine:
             ``os.cpu_count()``).
         max_concurrent: items in flight at once with ``map_executor="async"``;
             nodes in flight at once within a run with ``node_executor="async"``.
+        cache: a cache store (:class:`~plait.MemoryCache`, :class:`~plait.DiskCache`)
+            for every pipeline run on this engine that has none of its own.
+        callbacks: callbacks for every run and map on this engine, in addition
+            to the pipeline's own.
 
     Executors given as strings are created on first use, kept across runs, and
     shut down by :meth:`close` (or ``with Engine(...) as engine:``); instances
@@ -54,6 +66,8 @@ class Engine:
         *,
         max_workers: int | None = None,
         max_concurrent: int = 10,
+        cache: CacheStore | None = None,
+        callbacks: Sequence[object] = (),
     ) -> None:
         self._node_spec = executors.check_spec(
             node_executor, "node_executor", executors.NODE_EXECUTORS
@@ -63,6 +77,8 @@ class Engine:
         _check_positive("max_concurrent", max_concurrent, allow_none=False)
         self._max_workers = max_workers
         self._max_concurrent = max_concurrent
+        self.cache = check_cache(cache)
+        self.callbacks = check_callbacks(callbacks)
         self._pools: dict[str, Executor | None] = {}
         self._owned: list[Executor] = []
         self._scaled: dict[int, Engine] = {}
@@ -143,13 +159,27 @@ class Engine:
             return self._pool("node" if self._node_spec == "parallel" else "processes", spec)
         return self.threads() if spec == "threaded" else None
 
-    async def arun_plan(self, plan: Plan, values: list[Any]) -> None:
-        """Run a compiled plan, writing results into ``values``."""
+    async def arun_plan(
+        self,
+        plan: Plan,
+        values: list[Any],
+        hooks: NodeHooks | None = None,
+        scope: Scope | None = None,
+        cache: CacheStore | None = None,
+    ) -> None:
+        """Run a compiled plan, writing results into ``values``; ``hooks``, ``scope``
+        and ``cache`` are the run's cache and callbacks (see :mod:`.services`)."""
         here = ENCLOSING.get()
-        token = ENCLOSING.set(Enclosing(self, here.map_depth, here.map_width))
+        token = ENCLOSING.set(Enclosing(self, here.map_depth, here.map_width, scope, cache))
         try:
             limit = self._max_concurrent if self._node_spec == "async" else None
-            await run_plan(plan, values, self.node_pool(), self.runtime(plan), limit)
+            run = partial(
+                run_plan, plan, values, self.node_pool(), self.runtime(plan), limit, hooks
+            )
+            if plan.deps:
+                await run_with_deps(plan, values, run)
+            else:
+                await run()
         finally:
             ENCLOSING.reset(token)
 
@@ -178,7 +208,8 @@ class Engine:
         return engine
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Sent to another process: aliases travel, executor instances stay behind.
+        # Sent to another process: aliases travel, executor instances and
+        # callbacks stay behind (their events are replayed in this process).
         def alias(spec: str | Executor) -> str:
             return spec if isinstance(spec, str) else "sequential"
 
@@ -189,6 +220,7 @@ class Engine:
                 alias(self._map_spec),
                 self._max_workers,
                 self._max_concurrent,
+                self.cache,
             ),
         )
 
@@ -237,11 +269,47 @@ class Engine:
 
 
 def _rebuild_engine(
-    node_executor: str, map_executor: str, max_workers: int | None, max_concurrent: int
+    node_executor: str,
+    map_executor: str,
+    max_workers: int | None,
+    max_concurrent: int,
+    cache: CacheStore | None,
 ) -> Engine:
     return Engine(
-        node_executor, map_executor, max_workers=max_workers, max_concurrent=max_concurrent
+        node_executor,
+        map_executor,
+        max_workers=max_workers,
+        max_concurrent=max_concurrent,
+        cache=cache,
     )
+
+
+def check_cache(cache: object) -> CacheStore | None:
+    """``cache`` if it is None or a cache store; a clear TypeError otherwise."""
+    if cache is None or all(callable(getattr(cache, m, None)) for m in ("get", "set")):
+        return cache  # type: ignore[return-value]
+    raise TypeError(
+        f"cache must be a cache store such as plait.MemoryCache() or "
+        f"plait.DiskCache(path), got {type(cache).__name__}: {cache!r}"
+    )
+
+
+def check_callbacks(callbacks: object) -> tuple[object, ...]:
+    """``callbacks`` as a tuple; a clear TypeError for a single callback or a non-list."""
+    from plait.callbacks.base import EVENTS
+
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        if any(hasattr(callbacks, event) for event in EVENTS):
+            raise TypeError(
+                f"callbacks takes a list of callbacks: callbacks=[{type(callbacks).__name__}(...)]"
+            )
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}")
+    for callback in callbacks:
+        if not any(callable(getattr(callback, event, None)) for event in EVENTS):
+            raise TypeError(
+                f"{callback!r} is not a callback: it implements none of {', '.join(EVENTS)}"
+            )
+    return tuple(callbacks)
 
 
 def _check_positive(option: str, value: object, *, allow_none: bool) -> None:

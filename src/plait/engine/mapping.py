@@ -20,18 +20,28 @@ from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequenc
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as JobFuture
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
 
 from plait import bridge
 from plait._text import did_you_mean, plural, quoted, short_repr
+from plait.callbacks.remote import Event, Replayer, portable, recording
 from plait.engine.async_executor import AsyncExecutor
 from plait.engine.controls import NodeRuntime
 from plait.engine.engine import Engine
 from plait.engine.inflight import InFlight
 from plait.engine.nesting import ENCLOSING, Enclosing
 from plait.engine.plan import Plan
+from plait.engine.resources import run_inline_with_deps, run_with_deps
 from plait.engine.scheduler import run_inline, run_plan
 from plait.errors import InputError
+
+if TYPE_CHECKING:
+    from plait.cache.signatures import CacheSetup
+    from plait.dep_scope import DepScope
+    from plait.engine.hooks import NodeHooks
+    from plait.engine.services import Services
 
 MapMode = Literal["zip", "product"]
 OnError = Literal["raise", "collect"]
@@ -161,13 +171,26 @@ def _strict_zip(
         ) from None
 
 
+_TOP = Enclosing()  # what code outside any run sees
+
 _ZIP_MISMATCH = re.compile(r"zip\(\) argument (?P<arg>\d+) is (?P<how>shorter|longer) than")
 
 
 class ItemRunner:
     """Turns one item's mapped values into a finished run of the plan."""
 
-    __slots__ = ("base", "enclosing", "names", "node_pool", "plan", "runtime", "slots")
+    __slots__ = (
+        "base",
+        "enclosing",
+        "names",
+        "node_pool",
+        "plan",
+        "runtime",
+        "services",
+        "setup",
+        "shared",
+        "slots",
+    )
 
     def __init__(
         self,
@@ -188,6 +211,16 @@ class ItemRunner:
         self.slots = tuple(inputs.get(n, -1) for n in names)
         broadcast = {n: v for n, v in given.items() if n not in names}
         self.base = plan.new_values(broadcast, partial=True)
+        #: The map's cache and callbacks, when any is in effect (see :meth:`observe`).
+        self.services: Services | None = None
+        self.setup: CacheSetup | None = None
+        #: The map's run-scoped deps, set up once for all items (see :meth:`share_deps`).
+        self.shared: DepScope | None = None
+
+    def observe(self, services: Services) -> None:
+        """Run items with this map's cache and callbacks."""
+        self.services = services
+        self.setup = services.setup(self.plan, varying=[s for s in self.slots if s >= 0])
 
     def values(self, item: tuple[Any, ...]) -> list[Any]:
         values = self.base.copy()
@@ -203,45 +236,114 @@ class ItemRunner:
     def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
         return dict(zip(self.names, item, strict=True))
 
-    def run_inline(self, item: tuple[Any, ...]) -> dict[str, Any]:
-        """Run a plan of sync nodes as plain calls (no event loop), in the caller's
-        context: the caller enters :attr:`enclosing` (once for many items)."""
+    def run_inline(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index`` of a plan of sync nodes as plain calls (no event loop)."""
         values = self.values(item)
-        run_inline(self.plan, values)
-        return self.plan.outputs(values)
-
-    async def arun(self, item: tuple[Any, ...]) -> dict[str, Any]:
-        values = self.values(item)
-        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
+        enclosing = self._enclosing(index)
+        token = ENCLOSING.set(enclosing) if enclosing else None
+        plan = self.plan
         try:
-            await run_plan(self.plan, values, self.node_pool, self.runtime)
+            if self.services is None and not plan.deps:
+                run_inline(plan, values)
+            else:
+                hooks, start = self._item_start(index)
+                try:
+                    if plan.deps:
+                        run = partial(run_inline, plan, values, hooks)
+                        run_inline_with_deps(plan, values, run, self.shared)
+                    else:
+                        run_inline(plan, values, hooks)
+                except BaseException as exc:
+                    self._item_end(index, hooks, start, exc)
+                    raise
+                self._item_end(index, hooks, start)
         finally:
             if token is not None:
                 ENCLOSING.reset(token)
         return self.plan.outputs(values)
 
+    async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index`` on this event loop."""
+        values = self.values(item)
+        enclosing = self._enclosing(index)
+        token = ENCLOSING.set(enclosing) if enclosing else None
+        try:
+            plan = self.plan
+            if self.services is None and not plan.deps:
+                await run_plan(plan, values, self.node_pool, self.runtime)
+            else:
+                hooks, start = self._item_start(index)
+                try:
+                    run = partial(run_plan, plan, values, self.node_pool, self.runtime, None, hooks)
+                    if plan.deps:
+                        await run_with_deps(plan, values, run, self.shared)
+                    else:
+                        await run()
+                except BaseException as exc:
+                    self._item_end(index, hooks, start, exc)
+                    raise
+                self._item_end(index, hooks, start)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
+        return self.plan.outputs(values)
+
+    def _enclosing(self, index: int) -> Enclosing | None:
+        """What code inside item ``index`` sees as its enclosing run."""
+        services = self.services
+        if services is None:
+            return self.enclosing
+        outer = self.enclosing or _TOP
+        return Enclosing(
+            outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
+        )
+
+    def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
+        services = self.services
+        if services is None:
+            return None, 0.0
+        if services.scope is not None:
+            services.scope.emit("on_map_item_start", item=index)
+        return services.hooks(self.plan, self.setup, index), perf_counter()
+
+    def _item_end(
+        self, index: int, hooks: NodeHooks | None, start: float, error: BaseException | None = None
+    ) -> None:
+        scope = self.services.scope if self.services is not None else None
+        if scope is None or hooks is None:
+            return
+        duration = perf_counter() - start
+        if error is None and hooks.all_cached:
+            scope.emit("on_map_item_cached", item=index, duration=duration)
+        else:
+            scope.emit("on_map_item_end", item=index, duration=duration, error=error)
+
     def for_worker(self) -> ItemRunner:
-        """A copy to ship to another process: no executors, no limits of this process."""
+        """A copy to ship to another process: no executors, no limits of this process;
+        events are recorded there and replayed here (:mod:`plait.callbacks.remote`)."""
         clone = copy.copy(self)
         clone.node_pool = None
         clone.runtime = None
         clone.enclosing = None  # a worker process is its own top level
+        clone.setup = None  # rebuilt there by attach_local_runtime
+        clone.shared = None  # resources do not cross processes: each item sets its own up
+        if self.services is not None:
+            clone.services = self.services.for_worker()
         return clone
 
     def attach_local_runtime(self) -> None:
-        """In a worker process: node limits of its own (limits do not span processes)."""
-        self.runtime = Engine().runtime(self.plan)
+        """In a worker process: node limits of its own (limits do not span processes),
+        and the cache setup of this process."""
+        if self.plan.has_controls:
+            self.runtime = Engine().runtime(self.plan)
+        if self.services is not None and self.setup is None:
+            self.observe(self.services)
 
-    def run_blocking(self, item: tuple[Any, ...]) -> dict[str, Any]:
-        """Run one item to completion in a worker (a thread or a process)."""
+    def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index`` to completion in a worker (a thread or a process)."""
         if self.plan.needs_loop:
-            return bridge.run_sync(self.arun(item))
-        token = ENCLOSING.set(self.enclosing) if self.enclosing else None
-        try:
-            return self.run_inline(item)
-        finally:
-            if token is not None:
-                ENCLOSING.reset(token)
+            return bridge.run_sync(self.arun(index, item))
+        return self.run_inline(index, item)
 
 
 def annotate_item(exc: BaseException, index: int, inputs: Mapping[str, Any]) -> None:
@@ -296,8 +398,8 @@ class TaskLauncher(Launcher):
         self.runner = runner
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        ((_, item),) = chunk
-        inflight.start_task(self.runner.arun(item), chunk)
+        ((index, item),) = chunk
+        inflight.start_task(self.runner.arun(index, item), chunk)
 
 
 class ExecutorLauncher(Launcher):
@@ -313,26 +415,64 @@ class ExecutorLauncher(Launcher):
         self.executor = executor
         self.in_process = isinstance(executor, (ThreadPoolExecutor, AsyncExecutor))
         self.remote = None if self.in_process else runner.for_worker()
+        scope = runner.services.scope if runner.services is not None else None
+        self.replayer = None if scope is None or self.in_process else Replayer(scope)
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        ((_, item),) = chunk
+        ((index, item),) = chunk
         job: JobFuture[Any]
         if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
-            job = self.executor.submit(self.runner.arun, item)
+            job = self.executor.submit(self.runner.arun, index, item)
         elif self.in_process:
             ctx = contextvars.copy_context()
-            job = self.executor.submit(ctx.run, self.runner.run_blocking, item)
+            job = self.executor.submit(ctx.run, self.runner.run_blocking, index, item)
         else:
             assert self.remote is not None
-            job = self.executor.submit(run_elsewhere, self.remote, item)
+            job = self.executor.submit(run_elsewhere, self.remote, index, item)
         inflight.add_job(job, chunk)
 
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        if self.in_process:
+            return super().results(future, chunk)
+        try:
+            reply: Reply = future.result()
+            results, events = reply
+        except Exception as exc:  # the executor's own failure, not the item's
+            return [(chunk[0][0], exc, None)]
+        if self.replayer is not None:
+            self.replayer.replay(events)
+        return results
 
-def run_elsewhere(runner: ItemRunner, item: tuple[Any, ...]) -> dict[str, Any]:
+
+def run_elsewhere(runner: ItemRunner, index: int, item: tuple[Any, ...]) -> Reply:
     """One item on another executor's worker, with node limits of its own."""
-    if runner.plan.has_controls and runner.runtime is None:
+    if runner.runtime is None:
         runner.attach_local_runtime()
-    return runner.run_blocking(item)
+    return run_items(runner, index, [item], stop_on_error=True)
+
+
+#: What a worker sends back: one result per item run, and the events they emitted.
+Reply = tuple[list["Result"], list[Event]]
+
+
+def run_items(
+    runner: ItemRunner, first: int, items: Sequence[tuple[Any, ...]], *, stop_on_error: bool
+) -> Reply:
+    """Run consecutive items in a worker process; exceptions come back as values with
+    their tracebacks, events as a list to replay."""
+    results: list[Result] = []
+    with recording() as events:
+        for offset, item in enumerate(items):
+            index = first + offset
+            try:
+                results.append((index, runner.run_blocking(index, item)))
+            except Exception as exc:
+                annotate_item(exc, index, runner.inputs(item))
+                formatted = "".join(traceback.format_exception(exc))
+                results.append((index, portable(exc), formatted))
+                if stop_on_error:
+                    break
+    return results, events
 
 
 async def iterate(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from plait.cache.stores import CacheStore
+    from plait.callbacks.dispatch import Scope
     from plait.engine.engine import Engine
 
 
@@ -26,6 +28,12 @@ class Enclosing:
     engine: Engine | None = None
     map_depth: int = 0  # how many maps enclose this code
     map_width: int = 1  # items in flight in the innermost enclosing map
+    #: The enclosing run's (or map's) callbacks scope, inherited by nested runs.
+    scope: Scope | None = None
+    #: The enclosing run's cache, used by nested pipelines that have none.
+    cache: CacheStore | None = None
+    #: The map item this code runs in, when it runs in one.
+    item: int | None = None
 
 
 ENCLOSING: ContextVar[Enclosing] = ContextVar(

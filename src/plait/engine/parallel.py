@@ -14,7 +14,6 @@ import contextlib
 import os
 import pickle
 import tempfile
-import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -23,8 +22,9 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from plait.callbacks.remote import Replayer
 from plait.engine.inflight import InFlight
-from plait.engine.mapping import Chunk, ItemRunner, Launcher, Result, annotate_item
+from plait.engine.mapping import Chunk, ItemRunner, Launcher, Reply, Result, run_items
 from plait.errors import PlaitError
 
 
@@ -50,6 +50,8 @@ class ProcessLauncher(Launcher):
         per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
         self.chunk_size = max(1, min(per_worker, 256))
         self.token = uuid.uuid4().hex
+        scope = runner.services.scope if runner.services is not None else None
+        self.replayer = None if scope is None else Replayer(scope)
         self.on_abort = on_abort
         self.in_flight: dict[int, int] = {}  # first item -> last item of running chunks
         self.broken = False
@@ -71,7 +73,8 @@ class ProcessLauncher(Launcher):
 
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
         try:
-            results: list[Result] = future.result()
+            reply: Reply = future.result()
+            results, events = reply
         except BrokenProcessPool:
             self.broken = True
             spans = ", ".join(
@@ -84,6 +87,8 @@ class ProcessLauncher(Launcher):
                 "a pool the engine owns is replaced on the next map."
             ) from None
         del self.in_flight[chunk[0][0]]
+        if self.replayer is not None:
+            self.replayer.replay(events)
         return results
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
@@ -130,8 +135,8 @@ _RUNNERS: dict[str, ItemRunner] = {}
 
 def run_chunk(
     token: str, path: str, first: int, items: list[tuple[Any, ...]], stop_on_error: bool
-) -> list[Result]:
-    """Run consecutive items in a worker; exceptions come back as values with tracebacks."""
+) -> Reply:
+    """Run consecutive items in a worker (see :func:`~plait.engine.mapping.run_items`)."""
     runner = _RUNNERS.get(token)
     if runner is None:
         with open(path, "rb") as file:
@@ -140,28 +145,4 @@ def run_chunk(
         if len(_RUNNERS) >= 4:  # keep the last few maps' pipelines
             _RUNNERS.pop(next(iter(_RUNNERS)))
         _RUNNERS[token] = runner
-    results: list[Result] = []
-    for offset, item in enumerate(items):
-        index = first + offset
-        try:
-            results.append((index, runner.run_blocking(item)))
-        except Exception as exc:
-            annotate_item(exc, index, runner.inputs(item))
-            formatted = "".join(traceback.format_exception(exc))
-            results.append((index, _picklable(exc), formatted))
-            if stop_on_error:
-                break
-    return results
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling, else a RuntimeError carrying its text and notes."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        stand_in = RuntimeError(f"{type(exc).__qualname__}: {exc}")
-        for note in getattr(exc, "__notes__", ()):
-            stand_in.add_note(note)
-        stand_in.add_note(f"plait: the original {type(exc).__qualname__} could not be pickled")
-        return stand_in
+    return run_items(runner, first, items, stop_on_error=stop_on_error)

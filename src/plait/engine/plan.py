@@ -6,11 +6,13 @@ pipeline, so the scheduler's hot loop touches only lists, tuples and ints.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
 from plait._text import plural, quoted
+from plait.deps import Dep
 from plait.errors import MissingInputsError
 from plait.graph import Graph
 from plait.node import Node
@@ -28,6 +30,7 @@ class Step:
         "func",
         "getter",
         "is_async",
+        "key_start",
         "keyword",
         "node",
         "out_slots",
@@ -60,6 +63,19 @@ class Step:
         self.successors: tuple[int, ...] = ()
         #: The node cloudpickled, with a digest, once it is first sent to a process pool.
         self.payload: tuple[bytes, str] | None = None
+        #: (code fingerprint, hasher fed with the fixed part of its cache key), memoized
+        #: by :mod:`plait.cache.signatures` (never copied into a key without a copy).
+        self.key_start: tuple[bytes, hashlib.blake2b] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to a worker process: the memoized hasher stays behind (it cannot pickle).
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["key_start"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def args(self, values: Sequence[Any]) -> tuple[Any, ...]:
         """Positional arguments for this call."""
@@ -80,6 +96,8 @@ class Plan:
     """
 
     __slots__ = (
+        "dep_slots",
+        "deps",
         "has_controls",
         "indegree",
         "input_index",
@@ -97,15 +115,21 @@ class Plan:
         template: tuple[Any, ...],
         input_slots: tuple[tuple[str, int], ...],
         output_slots: tuple[tuple[str, int], ...],
+        deps: tuple[tuple[Dep[Any], int], ...] = (),
     ) -> None:
         self.steps = steps
+        #: The deps the run's nodes take, with the slot each one's value goes to.
+        self.deps = deps
+        self.dep_slots = frozenset(slot for _, slot in deps)
         self.template = template
         self.input_slots = input_slots
         self.input_index = dict(input_slots)
         self.output_slots = output_slots
         self.has_controls = any(s.controlled for s in steps)
         #: False when every step is a plain sync call: the run never suspends.
-        self.needs_loop = self.has_controls or any(s.is_async for s in steps)
+        self.needs_loop = (
+            self.has_controls or any(s.is_async for s in steps) or any(d.is_async for d, _ in deps)
+        )
         indegree = [0] * len(steps)
         for step in steps:
             for succ in step.successors:
@@ -124,6 +148,10 @@ class Plan:
             if not partial or name in inputs:
                 values[slot] = inputs[name]
         return values
+
+    def input_values(self, values: Sequence[Any]) -> dict[str, Any]:
+        """The run's inputs by name (what its deps' functions take)."""
+        return {name: values[slot] for name, slot in self.input_slots}
 
     def outputs(self, values: Sequence[Any]) -> dict[str, Any]:
         """The selected outputs of a finished run."""
@@ -150,7 +178,16 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     input_slot: dict[str, int] = {}
     missing: dict[str, list[str]] = {}
 
+    dep_slot: dict[Dep[Any], int] = {}
+
     def source(param: str, item: Node[..., Any]) -> int:
+        dep = item.deps.get(param)
+        if dep is not None:  # filled when the run sets its deps up
+            slot = dep_slot.get(dep)
+            if slot is None:
+                slot = dep_slot[dep] = len(template)
+                template.append(EMPTY)
+            return slot
         slot = output_slot.get(param)
         if slot is None:
             slot = input_slot.get(param)
@@ -177,6 +214,12 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
         output_slot.update(zip(item.outputs, outs, strict=True))
         step_of[index] = len(steps)
         steps.append(Step(item, positional, keyword, outs))
+        for param in item.dep_inputs:
+            if param in given and param not in input_slot:
+                input_slot[param] = len(template)
+                template.append(EMPTY)
+            elif param not in given and param not in item.dep_defaults:
+                missing.setdefault(param, []).append(item.name)
     if missing:
         raise _missing_inputs_error(graph, missing)
 
@@ -193,6 +236,7 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
         tuple(template),
         tuple(input_slot.items()),
         tuple((name, output_slot[name]) for name in selected),
+        tuple(dep_slot.items()),
     )
 
 

@@ -16,7 +16,9 @@ from concurrent.futures import Executor
 from typing import Any
 
 from plait._text import short_repr
+from plait.cache.miss import MISS
 from plait.engine.controls import NodeRuntime, call_controlled
+from plait.engine.hooks import NodeHooks
 from plait.engine.inflight import InFlight
 from plait.engine.plan import Plan, Step
 from plait.engine.remote import submit_call
@@ -29,6 +31,7 @@ async def run_plan(
     executor: Executor | None = None,
     runtime: NodeRuntime | None = None,
     limit: int | None = None,
+    hooks: NodeHooks | None = None,
 ) -> None:
     """Run every step of ``plan``, writing results into ``values``.
 
@@ -37,20 +40,35 @@ async def run_plan(
     any. ``limit`` (the ``"async"`` node executor) runs sync nodes on threads and
     keeps at most that many nodes in flight. With no async or controlled node, no
     executor and no limit this never suspends: dataflow order is then the plan's
-    topological order, each node a plain call.
+    topological order, each node a plain call. ``hooks`` (a cache or callbacks
+    in effect) are called around each node; a cache hit skips the call.
     """
     if executor is None and limit is None and not plan.needs_loop:
-        run_inline(plan, values)
+        run_inline(plan, values, hooks)
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    await _Dataflow(plan, values, executor, runtime, limit).run()
+    await _Dataflow(plan, values, executor, runtime, limit, hooks).run()
 
 
-def run_inline(plan: Plan, values: list[Any]) -> None:
+def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
     """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
-    for step in plan.steps:
-        _store(step, values, _call(step, values))
+    if hooks is None:
+        for step in plan.steps:
+            _store(step, values, _call(step, values))
+        return
+    for index, step in enumerate(plan.steps):
+        result = hooks.before(index, values)
+        if result is MISS:
+            try:
+                result = _call(step, values)
+                _store(step, values, result)
+            except BaseException as exc:
+                hooks.failed(index, exc)
+                raise
+            hooks.after(index, result)
+        else:
+            _store(step, values, result)
 
 
 def _call(step: Step, values: list[Any]) -> Any:
@@ -98,6 +116,9 @@ class _Dataflow:
     __slots__ = (
         "deferred",
         "executor",
+        "failing",
+        "hits",
+        "hooks",
         "inflight",
         "launched",
         "limit",
@@ -114,8 +135,12 @@ class _Dataflow:
         executor: Executor | None,
         runtime: NodeRuntime | None,
         limit: int | None = None,
+        hooks: NodeHooks | None = None,
     ) -> None:
         self.plan = plan
+        self.hooks = hooks
+        self.hits: deque[int] = deque()  # cache hits, released by run() (no recursion)
+        self.failing: int | None = None  # the step whose exception ends the run
         self.limit = limit
         self.values = values
         self.executor = executor
@@ -132,20 +157,23 @@ class _Dataflow:
         for index in self.plan.roots:
             self._ready(index, inline)
         deferred = self.deferred
+        hits = self.hits
         try:
             while True:
+                while hits:
+                    self._release(steps[hits.popleft()], inline)
                 if deferred:
                     if len(deferred) == 1 and not inline and not inflight:
                         # The only work there is: await it here, without a task.
-                        step = steps[deferred.pop()]
-                        coro = self._coroutine(step)
+                        index = deferred.pop()
+                        step = steps[index]
                         try:
-                            result = await coro
+                            result = await self._coroutine(step)
                         except Exception as exc:
                             annotate(exc, step, self.values)
+                            self.failing = index
                             raise
-                        _store(step, self.values, result)
-                        self._release(step, inline)
+                        self._finish(index, result, inline)
                         continue
                     room = len(deferred) if self.limit is None else self.limit - len(inflight)
                     if room > 0:
@@ -161,9 +189,12 @@ class _Dataflow:
                         # their request, say) before this call blocks the loop.
                         self.launched = False
                         await asyncio.sleep(0)
-                    step = steps[index]
-                    _store(step, self.values, _call(step, self.values))
-                    self._release(step, inline)
+                    try:
+                        result = _call(steps[index], self.values)
+                    except BaseException:
+                        self.failing = index
+                        raise
+                    self._finish(index, result, inline)
                     continue
                 if not inflight:
                     return
@@ -171,23 +202,32 @@ class _Dataflow:
                 self.launched = False
                 while (done := inflight.pop_done()) is not None:
                     future, index = done
-                    step = steps[index]
                     try:
                         result = future.result()
                     except BaseException as exc:
-                        annotate(exc, step, self.values)
+                        annotate(exc, steps[index], self.values)
+                        self.failing = index
                         raise
-                    _store(step, self.values, result)
-                    self._release(step, inline)
-        except BaseException:
+                    self._finish(index, result, inline)
+        except BaseException as exc:
+            if self.hooks is not None and self.failing is not None:
+                self.hooks.failed(self.failing, exc)
             await inflight.cancel_all()
             raise
 
     def _ready(self, index: int, inline: deque[int]) -> None:
         step = self.plan.steps[index]
+        hooks = self.hooks
+        if hooks is not None:
+            cached = hooks.before(index, self.values)
+            if cached is not MISS:
+                _store(step, self.values, cached)
+                self.hits.append(index)
+                return
         if step.controlled:
             assert self.runtime is not None
-            coro = call_controlled(step, index, self.values, self.runtime)
+            on_retry = None if hooks is None else hooks.retry
+            coro = call_controlled(step, index, self.values, self.runtime, on_retry)
             self.inflight.start_task(coro, index, f"plait node {step.node.name}")
             self.launched = True
         elif step.is_async or self.limit is not None:
@@ -202,6 +242,18 @@ class _Dataflow:
         if step.is_async:
             return _call(step, self.values)  # errors creating the coroutine are annotated
         return asyncio.to_thread(step.func, *step.args(self.values), **step.kwargs(self.values))
+
+    def _finish(self, index: int, result: Any, inline: deque[int]) -> None:
+        """Step ``index`` returned ``result``: store it and release its successors."""
+        step = self.plan.steps[index]
+        try:
+            _store(step, self.values, result)
+        except OutputArityError:
+            self.failing = index
+            raise
+        if self.hooks is not None:
+            self.hooks.after(index, result)
+        self._release(step, inline)
 
     def _release(self, step: Step, inline: deque[int]) -> None:
         remaining = self.remaining
@@ -218,5 +270,6 @@ class _Dataflow:
             job = submit_call(self.executor, step, args, kwargs)
         except Exception as exc:
             annotate(exc, step, values)
+            self.failing = index
             raise
         self.inflight.add_job(job, index)

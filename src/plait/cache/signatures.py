@@ -1,0 +1,149 @@
+"""Cache keys of a run's nodes: what a node computes, from what.
+
+A node's signature hashes its code fingerprint, and per argument either the
+signature of the upstream node that produced it (so a hit never needs the
+upstream value hashed) or the fingerprint of the value itself (pipeline inputs,
+defaults, and outputs of nodes that are not cached). Per-run resources (deps)
+are left out unless they define ``__cache_key__``. Anything that cannot be
+fingerprinted makes that node uncached, with a warning: never a wrong hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from plait.cache.fingerprint import fingerprint_code, fingerprint_value
+from plait.cache.stores import CacheStore
+from plait.engine.plan import Plan, Step
+from plait.errors import CacheWarning, Unfingerprintable
+
+#: Bumped when the key layout changes, so old entries are never misread.
+_KEY_VERSION = b"plait-node-1"
+
+
+#: How a step's argument enters its key (see :meth:`Signer.key`).
+_UPSTREAM, _DEP, _VARYING, _FIXED = range(4)
+
+
+class CacheSetup:
+    """What every run (or map item) of one plan shares: the store, each step's code
+    fingerprint (as a hasher already fed with it), how each argument is keyed, and
+    fingerprints of values that do not vary."""
+
+    __slots__ = ("_lock", "arguments", "cache", "fixed", "plan", "starts", "warned")
+
+    def __init__(self, plan: Plan, cache: CacheStore, varying: Collection[int] = ()) -> None:
+        self.plan = plan
+        self.cache = cache
+        self.fixed: dict[int, bytes] = {}
+        self.warned: set[str] = set()
+        self._lock = threading.Lock()
+        producer = {
+            slot: (index, position.to_bytes(2, "little"))
+            for index, step in enumerate(plan.steps)
+            for position, slot in enumerate(step.out_slots)
+        }
+        varying = frozenset(varying)  # slots that differ per map item
+
+        def argument(slot: int) -> tuple[int, int, int, bytes]:
+            if slot in producer:
+                return (_UPSTREAM, slot, *producer[slot])
+            kind = _DEP if slot in plan.dep_slots else _VARYING if slot in varying else _FIXED
+            return (kind, slot, -1, b"")
+
+        self.starts = [self._start(step) for step in plan.steps]
+        self.arguments = [
+            tuple(argument(slot) for _, slot in step.arg_slots) for step in plan.steps
+        ]
+
+    def _start(self, step: Step) -> hashlib.blake2b | None:
+        """A hasher fed with what is fixed in the step's key: its code, outputs and
+        parameter names; None when the step is not cached."""
+        node = step.node
+        if not node.cache:
+            return None
+        try:
+            code = fingerprint_code(node.func)
+        except Unfingerprintable as exc:
+            self.warn(node.name, f"its function cannot be fingerprinted ({exc})")
+            return None
+        known = step.key_start  # the same code as last run: reuse its hasher
+        if known is not None and known[0] == code:
+            return known[1]
+        h = hashlib.blake2b(_KEY_VERSION, digest_size=20)
+        for part in (
+            code,
+            *(o.encode() for o in node.outputs),
+            b"",
+            *(n.encode() for n, _ in step.arg_slots),
+        ):
+            h.update(len(part).to_bytes(4, "little") + part)
+        step.key_start = (code, h)
+        return h
+
+    def warn(self, node_name: str, why: str) -> None:
+        """Warn once per node and run (or map) that the node is not cached."""
+        with self._lock:
+            if node_name in self.warned:
+                return
+            self.warned.add(node_name)
+        warnings.warn(
+            f"node {node_name!r} is not cached: {why}",
+            CacheWarning,
+            stacklevel=2,
+        )
+
+    def signer(self) -> Signer:
+        """Signatures for one run (or one map item)."""
+        return Signer(self)
+
+
+class Signer:
+    """The signatures of one run's steps, computed as each step becomes ready."""
+
+    __slots__ = ("setup", "signatures")
+
+    def __init__(self, setup: CacheSetup) -> None:
+        self.setup = setup
+        self.signatures: list[bytes | None] = [None] * len(setup.starts)
+
+    def key(self, index: int, values: Sequence[Any]) -> str | None:
+        """The cache key of step ``index`` (its inputs are in ``values``), or None."""
+        setup = self.setup
+        start = setup.starts[index]
+        if start is None:
+            return None
+        h = start.copy()
+        signatures = self.signatures
+        try:
+            for kind, slot, producer, position in setup.arguments[index]:
+                if kind == _UPSTREAM:
+                    upstream = signatures[producer]
+                    part = (
+                        b"u" + upstream + position
+                        if upstream is not None  # else the producer is not cached
+                        else b"v" + fingerprint_value(values[slot])
+                    )
+                elif kind == _VARYING:
+                    part = b"v" + fingerprint_value(values[slot])
+                elif kind == _FIXED:
+                    part = setup.fixed.get(slot) or setup.fixed.setdefault(
+                        slot, b"v" + fingerprint_value(values[slot])
+                    )
+                else:  # a dep: which resource, not its value, unless it has a cache key
+                    value = values[slot]
+                    has_key = hasattr(value, "__cache_key__")
+                    part = b"v" + fingerprint_value(value) if has_key else b"d"
+                h.update(bytes((len(part),)) + part)
+        except Unfingerprintable as exc:
+            setup.warn(
+                setup.plan.steps[index].node.name, f"an input cannot be fingerprinted ({exc})"
+            )
+            return None
+        signature: bytes = h.digest()
+        signatures[index] = signature
+        return signature.hex()

@@ -1,0 +1,230 @@
+"""Pipeline caching: hits skip work, keys follow code and inputs, maps cache per item."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import threading
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plait import Engine, Pipeline, node
+from plait.cache.stores import MemoryCache
+from plait.errors import CacheWarning
+
+calls: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+
+
+@node(output_name="doubled")
+def double(x):
+    calls["double"] += 1
+    return x * 2
+
+
+@node(output_name="nothing")
+def nothing(doubled):
+    calls["nothing"] += 1
+    return
+
+
+@node(output_name="total")
+async def total(doubled, nothing, offset=0):
+    calls["total"] += 1
+    await asyncio.sleep(0)
+    return doubled + offset
+
+
+@node(output_name="stamp", cache=False)
+def stamp(total):
+    calls["stamp"] += 1
+    return total
+
+
+def pipeline(**options: Any) -> Pipeline:
+    return Pipeline([double, nothing, total], **options)
+
+
+def test_second_run_is_all_hits_including_a_none_result() -> None:
+    cache = MemoryCache()
+    p = pipeline(cache=cache)
+    first = p.run(inputs={"x": 3})
+    second = p.run(inputs={"x": 3})
+    assert first == second == {"doubled": 6, "nothing": None, "total": 6}
+    assert calls == {"double": 1, "nothing": 1, "total": 1}
+
+
+def test_changed_input_recomputes_only_what_depends_on_it() -> None:
+    p = pipeline(cache=MemoryCache())
+    p.run(inputs={"x": 3, "offset": 0})
+    assert p.run(inputs={"x": 3, "offset": 1})["total"] == 7
+    assert calls == {"double": 1, "nothing": 1, "total": 2}
+    assert p.run(inputs={"x": 4, "offset": 1})["total"] == 9
+    assert calls == {"double": 2, "nothing": 2, "total": 3}
+
+
+def test_equal_values_of_different_types_do_not_share_entries() -> None:
+    p = pipeline(cache=MemoryCache())
+    assert p.run(inputs={"x": 2})["total"] == 4
+    assert p.run(inputs={"x": True})["total"] == 2
+    assert p.run(inputs={"x": 2.0})["total"] == 4.0
+    assert calls["double"] == 3
+
+
+def test_opted_out_node_always_runs_and_downstream_keys_use_its_value() -> None:
+    @node(output_name="final")
+    def final(stamp):
+        calls["final"] += 1
+        return stamp + 1
+
+    p = Pipeline([double, nothing, total, stamp, final], cache=MemoryCache())
+    assert p.run(inputs={"x": 1})["final"] == 3
+    assert p.run(inputs={"x": 1})["final"] == 3
+    assert calls["stamp"] == 2
+    assert calls["final"] == 1
+    assert calls["double"] == 1
+
+
+def test_unfingerprintable_input_warns_and_is_never_a_wrong_hit() -> None:
+    @node(output_name="name")
+    def lock_name(lock):
+        calls["lock_name"] += 1
+        return type(lock).__name__
+
+    p = Pipeline([lock_name], cache=MemoryCache())
+    with pytest.warns(CacheWarning, match=r"'lock_name' is not cached.*lock"):
+        p.run(inputs={"lock": threading.Lock()})
+    with pytest.warns(CacheWarning):
+        p.run(inputs={"lock": threading.Lock()})
+    assert calls["lock_name"] == 2
+
+
+def test_failed_node_is_not_cached_and_runs_again() -> None:
+    @node(output_name="y")
+    def flaky(x):
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise RuntimeError("first time fails")
+        return x
+
+    p = Pipeline([flaky], cache=MemoryCache())
+    with pytest.raises(RuntimeError):
+        p.run(inputs={"x": 1})
+    assert p.run(inputs={"x": 1}) == {"y": 1}
+    assert p.run(inputs={"x": 1}) == {"y": 1}
+    assert calls["flaky"] == 2
+
+
+def test_map_caches_items_one_by_one() -> None:
+    p = pipeline(cache=MemoryCache())
+    assert [r["total"] for r in p.map(inputs={"x": [1, 2]}, map_over="x")] == [2, 4]
+    assert [r["total"] for r in p.map(inputs={"x": [1, 2, 3]}, map_over="x")] == [2, 4, 6]
+    assert calls["double"] == 3
+
+
+@pytest.mark.parametrize("map_executor", ["async", "threaded", "sequential"])
+def test_map_items_hit_on_every_in_process_executor(map_executor: str) -> None:
+    p = pipeline(cache=MemoryCache(), engine=Engine(map_executor=map_executor))
+    p.map(inputs={"x": range(5)}, map_over="x")
+    assert [r["total"] for r in p.map(inputs={"x": range(5)}, map_over="x")] == [
+        2 * i for i in range(5)
+    ]
+    assert calls["double"] == 5
+
+
+def test_controlled_and_threaded_nodes_are_cached() -> None:
+    @node(output_name="y", retries=2, timeout=5)
+    async def controlled(x):
+        calls["controlled"] += 1
+        return x + 1
+
+    p = Pipeline([controlled], cache=MemoryCache(), engine=Engine(node_executor="threaded"))
+    assert p.run(inputs={"x": 1}) == p.run(inputs={"x": 1}) == {"y": 2}
+    assert calls["controlled"] == 1
+
+
+def test_engine_cache_applies_and_pipeline_cache_wins() -> None:
+    engine_cache, own_cache = MemoryCache(), MemoryCache()
+    engine = Engine(cache=engine_cache)
+    pipeline(engine=engine).run(inputs={"x": 1})
+    assert len(engine_cache) == 3
+    pipeline(engine=engine, cache=own_cache).run(inputs={"x": 1})
+    assert len(own_cache) == 3
+    assert calls["double"] == 2
+    pipeline(engine=engine).run(inputs={"x": 1})
+    assert calls["double"] == 2
+
+
+def test_nested_pipeline_is_cached_by_its_inner_code() -> None:
+    inner = Pipeline([double, nothing, total], name="inner")
+    outer = Pipeline([inner.as_node(name="sub")], cache=MemoryCache())
+    assert outer.run(inputs={"x": 2}) == outer.run(inputs={"x": 2})
+    assert calls == {"double": 1, "nothing": 1, "total": 1}
+    # The inner pipeline inherits the cache: run directly with it, its nodes hit.
+    outer.map(inputs={"x": [2, 5]}, map_over="x")
+    assert calls["double"] == 2
+
+
+def test_nested_cache_key_is_stable_and_follows_inner_code() -> None:
+    from plait.cache.fingerprint import fingerprint_code
+
+    first = Pipeline([double, total, nothing]).as_node(name="sub")
+    again = Pipeline([nothing, double, total]).as_node(name="sub")
+    assert fingerprint_code(first.func) == fingerprint_code(again.func)
+
+    @node(output_name="doubled")
+    def double_differently(x):
+        return x + x
+
+    other = Pipeline([double_differently, total, nothing]).as_node(name="sub")
+    assert fingerprint_code(first.func) != fingerprint_code(other.func)
+
+
+HELPERS_V1 = "def clean(text):\n    return text.strip()\n"
+HELPERS_V2 = "def clean(text):\n    return text.strip().lower()\n"
+USER = "import helpers_mod\n\ndef process(text):\n    return helpers_mod.clean(text)\n"
+
+
+def test_editing_a_helper_in_a_user_module_invalidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "helpers_mod.py").write_text(HELPERS_V1)
+    (tmp_path / "user_mod.py").write_text(USER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import helpers_mod  # type: ignore[import-not-found]
+    import user_mod  # type: ignore[import-not-found]
+
+    try:
+        cache = MemoryCache()
+        p = Pipeline([node(user_mod.process, output_name="out")], cache=cache)
+        assert p.run(inputs={"text": " Hi "}) == {"out": "Hi"}
+        assert p.run(inputs={"text": " Hi "}) == {"out": "Hi"}
+        assert len(cache) == 1
+        (tmp_path / "helpers_mod.py").write_text(HELPERS_V2)
+        importlib.reload(helpers_mod)
+        assert p.run(inputs={"text": " Hi "}) == {"out": "hi"}
+        assert len(cache) == 2
+    finally:
+        sys.modules.pop("helpers_mod", None)
+        sys.modules.pop("user_mod", None)
+
+
+def test_no_cache_means_no_hashing_and_no_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pipeline([node(lambda lock: 1, output_name="y")]).run(inputs={"lock": threading.Lock()})
+
+
+def test_bad_cache_argument_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="cache must be a cache store"):
+        Pipeline([double], cache="/tmp/somewhere")  # type: ignore[arg-type]
