@@ -21,7 +21,12 @@ import plait
 from harness import Row
 
 #: Benchmark modules by the short name the command line selects them with.
-MODULES = {"core": "bench_core", "map": "bench_map", "cache_store": "bench_cache_store"}
+MODULES = {
+    "core": "bench_core",
+    "map": "bench_map",
+    "cache": "bench_cache",
+    "cache_store": "bench_cache_store",
+}
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")
 
