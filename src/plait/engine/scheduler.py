@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from plait import portal
 from plait._text import short_repr
 from plait.engine.controls import NodeRuntime, call_controlled
 from plait.engine.inflight import InFlight
@@ -40,7 +41,10 @@ async def run_plan(
     topological order, each node a plain call.
     """
     if executor is None and limit is None and not plan.needs_loop:
-        run_inline(plan, values)
+        # Through the portal: a node may await (run_sync) without blocking the loop.
+        pending = portal.call(run_inline, plan, values)
+        if type(pending) is portal.Suspended:
+            await pending.finish()
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
@@ -155,15 +159,14 @@ class _Dataflow:
                         del deferred[:room]
                         self.launched = True
                 if inline:
-                    index = inline.popleft()
                     if self.launched:
                         # Let freshly created tasks reach their first await (send
                         # their request, say) before this call blocks the loop.
                         self.launched = False
                         await asyncio.sleep(0)
-                    step = steps[index]
-                    _store(step, self.values, _call(step, self.values))
-                    self._release(step, inline)
+                    pending = portal.call(self._call_inline, inline)
+                    if type(pending) is portal.Suspended:
+                        await pending.finish()
                     continue
                 if not inflight:
                     return
@@ -182,6 +185,19 @@ class _Dataflow:
         except BaseException:
             await inflight.cancel_all()
             raise
+
+    def _call_inline(self, inline: deque[int]) -> None:
+        """Call ready sync steps in turn until one readies an async or controlled step.
+
+        One portal call (a greenlet switch there and back) per burst, not per step.
+        """
+        steps, values = self.plan.steps, self.values
+        while True:
+            step = steps[inline.popleft()]
+            _store(step, values, _call(step, values))
+            self._release(step, inline)
+            if not inline or self.deferred or self.launched:
+                return
 
     def _ready(self, index: int, inline: deque[int]) -> None:
         step = self.plan.steps[index]
