@@ -5,7 +5,8 @@ them to other nodes' outputs and to pipeline inputs; a :class:`Pipeline` runs th
 with automatic concurrency from a script, a thread or a running event loop.
 """
 
-from plait.bridge import run_sync
+from plait.batch import abatch, batch
+from plait.bridge import run_sync, syncify
 from plait.engine import Engine
 from plait.engine.async_executor import AsyncExecutor
 from plait.engine.mapping import ItemError
@@ -53,6 +54,9 @@ __all__ = [
     "UnknownOutputError",
     "UnusedInputWarning",
     "__version__",
+    "abatch",
+    "batch",
     "node",
     "run_sync",
+    "syncify",
 ]
