@@ -21,7 +21,7 @@ import plait
 from harness import Row
 
 #: Benchmark modules by the short name the command line selects them with.
-MODULES = {"core": "bench_core", "map": "bench_map"}
+MODULES = {"core": "bench_core", "map": "bench_map", "bridge": "bench_bridge"}
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")
 
