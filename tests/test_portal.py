@@ -16,9 +16,9 @@ import pytest
 import plait
 from plait import Engine, Pipeline, RunningLoopWarning, node, portal, run_sync
 
-WAIT = 0.2  # seconds a sync node waits through the portal
+WAIT = 0.3  # seconds a sync node waits through the portal
 BEAT = 0.01  # heartbeat period
-MAX_GAP = 0.1  # a blocked loop would show a gap of about WAIT
+MAX_GAP = 0.15  # a blocked loop would show a gap of about WAIT
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
