@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import itertools
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -404,3 +406,25 @@ def test_sync_run_inside_a_running_loop_outside_plait_still_uses_the_portal_thre
 
     with pytest.warns(RunningLoopWarning):
         assert asyncio.run(main()) == {"y": 2}
+
+
+def test_an_idle_worker_keeps_no_result_or_exception_alive() -> None:
+    class Payload:
+        pass
+
+    refs: list[weakref.ref[Payload]] = []
+
+    @node(output_name="result")
+    def fails() -> None:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        raise ValueError("failed with a payload in its frame")
+
+    @node(output_name="other")
+    async def other() -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="payload"):
+        Pipeline([fails, other]).run()
+    gc.collect()
+    assert refs[0]() is None

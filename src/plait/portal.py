@@ -65,17 +65,19 @@ if greenlet is not None:
             super().__init__(self._serve)
             #: The greenlet awaiting this call's outcome: where to switch back to.
             self.caller: Any = None
+            #: (kind, value) handed to the caller; an attribute, not a switch
+            #: argument, so that an idle worker's frame keeps no result alive.
+            self.outcome: tuple[int, Any] | None = None
 
         def _serve(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
             while True:
                 try:
-                    message: tuple[int, Any] = (_RESULT, fn(*args, **kwargs))
+                    self.outcome = (_RESULT, fn(*args, **kwargs))
                 except BaseException as exc:  # handed to the caller, which raises it
-                    message = (_RAISED, exc)
+                    self.outcome = (_RAISED, exc)
                 fn = args = kwargs = None  # type: ignore[assignment]
                 caller, self.caller = self.caller, None
-                fn, args, kwargs = caller.switch(message)
-                del message
+                fn, args, kwargs = caller.switch()
 
     _Worker = _WorkerGreenlet
 
@@ -96,8 +98,8 @@ def call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T | Suspended:
     worker = idle.pop() if idle else _Worker()
     worker.caller = caller
     worker.gr_context = caller.gr_context
-    kind, value = worker.switch(fn, args, kwargs)
-    result: T | Suspended = _outcome(worker, kind, value)
+    worker.switch(fn, args, kwargs)
+    result: T | Suspended = _outcome(worker)
     return result
 
 
@@ -126,7 +128,9 @@ def wait(awaitable: Awaitable[T]) -> T:
         if asyncio.iscoroutine(awaitable):
             awaitable.close()  # never to be awaited: no "never awaited" warning
         raise RuntimeError("portal.wait() is only usable from sync code that plait runs")
-    result: T = worker.caller.switch((_AWAIT, awaitable))
+    worker.outcome = (_AWAIT, awaitable)
+    del awaitable
+    result: T = worker.caller.switch()
     return result
 
 
@@ -152,19 +156,23 @@ class Suspended:
                 awaitable = None
                 worker.caller = getcurrent()
                 # With its traceback, so it shows the awaited frames below run_sync.
-                kind, value = worker.throw(type(exc), exc, exc.__traceback__)
+                worker.throw(type(exc), exc, exc.__traceback__)
             else:
                 awaitable = None
                 worker.caller = getcurrent()
-                kind, value = worker.switch(outcome)
+                worker.switch(outcome)
                 outcome = None
+            kind, value = worker.outcome
             if kind != _AWAIT:
-                return _outcome(worker, kind, value)
-            awaitable = value
+                return _outcome(worker)
+            worker.outcome = None
+            awaitable, value = value, None
 
 
-def _outcome(worker: Any, kind: int, value: Any) -> Any:
+def _outcome(worker: Any) -> Any:
     """The call's result, its exception raised, or a Suspended when it awaits."""
+    kind, value = worker.outcome
+    worker.outcome = None
     if kind == _AWAIT:
         return Suspended(worker, value)
     worker.gr_context = None
