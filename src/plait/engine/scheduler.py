@@ -37,8 +37,9 @@ async def run_plan(
     limits and executors of controlled nodes and is required when the plan has
     any. ``limit`` (the ``"async"`` node executor) runs sync nodes on threads and
     keeps at most that many nodes in flight. With no async or controlled node, no
-    executor and no limit this never suspends: dataflow order is then the plan's
-    topological order, each node a plain call.
+    executor and no limit, dataflow order is the plan's topological order, each
+    node a plain call; this then suspends only while a sync node awaits through
+    the greenlet portal (:mod:`plait.portal`), which sync nodes run inline use.
     """
     if executor is None and limit is None and not plan.needs_loop:
         # Through the portal: a node may await (run_sync) without blocking the loop.
