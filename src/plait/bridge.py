@@ -391,7 +391,7 @@ def _run_on(
                 raise asyncio.CancelledError
         return outcome.result()
     except BaseException:
-        if not outcome.cancel():  # already started: cancel the task, wait for its end
+        if not outcome.done() and not outcome.cancel():  # started: cancel it, wait for its end
             loop.call_soon_threadsafe(lambda: task_box[0].cancel())
             concurrent.futures.wait([outcome])
         raise
