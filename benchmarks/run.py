@@ -26,6 +26,7 @@ MODULES = {
     "map": "bench_map",
     "cache": "bench_cache",
     "cache_store": "bench_cache_store",
+    "bridge": "bench_bridge",
 }
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 import plait
-from plait import Engine, Pipeline, RunningLoopWarning, node, run_sync
+from plait import Engine, Pipeline, RunningLoopWarning, bridge, node, run_sync
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
@@ -431,3 +432,259 @@ def test_forked_child_gets_its_own_loops() -> None:
     assert child.exitcode == 0
     assert results == [{"y": 40, "z": 41}, {"y": 60, "z": 61}]
     assert PIPE.run(inputs={"x": 2}) == {"y": 4, "z": 5}  # the parent is unaffected
+
+
+# --- run_sync: any awaitable, anywhere ------------------------------------------------
+
+
+class Answer:
+    """An awaitable that is not a coroutine."""
+
+    def __await__(self) -> Any:
+        return asyncio.sleep(0, result=42).__await__()
+
+
+def test_run_sync_takes_any_awaitable() -> None:
+    assert run_sync(Answer()) == 42
+    assert run_sync(asyncio.sleep(0, result=1)) == 1
+
+
+def test_run_sync_rejects_what_is_not_awaitable() -> None:
+    async def forgot_to_call() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"call it: run_sync\(forgot_to_call\(\.\.\.\)\)"):
+        run_sync(forgot_to_call)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs an awaitable, got int"):
+        run_sync(3)  # type: ignore[arg-type]
+
+
+def test_run_sync_from_a_worker_thread_sees_its_contextvars() -> None:
+    async def read() -> str:
+        await asyncio.sleep(0)
+        return request_id.get()
+
+    def work() -> str:
+        request_id.set("worker")
+        return run_sync(read())
+
+    with ThreadPoolExecutor(2) as pool:
+        assert pool.submit(work).result(10) == "worker"
+    token = request_id.set("script")
+    try:
+        assert run_sync(read()) == "script"
+    finally:
+        request_id.reset(token)
+
+
+def test_run_sync_timeout_runs_the_works_finally_everywhere() -> None:
+    cleaned: list[str] = []
+
+    async def forever(where: str) -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(where)
+
+    with pytest.raises(TimeoutError):
+        run_sync(forever("script"), timeout=0.05)
+
+    async def main() -> None:
+        with pytest.warns(RunningLoopWarning), pytest.raises(TimeoutError):
+            run_sync(forever("running loop"), timeout=0.05)
+
+    asyncio.run(main())
+    with ThreadPoolExecutor(1) as pool, pytest.raises(TimeoutError):
+        pool.submit(lambda: run_sync(forever("thread"), timeout=0.05)).result(10)
+    assert cleaned == ["script", "running loop", "thread"]
+
+
+def test_run_sync_inside_a_running_loop_sees_contextvars() -> None:
+    async def read() -> str:
+        return request_id.get()
+
+    async def main() -> str:
+        request_id.set("in loop")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            return run_sync(read())
+
+    assert asyncio.run(main()) == "in loop"
+
+
+# --- syncify ------------------------------------------------------------------------
+
+
+async def fetch(url: str, *, retries: int = 0) -> str:
+    """Fetch a url (pretend)."""
+    await asyncio.sleep(0)
+    return f"{url} {retries} {request_id.get()}"
+
+
+def test_syncify_makes_a_sync_function() -> None:
+    sync_fetch = plait.syncify(fetch)
+    assert sync_fetch.__name__ == "fetch"
+    assert sync_fetch.__doc__ == "Fetch a url (pretend)."
+    assert sync_fetch.__wrapped__ is fetch  # type: ignore[attr-defined]
+    token = request_id.set("ctx")
+    try:
+        assert sync_fetch("u", retries=2) == "u 2 ctx"
+    finally:
+        request_id.reset(token)
+
+    async def main() -> str:
+        with pytest.warns(RunningLoopWarning) as record:
+            result = sync_fetch("v")
+        assert record[0].filename == __file__
+        return result
+
+    assert asyncio.run(main()) == "v 0 unset"
+
+
+def test_syncify_rejects_a_sync_function() -> None:
+    def already_sync() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="takes an async function .* got a sync function"):
+        plait.syncify(already_sync)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got int"):
+        plait.syncify(3)  # type: ignore[arg-type]
+
+
+# --- delegate_to --------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop_thread() -> Any:
+    with bridge.LoopThread("test-delegate") as owner:
+        yield owner
+
+
+def test_delegate_to_runs_the_work_on_that_loop_and_blocks_only_this_thread(
+    loop_thread: bridge.LoopThread,
+) -> None:
+    loop = loop_thread.loop
+    beats: list[float] = []
+    stop = threading.Event()
+
+    async def heartbeat() -> None:
+        while not stop.is_set():
+            beats.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    async def make_queue() -> asyncio.Queue[str]:
+        return asyncio.Queue()
+
+    queue = asyncio.run_coroutine_threadsafe(make_queue(), loop).result(5)
+    ticker = asyncio.run_coroutine_threadsafe(heartbeat(), loop)
+
+    async def get_item() -> tuple[str, str, bool]:
+        item = await queue.get()  # bound to `loop`: only usable there
+        return item, request_id.get(), asyncio.get_running_loop() is loop
+
+    def sync_cell() -> tuple[str, str, bool]:
+        request_id.set("cell")
+        loop.call_later(0.2, queue.put_nowait, "item")
+        with bridge.delegate_to(loop):
+            return run_sync(get_item())
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(sync_cell).result(10) == ("item", "cell", True)
+    stop.set()
+    ticker.result(5)
+    assert max(b - a for a, b in itertools.pairwise(beats)) < 0.1
+    assert len(beats) >= 10
+
+
+def test_delegate_to_timeout_and_cancel_stop_the_work(loop_thread: bridge.LoopThread) -> None:
+    loop = loop_thread.loop
+    cleaned: list[str] = []
+
+    async def forever(tag: str) -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(tag)
+
+    def timed_out() -> None:
+        with bridge.delegate_to(loop):
+            run_sync(forever("timeout"), timeout=0.05)
+
+    def cancelled(ready: threading.Event, box: list[bridge.Delegation]) -> None:
+        with bridge.delegate_to(loop) as delegation:
+            box.append(delegation)
+            ready.set()
+            run_sync(forever("cancel"))
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(TimeoutError):
+            pool.submit(timed_out).result(5)
+        ready, box = threading.Event(), []
+        job = pool.submit(cancelled, ready, box)
+        ready.wait(5)
+        time.sleep(0.05)
+        box[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            job.result(5)
+    assert cleaned == ["timeout", "cancel"]
+
+
+def test_delegate_to_is_for_other_threads_and_running_loops() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with (
+            pytest.raises(RuntimeError, match="thread running that loop"),
+            bridge.delegate_to(loop),
+        ):
+            pass
+
+    asyncio.run(main())
+    stopped = asyncio.new_event_loop()
+    try:
+        with bridge.delegate_to(stopped), pytest.raises(RuntimeError, match="is not running"):
+            run_sync(asyncio.sleep(0))
+    finally:
+        stopped.close()
+    assert run_sync(asyncio.sleep(0, result=1)) == 1  # the block is over: usual rules again
+
+
+RUN_SYNC_CTRL_C = """
+import asyncio, sys, time
+from pathlib import Path
+from plait import run_sync
+
+marker = Path(sys.argv[1])
+
+async def work():
+    try:
+        print("started", flush=True)
+        await asyncio.sleep(3)
+    finally:
+        marker.write_text("finally ran")
+
+try:
+    run_sync(work())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    raise SystemExit(130)
+"""
+
+
+def test_ctrl_c_cancels_run_sync_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(RUN_SYNC_CTRL_C)
+    marker = tmp_path / "marker.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "dev", str(script), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert "interrupted" in out, err
+    assert proc.returncode == 130
+    assert marker.read_text() == "finally ran"
+    assert "Task was destroyed" not in err

@@ -7,7 +7,8 @@ with automatic concurrency from a script, a thread or a running event loop.
 
 from typing import TYPE_CHECKING, Any
 
-from plait.bridge import run_sync
+from plait.batch import abatch, batch
+from plait.bridge import run_sync, syncify
 from plait.callbacks import Callback, CallbackContext
 from plait.deps import Dep
 from plait.engine import Engine
@@ -76,8 +77,11 @@ __all__ = [
     "UnknownOutputError",
     "UnusedInputWarning",
     "__version__",
+    "abatch",
+    "batch",
     "node",
     "run_sync",
+    "syncify",
 ]
 
 

@@ -1,22 +1,29 @@
-"""Run a coroutine to completion from sync code, wherever that code runs.
+"""Run a coroutine (or any awaitable) to completion from sync code, wherever that code runs.
 
-``run_sync`` picks one of three loops:
+``run_sync`` picks the first rule that applies:
 
+* **Sync code that plait runs on its loop** (a sync node called inline by the
+  scheduler): the *greenlet portal* (:mod:`plait.portal`). The sync code is
+  suspended, the coroutine that called it awaits the work on that same loop,
+  and the loop's other tasks keep running. Loop-bound objects of that loop work.
+* **A thread delegating to a loop** (:func:`delegate_to`, as a kernel does for a
+  sync cell run on a worker thread): the work runs on that loop; only this
+  thread blocks.
 * **No loop running in this thread** (a script, a worker thread): the thread's
   own persistent event loop (an ``asyncio.Runner`` kept per thread). Objects
   that nodes bind to the loop, such as an HTTP client cached in a module
   global, stay usable across calls from the same thread; Ctrl-C in the main
   thread cancels the work cleanly and raises ``KeyboardInterrupt``.
-* **A loop is running in this thread** (Jupyter, an async function, a sync node
-  called from a loop): the shared *portal* loop, one background thread that
-  stays up for the life of the process. The calling thread blocks until the
-  work is done, so its own loop is paused meanwhile; a ``RunningLoopWarning``
-  says so once. ``await`` the async form instead to keep that loop running.
+* **A loop is running in this thread** (Jupyter, an async function calling sync
+  code): the shared *portal* loop, one background thread that stays up for the
+  life of the process. The calling thread blocks until the work is done, so its
+  own loop is paused meanwhile; a ``RunningLoopWarning`` says so once.
+  ``await`` the async form instead to keep that loop running.
 * **Called from a portal loop itself** (a nested sync call inside work that is
   already on the portal): the next portal, one per nesting depth, so it never
   deadlocks and each depth keeps its loop-bound objects.
 
-The caller's contextvars are visible inside the coroutine in every case.
+The caller's contextvars are visible inside the awaited work in every case.
 """
 
 from __future__ import annotations
@@ -26,15 +33,21 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
+import inspect
 import os
+import signal
 import threading
 import warnings
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from types import CoroutineType
+from typing import Any, ParamSpec, TypeVar
 
+from plait import portal
 from plait.errors import RunningLoopWarning
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _thread_state = threading.local()
 _portal_lock = threading.Lock()
@@ -44,14 +57,40 @@ _warned_running_loop = False
 _CANCEL_POLL_SECONDS = 0.05
 
 
-def run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-    """Run ``coro`` to completion and return its result, from any sync context.
+def run_sync(awaitable: Awaitable[T], *, timeout: float | None = None) -> T:
+    """Await ``awaitable`` to completion and return its result, from any sync context.
 
-    Works in a script, in a worker thread, and inside a running event loop
-    (without nest_asyncio): see the module docstring for which loop runs it.
-    ``timeout`` (seconds) cancels the coroutine and raises ``TimeoutError``.
+    Takes a coroutine, a task or future of the loop that will run it, or any
+    object with ``__await__``. Works in a script, in a worker thread, inside a
+    running event loop (without nest_asyncio) and in sync code plait runs on its
+    loop: see the module docstring for which loop runs it. ``timeout`` (seconds)
+    cancels the work and raises ``TimeoutError``; so does Ctrl-C, raising
+    ``KeyboardInterrupt`` once the work has been cancelled.
     """
-    return _run_sync(coro, timeout=timeout, stacklevel=3)
+    return _run_sync(awaitable, timeout=timeout, stacklevel=3)
+
+
+def syncify(async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """A sync function calling ``async_fn`` through :func:`run_sync`.
+
+    >>> @syncify
+    ... async def fetch(url): ...
+    >>> fetch("https://example.org")  # doctest: +SKIP
+    """
+    from plait.node import is_async_callable  # plait.node imports nothing from here
+
+    if not callable(async_fn) or not is_async_callable(async_fn):
+        kind = "a sync function" if callable(async_fn) else type(async_fn).__name__
+        raise TypeError(
+            f"syncify() takes an async function (async def), got {kind}: {async_fn!r}; "
+            "a sync function can be called as it is"
+        )
+
+    @functools.wraps(async_fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return _run_sync(async_fn(*args, **kwargs), timeout=None, stacklevel=3)
+
+    return call
 
 
 def drive_inline(coro: Coroutine[Any, Any, T]) -> T:
@@ -62,26 +101,52 @@ def drive_inline(coro: Coroutine[Any, Any, T]) -> T:
     the coroutine) if it does suspend.
     """
     ctx = contextvars.copy_context()
+    token = portal.enter_inline()  # sync code run here cannot await through the portal
     try:
         ctx.run(coro.send, None)
     except StopIteration as stop:
         result: T = stop.value
         return result
+    finally:
+        portal.exit_inline(token)
     coro.close()
     raise RuntimeError("plait internal error: an inline run tried to suspend")
 
 
-def _run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None, stacklevel: int) -> T:
+def _run_sync(awaitable: Awaitable[T], *, timeout: float | None, stacklevel: int) -> T:
     """run_sync with the warning's ``stacklevel`` counted from this function's caller."""
+    coro = _as_coroutine(awaitable)
     if timeout is not None:
         coro = _with_timeout(coro, timeout)
+    if portal.in_worker():
+        return portal.wait(coro)
     ctx = contextvars.copy_context()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        return _thread_runner().run(coro, context=ctx)
+    running = asyncio._get_running_loop()
+    if running is None:
+        delegation: Delegation | None = getattr(_thread_state, "delegation", None)
+        if delegation is not None:
+            return delegation.run(coro, ctx)
+        return _run_on_thread_loop(_thread_runner(), coro, ctx)
     _warn_running_loop(stacklevel + 1)  # + this frame
     return _portal_for(running).run(coro, ctx)
+
+
+def _as_coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
+    """A coroutine awaiting ``awaitable``; a clear TypeError for anything else."""
+    if type(awaitable) is CoroutineType:
+        return awaitable
+    given: object = awaitable
+    if inspect.isawaitable(given):
+        return _await(awaitable)
+    if callable(given) and inspect.iscoroutinefunction(given):
+        hint = f"call it: run_sync({getattr(given, '__name__', 'fn')}(...))"
+    else:
+        hint = "pass a coroutine (the result of calling an async function), a task or a future"
+    raise TypeError(f"run_sync() needs an awaitable, got {type(given).__name__}; {hint}")
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 async def _with_timeout(coro: Coroutine[Any, Any, T], seconds: float) -> T:
@@ -101,6 +166,61 @@ def _warn_running_loop(stacklevel: int) -> None:
         RunningLoopWarning,
         stacklevel=stacklevel,
     )
+
+
+def _run_on_thread_loop(
+    runner: asyncio.Runner, coro: Coroutine[Any, Any, T], ctx: contextvars.Context
+) -> T:
+    """``runner.run(coro, context=ctx)``, with a SIGINT handler that is cheap to swap.
+
+    ``Runner.run`` installs a ``functools.partial`` as the handler, and the
+    ``signal`` module formats its repr (the task's) on every swap, which costs
+    about 0.1 ms per call. The behaviour is Runner.run's: the first Ctrl-C cancels
+    the task and raises KeyboardInterrupt once it has finished; a second one
+    raises at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return runner.run(coro, context=ctx)  # no signal handling off the main thread
+    loop = runner.get_loop()
+    task = loop.create_task(coro, context=ctx)
+    handler: _Sigint | None = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handler = _Sigint(loop, task)
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # pragma: no cover - not the main interpreter
+            handler = None
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if handler is not None and handler.count > 0 and task.uncancel() == 0:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Sigint:
+    """A SIGINT handler cancelling one task; its repr is cheap (see _run_on_thread_loop)."""
+
+    __slots__ = ("count", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self.loop = loop
+        self.task = task
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1 and not self.task.done():
+            self.task.cancel()
+            self.loop.call_soon_threadsafe(lambda: None)  # wake a loop blocked in select()
+            return
+        raise KeyboardInterrupt
+
+    def __repr__(self) -> str:
+        return "<plait SIGINT handler>"
 
 
 class _RunnerHolder:
@@ -151,27 +271,8 @@ class LoopThread:
         interrupt a blocked thread), the task is cancelled and awaited before
         the interruption propagates.
         """
-        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
-        task_box: list[asyncio.Task[T]] = []
-
-        def start() -> None:
-            task = self.loop.create_task(coro, context=ctx)
-            task_box.append(task)
-            task.add_done_callback(lambda t: _copy_outcome(t, outcome))
-
-        self.loop.call_soon_threadsafe(start)
         caller = _current_task()
-        try:
-            while caller is not None and not outcome.done():
-                concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
-                if caller.cancelling():
-                    raise asyncio.CancelledError
-            return outcome.result()
-        except BaseException:
-            if not outcome.done():
-                self.loop.call_soon_threadsafe(lambda: task_box[0].cancel())
-                concurrent.futures.wait([outcome])
-            raise
+        return _run_on(self.loop, coro, ctx, None if caller is None else caller.cancelling)
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -185,11 +286,115 @@ class LoopThread:
         self.stop()
 
 
+class Delegation:
+    """Where :func:`run_sync` sends work from a thread inside :func:`delegate_to`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def run(self, coro: Coroutine[Any, Any, T], ctx: contextvars.Context) -> T:
+        """Run ``coro`` on the loop in ``ctx``; block this thread (only) until it is done."""
+        if self.loop.is_closed() or not self.loop.is_running():
+            coro.close()
+            raise RuntimeError(
+                "delegate_to(): the loop run_sync delegates to is not running; "
+                "leave the delegate_to() block before that loop stops"
+            )
+        # Polling lets an exception sent to this thread (a kernel's interrupt) in.
+        return _run_on(self.loop, coro, ctx, self._loop_gone, self._tasks)
+
+    def _loop_gone(self) -> bool:
+        return not self.loop.is_running()
+
+    def cancel(self) -> None:
+        """Cancel the work this thread is waiting for: its ``run_sync`` raises CancelledError.
+
+        Thread-safe; meant to be called from the loop (or any thread) to
+        interrupt sync code blocked in ``run_sync``.
+        """
+        self.loop.call_soon_threadsafe(self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+@contextlib.contextmanager
+def delegate_to(loop: asyncio.AbstractEventLoop) -> Iterator[Delegation]:
+    """While active, ``run_sync`` in this thread runs its work on ``loop``; only this thread waits.
+
+    For a worker thread running sync code on behalf of ``loop``, which runs in
+    another thread (a kernel running a sync cell off its loop): the work then
+    uses ``loop``'s loop-bound objects, and ``loop`` keeps running other tasks.
+    The caller's contextvars are copied in; a ``timeout`` or an exception that
+    interrupts the waiting thread cancels the work. ``Delegation.cancel()``
+    cancels the work in flight from the loop's side.
+
+        >>> with delegate_to(kernel_loop):  # doctest: +SKIP
+        ...     run_cell_sync_code()
+    """
+    if asyncio._get_running_loop() is loop:
+        raise RuntimeError(
+            "delegate_to(loop) was entered on the thread running that loop: run_sync there "
+            "would wait for the loop it blocks. Use it on a worker thread, or await instead"
+        )
+    delegation = Delegation(loop)
+    previous: Delegation | None = getattr(_thread_state, "delegation", None)
+    _thread_state.delegation = delegation
+    try:
+        yield delegation
+    finally:
+        _thread_state.delegation = previous
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+def _run_on(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, T],
+    ctx: contextvars.Context,
+    should_stop: Callable[[], object] | None,
+    tasks: set[asyncio.Task[Any]] | None = None,
+) -> T:
+    """Run ``coro`` as a task on ``loop`` (another thread's) and block until it is done.
+
+    With ``should_stop``, the wait polls it and raises CancelledError when it
+    turns true. Whatever ends the wait early (that, Ctrl-C, an exception sent to
+    this thread) cancels the task and waits for it to finish before propagating.
+    ``tasks`` holds the task while it runs (for whoever wants to cancel it).
+    """
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    task_box: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        if outcome.set_running_or_notify_cancel():
+            task = loop.create_task(coro, context=ctx)
+            task_box.append(task)
+            if tasks is not None:
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda t: _copy_outcome(t, outcome))
+        else:  # the caller gave up before the loop got to it
+            coro.close()
+
+    loop.call_soon_threadsafe(start)
+    try:
+        while should_stop is not None and not outcome.done():
+            concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
+            if should_stop():
+                raise asyncio.CancelledError
+        return outcome.result()
+    except BaseException:
+        if not outcome.done() and not outcome.cancel():  # started: cancel it, wait for its end
+            loop.call_soon_threadsafe(lambda: task_box[0].cancel())
+            concurrent.futures.wait([outcome])
+        raise
 
 
 def _copy_outcome(task: asyncio.Task[T], outcome: concurrent.futures.Future[T]) -> None:

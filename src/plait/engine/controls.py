@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from typing import Any
 
+from plait import portal
 from plait.engine.inflight import wait_all_deferring_cancel
 from plait.engine.plan import Plan, Step
 from plait.engine.remote import submit_call
@@ -156,8 +157,9 @@ async def _attempt(
     executor = runtime.executors[index]
     if executor is None and limit is not None:
         executor = runtime.threads()
-    if executor is None:
-        return step.func(*args, **kwargs)
+    if executor is None:  # inline, through the portal (see plait.portal)
+        result = portal.call(step.func, *args, **kwargs)
+        return await result.finish() if type(result) is portal.Suspended else result
     return await _await_job(submit_call(executor, step, args, kwargs), step, limit)
 
 

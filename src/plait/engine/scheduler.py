@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from plait import portal
 from plait._text import short_repr
 from plait.cache.miss import MISS
 from plait.engine.controls import NodeRuntime, call_controlled
@@ -39,12 +40,17 @@ async def run_plan(
     limits and executors of controlled nodes and is required when the plan has
     any. ``limit`` (the ``"async"`` node executor) runs sync nodes on threads and
     keeps at most that many nodes in flight. With no async or controlled node, no
-    executor and no limit this never suspends: dataflow order is then the plan's
-    topological order, each node a plain call. ``hooks`` (a cache or callbacks
-    in effect) are called around each node; a cache hit skips the call.
+    executor and no limit, dataflow order is the plan's topological order, each
+    node a plain call; this then suspends only while a sync node awaits through
+    the greenlet portal (:mod:`plait.portal`), which sync nodes run inline use.
+    ``hooks`` (a cache or callbacks in effect) are called around each node; a
+    cache hit skips the call.
     """
     if executor is None and limit is None and not plan.needs_loop:
-        run_inline(plan, values, hooks)
+        # Through the portal: a node may await (run_sync) without blocking the loop.
+        pending = portal.call(run_inline, plan, values, hooks)
+        if type(pending) is portal.Suspended:
+            await pending.finish()
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
@@ -183,18 +189,14 @@ class _Dataflow:
                         del deferred[:room]
                         self.launched = True
                 if inline:
-                    index = inline.popleft()
                     if self.launched:
                         # Let freshly created tasks reach their first await (send
                         # their request, say) before this call blocks the loop.
                         self.launched = False
                         await asyncio.sleep(0)
-                    try:
-                        result = _call(steps[index], self.values)
-                    except BaseException:
-                        self.failing = index
-                        raise
-                    self._finish(index, result, inline)
+                    pending = portal.call(self._call_inline, inline)
+                    if type(pending) is portal.Suspended:
+                        await pending.finish()
                     continue
                 if not inflight:
                     return
@@ -214,6 +216,23 @@ class _Dataflow:
                 self.hooks.failed(self.failing, exc)
             await inflight.cancel_all()
             raise
+
+    def _call_inline(self, inline: deque[int]) -> None:
+        """Call ready sync steps in turn until one readies an async or controlled step.
+
+        One portal call (a greenlet switch there and back) per burst, not per step.
+        """
+        steps, values = self.plan.steps, self.values
+        while True:
+            index = inline.popleft()
+            try:
+                result = _call(steps[index], values)
+            except BaseException:
+                self.failing = index
+                raise
+            self._finish(index, result, inline)
+            if not inline or self.deferred or self.launched or self.hits:
+                return
 
     def _ready(self, index: int, inline: deque[int]) -> None:
         step = self.plan.steps[index]
