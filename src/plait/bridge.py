@@ -29,7 +29,7 @@ import contextvars
 import os
 import threading
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from plait.errors import RunningLoopWarning
@@ -76,6 +76,8 @@ def _run_sync(coro: Coroutine[Any, Any, T], *, timeout: float | None, stacklevel
     if timeout is not None:
         coro = _with_timeout(coro, timeout)
     ctx = contextvars.copy_context()
+    if (owner := _delegate_loop()) is not None:
+        return _run_delegated(owner, coro, ctx)
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -228,3 +230,79 @@ def _portal_for(running: asyncio.AbstractEventLoop) -> LoopThread:
             atexit.register(portal.stop)
             _portals.append(portal)
         return _portals[depth]
+
+
+# --- Delegation: sync code on a worker thread runs its coroutines on its owner's loop ---
+
+_delegate_state = threading.local()
+
+
+@contextlib.contextmanager
+def delegate_to(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """While active in this thread, sync plait calls run their coroutine on ``loop``.
+
+    For a worker thread that runs sync code on behalf of code on ``loop`` (an
+    ``AsyncSession`` cell): ``run_sync``, ``pipeline.run`` ... schedule the
+    coroutine on ``loop`` with the caller's contextvars and block only this
+    thread, so ``loop`` keeps running its other tasks and loop-bound objects
+    stay usable. A ``KeyboardInterrupt`` or timeout in the waiting thread
+    cancels the coroutine and waits for it to finish. Ignored while ``loop`` is
+    not running or when a loop runs in this thread itself.
+    """
+    previous = getattr(_delegate_state, "loop", None)
+    _delegate_state.loop = loop
+    try:
+        yield
+    finally:
+        _delegate_state.loop = previous
+
+
+def _delegate_loop() -> asyncio.AbstractEventLoop | None:
+    loop: asyncio.AbstractEventLoop | None = getattr(_delegate_state, "loop", None)
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return None
+    if asyncio._get_running_loop() is not None:
+        return None  # code on a loop in this thread: the usual rules apply
+    return loop
+
+
+def _run_delegated(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], ctx: contextvars.Context
+) -> T:
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    task_box: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        task = loop.create_task(coro, context=ctx)
+        task_box.append(task)
+        task.add_done_callback(lambda t: _copy_outcome(t, outcome))
+
+    def cancel() -> None:
+        if task_box:
+            task_box[0].cancel()
+        else:  # not started yet: start() runs first (FIFO), so this is unreachable
+            coro.close()
+
+    loop.call_soon_threadsafe(start)
+    try:
+        # Short waits: an asynchronous KeyboardInterrupt (AsyncSession.interrupt)
+        # is only delivered between bytecodes, not inside one long wait.
+        while not outcome.done():
+            concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
+            if loop.is_closed():
+                raise RuntimeError("the event loop this call was delegated to was closed")
+        return outcome.result()
+    except BaseException:
+        if not outcome.done() and not loop.is_closed():
+            loop.call_soon_threadsafe(cancel)
+            while not outcome.done() and not loop.is_closed():
+                concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
+        raise
+
+
+def _forget_delegate_after_fork() -> None:
+    global _delegate_state
+    _delegate_state = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_delegate_after_fork)
