@@ -374,7 +374,12 @@ class KernelClient:
                 if isinstance(item, KernelDiedError):
                     raise item
                 if item["type"] == "input_request":
-                    conn.send(_input_reply(item, _ask_sync(answer, item)))
+                    try:
+                        value = _ask_sync(answer, item)
+                    except BaseException:
+                        conn.send(_input_reply(item, None))  # the cell sees EOFError
+                        raise
+                    conn.send(_input_reply(item, value))
                 elif (reply := builder.handle(item)) is not None:
                     return reply
         except KeyboardInterrupt:
@@ -474,7 +479,12 @@ class KernelClient:
                 if isinstance(item, KernelDiedError):
                     raise item
                 if item["type"] == "input_request":
-                    conn.send(_input_reply(item, await _ask_async(answer, item)))
+                    try:
+                        value = await _ask_async(answer, item)
+                    except BaseException:
+                        conn.send(_input_reply(item, None))  # the cell sees EOFError
+                        raise
+                    conn.send(_input_reply(item, value))
                 elif (reply := builder.handle(item)) is not None:
                     return reply
         except asyncio.CancelledError:
