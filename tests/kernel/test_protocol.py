@@ -10,7 +10,9 @@ from plait.kernel.protocol import MESSAGE_TYPES, ProtocolError, decode, encode, 
 
 
 def test_round_trip_is_one_ascii_line() -> None:
-    msg = message("stream", {"name": "stdout", "text": 'a\nb "é" \u2028 {"id": 1}\n'}, parent_id="p")
+    msg = message(
+        "stream", {"name": "stdout", "text": 'a\nb "é" \u2028 {"id": 1}\n'}, parent_id="p"
+    )
     line = encode(msg)
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1

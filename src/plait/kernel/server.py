@@ -155,14 +155,6 @@ class _Output:
             for name, text in self._take():
                 self._send(name, text)
 
-    async def adrain(self) -> None:
-        self.drain()
-
-    def drain_from_thread(self) -> None:
-        """``drain`` from another thread; waits for it (a no-op once the loop is gone)."""
-        with contextlib.suppress(RuntimeError, concurrent.futures.CancelledError):
-            asyncio.run_coroutine_threadsafe(self.adrain(), self._loop).result()
-
     def stop(self) -> None:
         """After the loop stopped: deliver what is left and stop the watcher thread."""
         self._stopped.set()
@@ -583,16 +575,20 @@ class _Kernel:
 
     def _input(self, prompt: str) -> str:
         """The session's input(): ask the client and wait (interrupt stops the wait)."""
-        if threading.current_thread() is self._loop_thread:
-            self._output.drain()  # what the cell wrote before the prompt comes first
-        else:
-            self._output.drain_from_thread()
         request = message("input_request", {"prompt": str(prompt)}, parent_id=self._current)
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         with self._inputs_lock:
             self._inputs[request["id"]] = future
-        self._send(request)
+        if threading.current_thread() is self._loop_thread:
+            self._ask(request)
+        else:  # sent by the loop thread: a SIGINT cannot cut the line short there
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._ask, request)
         return _input_value(future.result())
+
+    def _ask(self, request: Message) -> None:
+        self._output.drain()  # what the cell wrote before the prompt comes first
+        self._send(request)
 
     # --- output ------------------------------------------------------------
 
