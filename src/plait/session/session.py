@@ -111,6 +111,7 @@ class AsyncSession:
         async with self._cell_lock:
             if self._closed:
                 raise RuntimeError("this AsyncSession is closed; create a new one")
+            capture.ensure_installed()
             self.execution_count += 1
             count = self.execution_count
             cell_io = capture.CellIO(count, loop, on_stream, self._read_input, self._tasks)
