@@ -256,8 +256,8 @@ def test_a_syntax_error_points_into_the_cell_and_counts_as_a_cell() -> None:
     assert isinstance(result.error, SyntaxError)
     assert result.execution_count == 1
     assert result.traceback is not None
-    assert re.search(r'File "<cell-1(@\d+)?>", line 2', result.traceback)
-    assert "y = (" in result.traceback
+    assert re.search(r'^  File "<cell-1(@\d+)?>", line 2\n    y = \(\n', result.traceback)
+    assert "plait" not in result.traceback
 
 
 # --- contextvars --------------------------------------------------------------------------
@@ -353,6 +353,9 @@ def test_input_without_a_handler_raises_eoferror_saying_what_to_do() -> None:
     result = run(scenario)
     assert isinstance(result.error, EOFError)
     assert "AsyncSession(input=handler)" in str(result.error)
+    assert result.traceback is not None
+    assert "plait" not in result.traceback
+    assert "input('? ')" in result.traceback
 
 
 def test_an_async_handler_cannot_answer_input_from_an_awaiting_statement() -> None:
@@ -642,3 +645,25 @@ def test_a_sync_function_creating_tasks_runs_on_the_loop_from_an_awaiting_statem
     failing = run(scenario)
     assert isinstance(failing.error, RuntimeError)  # on the worker thread: no running loop
     assert "no running event loop" in str(failing.error)
+
+
+def test_a_failing_node_in_a_sync_cell_shows_the_cells_frames_without_plaits() -> None:
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            return await session.run_cell(
+                "import plait\n"
+                "@plait.node(output_name='y')\n"
+                "async def f(x):\n"
+                "    raise ValueError(x)\n"
+                "plait.Pipeline([f]).run(inputs={'x': 1})"
+            )
+
+    result = run(scenario)
+    assert isinstance(result.error, ValueError)
+    lines = (result.traceback or "").splitlines()
+    frames = [line.strip() for line in lines if line.startswith("  File")]
+    assert len(frames) == 2, result.traceback
+    assert re.fullmatch(r'File "<cell-1(@\d+)?>", line 5, in <module>', frames[0])
+    assert re.fullmatch(r'File "<cell-1(@\d+)?>", line 4, in f', frames[1])
+    assert "    raise ValueError(x)" in lines
+    assert any("node 'f'" in line for line in lines)  # plait's note stays
