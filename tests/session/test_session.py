@@ -256,8 +256,8 @@ def test_a_syntax_error_points_into_the_cell_and_counts_as_a_cell() -> None:
     assert isinstance(result.error, SyntaxError)
     assert result.execution_count == 1
     assert result.traceback is not None
-    assert re.search(r'File "<cell-1(@\d+)?>", line 2', result.traceback)
-    assert "y = (" in result.traceback
+    assert re.search(r'^  File "<cell-1(@\d+)?>", line 2\n    y = \(\n', result.traceback)
+    assert "plait" not in result.traceback
 
 
 # --- contextvars --------------------------------------------------------------------------
@@ -353,6 +353,9 @@ def test_input_without_a_handler_raises_eoferror_saying_what_to_do() -> None:
     result = run(scenario)
     assert isinstance(result.error, EOFError)
     assert "AsyncSession(input=handler)" in str(result.error)
+    assert result.traceback is not None
+    assert "plait" not in result.traceback
+    assert "input('? ')" in result.traceback
 
 
 def test_an_async_handler_cannot_answer_input_from_an_awaiting_statement() -> None:
@@ -528,10 +531,139 @@ def test_a_session_is_bound_to_the_loop_of_its_first_cell() -> None:
     async def first() -> Any:
         return await session.execute("1")
 
-    assert run(first) == 1
-
     async def second() -> Any:
-        return await session.execute("2")
+        try:
+            return await session.execute("2")
+        finally:
+            await session.aclose()
 
+    assert run(first) == 1
     with pytest.raises(RuntimeError, match="runs on the event loop of its first cell"):
         run(second)
+
+
+def test_late_output_without_on_stream_goes_to_the_real_stream_not_the_next_cell(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def scenario() -> CellResult:
+        go = asyncio.Event()
+        async with AsyncSession(namespace={"go": go}) as session:
+            await session.run_cell(
+                "import asyncio\n"
+                "async def later():\n"
+                "    await go.wait()\n"
+                "    print('late line')\n"
+                "task = asyncio.create_task(later())"
+            )
+            return await session.run_cell("go.set()\nawait task\nprint('second cell')")
+
+    second = run(scenario)
+    assert second.stdout == "second cell\n"
+    assert capsys.readouterr().out == "late line\n"
+
+
+def test_interrupt_while_input_waits_for_an_async_handler() -> None:
+    async def scenario() -> None:
+        asked = asyncio.Event()
+
+        async def never_answers(prompt: str) -> str:
+            asked.set()
+            await asyncio.sleep(10)
+            return "too late"
+
+        async with AsyncSession(input=never_answers) as session:
+            cell = asyncio.create_task(session.run_cell("name = input('name? ')"))
+            await asked.wait()
+            session.interrupt()
+            result = await asyncio.wait_for(cell, 5)
+            assert isinstance(result.error, KeyboardInterrupt)
+            assert "name = input('name? ')" in (result.traceback or "")
+            assert "name" not in session.namespace
+
+    run(scenario)
+
+
+def test_aclose_stops_a_running_cell_and_refuses_new_ones() -> None:
+    async def scenario() -> None:
+        session = AsyncSession()
+        await session.execute("import asyncio\nstarted = asyncio.Event()")
+        cell = asyncio.create_task(session.run_cell("started.set()\nawait asyncio.sleep(10)"))
+        await session.namespace["started"].wait()
+        await session.aclose()
+        assert isinstance((await cell).error, KeyboardInterrupt)
+        with pytest.raises(RuntimeError, match="closed; create a new one"):
+            await session.run_cell("1")
+
+    run(scenario)
+
+
+def test_a_cell_that_raises_systemexit_reports_it_and_the_session_goes_on() -> None:
+    async def scenario() -> tuple[CellResult, CellResult, Any]:
+        async with AsyncSession() as session:
+            sync_exit = await session.run_cell("raise SystemExit(3)")
+            loop_exit = await session.run_cell("import asyncio\nawait asyncio.sleep(0)\nexit(4)")
+            return sync_exit, loop_exit, await session.execute("'alive'")
+
+    sync_exit, loop_exit, alive = run(scenario)
+    assert isinstance(sync_exit.error, SystemExit)
+    assert isinstance(loop_exit.error, SystemExit)
+    assert alive == "alive"
+
+
+def test_statements_that_need_the_loop_work_without_await() -> None:
+    async def scenario() -> Any:
+        async with AsyncSession() as session:
+            await session.execute(
+                "import asyncio\n"
+                "ready = asyncio.Event()\n"
+                "async def wait_ready():\n"
+                "    await ready.wait()\n"
+                "    return 'woken'\n"
+                "task = asyncio.create_task(wait_ready())\n"
+                "loop = asyncio.get_running_loop()"
+            )
+            await session.execute("ready.set()")  # thread-unsafe: must run on the loop
+            assert session.namespace["loop"] is asyncio.get_running_loop()
+            return await session.execute("await task")
+
+    assert run(scenario) == "woken"
+
+
+def test_a_sync_function_creating_tasks_runs_on_the_loop_from_an_awaiting_statement() -> None:
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            await session.execute(
+                "import asyncio\n"
+                "def start():\n"
+                "    loop = asyncio.get_running_loop()\n"
+                "    return loop.create_task(asyncio.sleep(0, 'done'))\n"
+            )
+            failing = await session.run_cell("start()")
+            assert await session.execute("await (await asyncio.sleep(0, start()))") == "done"
+            return failing
+
+    failing = run(scenario)
+    assert isinstance(failing.error, RuntimeError)  # on the worker thread: no running loop
+    assert "no running event loop" in str(failing.error)
+
+
+def test_a_failing_node_in_a_sync_cell_shows_the_cells_frames_without_plaits() -> None:
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            return await session.run_cell(
+                "import plait\n"
+                "@plait.node(output_name='y')\n"
+                "async def f(x):\n"
+                "    raise ValueError(x)\n"
+                "plait.Pipeline([f]).run(inputs={'x': 1})"
+            )
+
+    result = run(scenario)
+    assert isinstance(result.error, ValueError)
+    lines = (result.traceback or "").splitlines()
+    frames = [line.strip() for line in lines if line.startswith("  File")]
+    assert len(frames) == 2, result.traceback
+    assert re.fullmatch(r'File "<cell-1(@\d+)?>", line 5, in <module>', frames[0])
+    assert re.fullmatch(r'File "<cell-1(@\d+)?>", line 4, in f', frames[1])
+    assert "    raise ValueError(x)" in lines
+    assert any("node 'f'" in line for line in lines)  # plait's note stays

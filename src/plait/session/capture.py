@@ -137,36 +137,45 @@ def _routed_input(prompt: object = "") -> str:
 
 _install_lock = threading.Lock()
 _users = 0
-_saved_stdout: TextIO = sys.stdout
-_saved_stderr: TextIO = sys.stderr
 _saved_input: Callable[[object], str] = builtins.input
 
 
 def acquire() -> None:
-    """Install the proxies (first user) or count one more user."""
-    global _users, _saved_stdout, _saved_stderr, _saved_input
+    """Count one more user of the routing and make sure it is installed."""
+    global _users
     with _install_lock:
         _users += 1
-        if _users > 1:
-            return
-        _saved_stdout, _saved_stderr, _saved_input = sys.stdout, sys.stderr, builtins.input
-        sys.stdout = _StreamProxy("stdout", sys.stdout)
-        sys.stderr = _StreamProxy("stderr", sys.stderr)
-        builtins.input = _routed_input
+    ensure_installed()
+
+
+def ensure_installed() -> None:
+    """Install the proxies and the input wrapper, on top of whatever is there now.
+
+    Called before every cell: a host (pytest's capture, a notebook) may have
+    replaced ``sys.stdout`` since the last one.
+    """
+    global _saved_input
+    with _install_lock:
+        if not isinstance(sys.stdout, _StreamProxy):
+            sys.stdout = _StreamProxy("stdout", sys.stdout)
+        if not isinstance(sys.stderr, _StreamProxy):
+            sys.stderr = _StreamProxy("stderr", sys.stderr)
+        if builtins.input is not _routed_input:
+            _saved_input = builtins.input
+            builtins.input = _routed_input
 
 
 def release() -> None:
-    """One user fewer; the last one restores what was there (unless replaced since)."""
+    """One user fewer; the last one puts back what the proxies stand in front of."""
     global _users
     with _install_lock:
-        _users -= 1
-        if _users > 0:
+        _users = max(_users - 1, 0)
+        if _users:
             return
-        _users = 0
         if isinstance(sys.stdout, _StreamProxy):
-            sys.stdout = _saved_stdout
+            sys.stdout = sys.stdout._target
         if isinstance(sys.stderr, _StreamProxy):
-            sys.stderr = _saved_stderr
+            sys.stderr = sys.stderr._target
         if builtins.input is _routed_input:
             builtins.input = _saved_input  # type: ignore[assignment]
 

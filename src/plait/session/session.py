@@ -17,12 +17,12 @@ import contextvars
 import ctypes
 import inspect
 import itertools
+import os
 import threading
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 from plait import bridge
@@ -91,7 +91,7 @@ class AsyncSession:
         self._cell_lock = asyncio.Lock()
         self._running: _CellRun | None = None
         self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        self._closed = False
+        self._closing = False
 
     async def run_cell(
         self,
@@ -109,8 +109,9 @@ class AsyncSession:
         """
         loop = self._bind_loop()
         async with self._cell_lock:
-            if self._closed:
+            if self._closing:
                 raise RuntimeError("this AsyncSession is closed; create a new one")
+            capture.ensure_installed()
             self.execution_count += 1
             count = self.execution_count
             cell_io = capture.CellIO(count, loop, on_stream, self._read_input, self._tasks)
@@ -156,11 +157,12 @@ class AsyncSession:
 
     async def aclose(self) -> None:
         """Stop the running cell, cancel the tasks cells started, free the worker thread."""
-        if self._closed:
+        if self._closing:
             return
+        self._closing = True  # cells still queued behind the running one will not start
         self.interrupt()
         async with self._cell_lock:
-            self._closed = True
+            pass  # the running cell has stopped
         tasks = [task for task in self._tasks if not task.done()]
         for task in tasks:
             task.cancel()
@@ -186,7 +188,7 @@ class AsyncSession:
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is None:
-            if self._closed:
+            if self._closing:
                 raise RuntimeError("this AsyncSession is closed; create a new one")
             self._loop, self._loop_thread = loop, threading.get_ident()
             capture.acquire()
@@ -222,7 +224,7 @@ class AsyncSession:
             self._future_flags = cell.future_flags
             for step in cell.steps:
                 if run.stop_reason is not None:
-                    error = KeyboardInterrupt()
+                    error = KeyboardInterrupt("the cell was interrupted")
                     break
                 if step.on_loop:
                     outcome = await self._loop_step(step, run)
@@ -276,7 +278,7 @@ class AsyncSession:
             try:
                 with run.lock:
                     if run.stop_reason is not None:
-                        return None, KeyboardInterrupt()
+                        return None, KeyboardInterrupt("the cell was interrupted")
                     if thread != self._loop_thread:  # never interrupt the loop's own thread
                         run.worker_thread = thread
                 try:
@@ -394,8 +396,6 @@ def _stop_error(error: BaseException, reason: str | None, timeout: float | None)
     replacement: BaseException
     if reason == "timeout":
         replacement = TimeoutError(f"the cell did not finish within its timeout of {timeout:g} s")
-    elif isinstance(error, KeyboardInterrupt):
-        return error
     else:
         replacement = KeyboardInterrupt("the cell was interrupted")
     replacement.__suppress_context__ = True
@@ -403,21 +403,40 @@ def _stop_error(error: BaseException, reason: str | None, timeout: float | None)
 
 
 def _format(error: BaseException) -> str:
-    """The traceback as Python prints it, without plait's frames above the cell's."""
+    """The traceback as Python prints it, without plait's frames (the exception is untouched)."""
+    formatted = traceback.TracebackException.from_exception(error)
     seen: set[int] = set()
-    exc: BaseException | None = error
-    while exc is not None and id(exc) not in seen:
+    todo = [formatted]
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
         seen.add(id(exc))
-        exc.__traceback__ = _from_first_cell_frame(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-    return "".join(traceback.format_exception(error))
+        exc.stack = traceback.StackSummary.from_list(_user_frames(exc.stack))
+        todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        todo.extend(exc.exceptions or ())
+    return "".join(formatted.format())
 
 
-def _from_first_cell_frame(tb: TracebackType | None) -> TracebackType | None:
-    first = tb
-    while first is not None and not first.tb_frame.f_code.co_filename.startswith(_CELL_PREFIX):
-        first = first.tb_next
-    return tb if first is None else first
+_PLAIT_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: Library frames that plait's machinery calls (re-raising a result, running a task).
+_MACHINERY = tuple(
+    os.path.dirname(module.__file__ or "") + os.sep for module in (asyncio, concurrent.futures)
+)
+
+
+def _user_frames(frames: traceback.StackSummary) -> list[traceback.FrameSummary]:
+    """The frames from the first cell frame on, minus plait's and those plait called."""
+    cells = [i for i, frame in enumerate(frames) if frame.filename.startswith(_CELL_PREFIX)]
+    kept: list[traceback.FrameSummary] = []
+    in_machinery = False
+    for frame in frames[cells[0] if cells else 0 :]:
+        if frame.filename.startswith(_PLAIT_DIRECTORY):
+            in_machinery = True
+        elif not (in_machinery and frame.filename.startswith(_MACHINERY)):
+            in_machinery = False
+            kept.append(frame)
+    return kept
 
 
 def _wait_on_loop(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
