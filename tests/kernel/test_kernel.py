@@ -170,6 +170,20 @@ os.write(2, b"9 fd err\\n")
         assert names == sorted(names, key=["stdout", "stderr"].index)  # all stdout came first
 
 
+@pytest.mark.parametrize("where", ["sync statement", "on the loop thread"])
+def test_large_output_does_not_block(kernel: KernelClient, where: str) -> None:
+    """More than a pipe holds, from a child the cell waits for, even on the loop thread."""
+    child = "subprocess.run(['seq', '100000'], check=True)"
+    if where == "sync statement":
+        code = f"import subprocess\n{child}\nprint('x' * 200_000)"
+    else:
+        code = f"import subprocess\nasync def f():\n    {child}\nawait f()"
+    reply = kernel.execute(code, timeout=20)
+    assert reply.ok, reply.traceback
+    expected = "".join(f"{i}\n" for i in range(1, 100_001))
+    assert reply.stdout.startswith(expected)
+
+
 def test_a_printed_protocol_message_is_just_text(kernel: KernelClient) -> None:
     fake = json.dumps(
         {"id": "x", "parent_id": None, "type": "execute_reply", "content": {"status": "ok"}}

@@ -50,6 +50,10 @@ T = TypeVar("T")
 
 #: How long shutdown waits for an interrupted cell before it exits anyway.
 _SHUTDOWN_GRACE_SECONDS = 3.0
+#: How long output on fds 1 and 2 waits for the loop thread before it is sent without it.
+_LOOP_DRAIN_PATIENCE_SECONDS = 0.1
+#: A kernel whose client is gone exits after this even if a cell blocks its shutdown.
+_ORPHAN_EXIT_SECONDS = 10.0
 #: After shutdown, threads a cell left running may hold the exit this long at most.
 _EXIT_WATCHDOG_SECONDS = 5.0
 
@@ -179,7 +183,13 @@ class _Output:
         return taken
 
     def _watch(self) -> None:
-        """Watcher thread: when a pipe has bytes, have the loop drain them (and wait)."""
+        """Watcher thread: when a pipe has bytes, have the loop drain them.
+
+        If the loop does not get to it soon (code on the loop thread blocks, for
+        example waiting for a subprocess that fills the pipe), forward the bytes
+        from here: order with the cell's pending prints may suffer, but nothing
+        waits forever on a full pipe.
+        """
         watched = [*self._pipes, self._wake_read]
         while True:
             readable, _, _ = select.select(watched, [], [])
@@ -190,9 +200,10 @@ class _Output:
                 self._loop.call_soon_threadsafe(self._drain_and_signal)
             except RuntimeError:  # the loop is closed
                 return
-            while not self._drained.wait(0.1):
-                if self._stopped.is_set():
-                    return
+            if not self._drained.wait(_LOOP_DRAIN_PATIENCE_SECONDS):
+                with self._lock:
+                    for name, text in self._take():
+                        self._send(name, text)
 
     def _drain_and_signal(self) -> None:
         try:
@@ -370,6 +381,7 @@ class _Kernel:
         self._inputs_lock = threading.Lock()
         self._closing = False
         self._disconnected = False
+        self._stopped = threading.Event()  # serve_forever has returned
         self._output = _Output(fds.out_pipes, self._loop, self._send_pipe_output)
 
     # --- lifecycle ---------------------------------------------------------
@@ -390,6 +402,7 @@ class _Kernel:
         }
         self._send(message("kernel_ready", info))
         self._runner.serve_forever()
+        self._stopped.set()
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join()
@@ -449,6 +462,10 @@ class _Kernel:
                     continue
                 self._dispatch(request)
         self._schedule_shutdown(None)
+        # Nobody can use this kernel any more: if a cell blocks the shutdown, exit anyway.
+        if not self._stopped.wait(_ORPHAN_EXIT_SECONDS):
+            self._log("plait kernel: the client is gone and the kernel is stuck; exiting")
+            os._exit(1)
 
     def _dispatch(self, request: Message) -> None:
         kind = request["type"]
