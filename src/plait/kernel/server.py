@@ -9,8 +9,8 @@ Threads of the kernel process:
 * **loop** runs the session's event loop: cells' async code and the request queue.
 * **reader** reads requests from the protocol fd; it handles ``interrupt_request``
   at once, even while a cell holds the main thread.
-* **output** forwards what anything writes to fds 1 and 2 (pipes) as ``stream``
-  messages.
+* **watcher** wakes the loop when fds 1 and 2 (pipes) have output, which goes
+  out as ``stream`` messages.
 
 See docs/kernel.md for the protocol and the fd layout.
 """
