@@ -667,3 +667,30 @@ def test_a_failing_node_in_a_sync_cell_shows_the_cells_frames_without_plaits() -
     assert re.fullmatch(r'File "<cell-1(@\d+)?>", line 4, in f', frames[1])
     assert "    raise ValueError(x)" in lines
     assert any("node 'f'" in line for line in lines)  # plait's note stays
+
+
+def test_a_failing_on_stream_is_logged_and_the_cell_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(name: str, text: str) -> None:
+        raise BrokenPipeError("host went away")
+
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            return await session.run_cell("print('x')\n7", on_stream=broken)
+
+    result = run(scenario)
+    assert (result.value, result.stdout) == (7, "x\n")
+    failures = [r for r in caplog.records if "on_stream callback failed" in r.getMessage()]
+    assert failures
+    caplog.clear()  # expected: keep the suite's "no asyncio errors" guard quiet
+
+
+def test_asyncio_run_works_in_a_plain_statement() -> None:
+    async def scenario() -> Any:
+        async with AsyncSession() as session:
+            return await session.execute(
+                "import asyncio\nasyncio.run(asyncio.sleep(0, 'own loop'))"
+            )
+
+    assert run(scenario) == "own loop"
