@@ -287,13 +287,18 @@ class AsyncSession:
                 finally:
                     run.disarm(thread)
             except BaseException as exc:
+                run.disarm(thread)  # in case the interrupt landed before the finally's
                 return None, exc
 
         run_blocking = self._run_blocking or self._default_run_blocking
         try:
             outcome: _Outcome = await run_blocking(call)
         except BaseException as exc:  # a failing custom run_blocking
-            return None, exc
+            outcome = None, exc
+        with run.lock:  # whatever happened in there, the thread is no target any more
+            if run.worker_thread is not None:
+                _set_async_exc(run.worker_thread, None)
+                run.worker_thread = None
         return outcome
 
     def _exec_step(self, step: Step) -> Any:
