@@ -311,6 +311,20 @@ def test_a_custom_run_blocking_runs_the_statements_that_do_not_await() -> None:
     assert used == ["yes"]
 
 
+def test_a_run_blocking_may_run_steps_inline_on_the_loop() -> None:
+    async def inline(fn: Callable[[], T]) -> T:
+        return fn()
+
+    async def scenario() -> tuple[Any, Any]:
+        async with AsyncSession(run_blocking=inline) as session:
+            thread = await session.execute("import threading\nthreading.get_ident()")
+            return thread, await session.execute("import plait, asyncio\nx = 2\nx * 21")
+
+    thread, value = run(scenario)
+    assert thread == threading.get_ident()
+    assert value == 42
+
+
 # --- input() ------------------------------------------------------------------------------
 
 
@@ -694,3 +708,29 @@ def test_asyncio_run_works_in_a_plain_statement() -> None:
             )
 
     assert run(scenario) == "own loop"
+
+
+def test_plait_batch_in_a_sync_cell_runs_on_the_sessions_loop_without_blocking_it() -> None:
+    import plait
+
+    if not hasattr(plait, "batch"):
+        pytest.skip("plait.batch is not in this tree yet (it comes with the bridge work)")
+    code = (
+        "import asyncio, plait\n"
+        "async def ask(prompt):\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    return prompt * 2, asyncio.get_running_loop() is session_loop\n"
+        "plait.batch(ask, range(20), max_concurrent=5)"
+    )
+
+    async def scenario() -> tuple[Any, int]:
+        namespace = {"session_loop": asyncio.get_running_loop()}
+        async with AsyncSession(namespace=namespace) as session:
+            heartbeat = Heartbeat()
+            value = await session.execute(code)
+            await heartbeat.stop()
+            return value, heartbeat.ticks
+
+    value, ticks = run(scenario)
+    assert value == [(2 * i, True) for i in range(20)]
+    assert ticks >= 5  # 4 rounds of 50 ms: about 20 ticks of 10 ms

@@ -276,11 +276,12 @@ class AsyncSession:
         def call() -> _Outcome:
             thread = threading.get_ident()
             try:
+                if thread == self._loop_thread:  # a run_blocking that runs it inline
+                    return context.run(self._exec_step, step), None
                 with run.lock:
                     if run.stop_reason is not None:
                         return None, KeyboardInterrupt("the cell was interrupted")
-                    if thread != self._loop_thread:  # never interrupt the loop's own thread
-                        run.worker_thread = thread
+                    run.worker_thread = thread
                 try:
                     with bridge.delegate_to(loop):
                         return context.run(self._exec_step, step), None
