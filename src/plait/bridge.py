@@ -246,8 +246,9 @@ def delegate_to(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     coroutine on ``loop`` with the caller's contextvars and block only this
     thread, so ``loop`` keeps running its other tasks and loop-bound objects
     stay usable. A ``KeyboardInterrupt`` or timeout in the waiting thread
-    cancels the coroutine and waits for it to finish. Ignored while ``loop`` is
-    not running or when a loop runs in this thread itself.
+    cancels the coroutine and waits for it to finish. Ignored by code running
+    on a loop in this thread itself; a sync call made while ``loop`` is not
+    running raises RuntimeError.
     """
     previous = getattr(_delegate_state, "loop", None)
     _delegate_state.loop = loop
@@ -259,9 +260,7 @@ def delegate_to(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
 
 def _delegate_loop() -> asyncio.AbstractEventLoop | None:
     loop: asyncio.AbstractEventLoop | None = getattr(_delegate_state, "loop", None)
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return None
-    if asyncio._get_running_loop() is not None:
+    if loop is None or asyncio._get_running_loop() is not None:
         return None  # code on a loop in this thread: the usual rules apply
     return loop
 
@@ -269,6 +268,12 @@ def _delegate_loop() -> asyncio.AbstractEventLoop | None:
 def _run_delegated(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], ctx: contextvars.Context
 ) -> T:
+    if loop.is_closed() or not loop.is_running():
+        coro.close()
+        raise RuntimeError(
+            "delegate_to(): the loop run_sync delegates to is not running; "
+            "leave the delegate_to() block before that loop stops"
+        )
     outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
     task_box: list[asyncio.Task[T]] = []
 
@@ -278,10 +283,7 @@ def _run_delegated(
         task.add_done_callback(lambda t: _copy_outcome(t, outcome))
 
     def cancel() -> None:
-        if task_box:
-            task_box[0].cancel()
-        else:  # not started yet: start() runs first (FIFO), so this is unreachable
-            coro.close()
+        task_box[0].cancel()  # start() ran first: callbacks run in FIFO order
 
     loop.call_soon_threadsafe(start)
     try:

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -89,22 +89,26 @@ def test_errors_of_the_delegated_coroutine_propagate_with_their_type() -> None:
         asyncio.run(scenario())
 
 
-def test_delegation_is_ignored_when_the_loop_is_not_running() -> None:
+def test_a_sync_call_delegated_to_a_loop_that_is_not_running_raises() -> None:
     idle = asyncio.new_event_loop()
-    results: list[Any] = []
+    errors: list[BaseException] = []
 
-    async def where() -> bool:
-        return asyncio.get_running_loop() is idle
+    async def never() -> None:
+        raise AssertionError("must not run")
 
     def worker() -> None:
         with bridge.delegate_to(idle):
-            results.append(run_sync(where()))
+            try:
+                run_sync(never())  # closed, never awaited: no RuntimeWarning
+            except RuntimeError as exc:
+                errors.append(exc)
 
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
     idle.close()
-    assert results == [False]  # ran on the thread's own loop instead of hanging
+    assert len(errors) == 1
+    assert "the loop run_sync delegates to is not running" in str(errors[0])
 
 
 def test_delegation_is_ignored_by_code_on_a_loop_in_the_same_thread() -> None:

@@ -87,7 +87,12 @@ class CellIO:
             else:
                 chunks.append((name, [text]))
         for name, texts in chunks:
-            self._on_stream(name, "".join(texts))
+            try:
+                self._on_stream(name, "".join(texts))
+            except Exception as exc:  # the host's bug: report it, keep the cell going
+                self._loop.call_exception_handler(
+                    {"message": "an AsyncSession on_stream callback failed", "exception": exc}
+                )
 
     def close(self) -> tuple[str, str]:
         """End the cell: deliver what is pending and return its (stdout, stderr)."""

@@ -276,24 +276,30 @@ class AsyncSession:
         def call() -> _Outcome:
             thread = threading.get_ident()
             try:
+                if thread == self._loop_thread:  # a run_blocking that runs it inline
+                    return context.run(self._exec_step, step), None
                 with run.lock:
                     if run.stop_reason is not None:
                         return None, KeyboardInterrupt("the cell was interrupted")
-                    if thread != self._loop_thread:  # never interrupt the loop's own thread
-                        run.worker_thread = thread
+                    run.worker_thread = thread
                 try:
                     with bridge.delegate_to(loop):
                         return context.run(self._exec_step, step), None
                 finally:
                     run.disarm(thread)
             except BaseException as exc:
+                run.disarm(thread)  # in case the interrupt landed before the finally's
                 return None, exc
 
         run_blocking = self._run_blocking or self._default_run_blocking
         try:
             outcome: _Outcome = await run_blocking(call)
         except BaseException as exc:  # a failing custom run_blocking
-            return None, exc
+            outcome = None, exc
+        with run.lock:  # whatever happened in there, the thread is no target any more
+            if run.worker_thread is not None:
+                _set_async_exc(run.worker_thread, None)
+                run.worker_thread = None
         return outcome
 
     def _exec_step(self, step: Step) -> Any:
