@@ -41,6 +41,7 @@ InputCallback = Callable[[str], "str | Awaitable[str]"]
 #: After a Ctrl-C in ``execute``, how long to wait for the interrupted cell's reply.
 _INTERRUPT_WAIT_SECONDS = 2.0
 _STDERR_TAIL_LINES = 40
+_SIGNAL_CHECK_SECONDS = 0.2
 
 
 class KernelDiedError(PlaitError, RuntimeError):
@@ -181,6 +182,7 @@ class _Connection:
                     pipe.close()
 
     def _read(self, stream: IO[bytes]) -> None:
+        _block_sigint()
         try:
             for line in stream:
                 if line.strip():
@@ -212,6 +214,7 @@ class _Connection:
             self.on_stray(msg["content"]["name"], msg["content"]["text"])
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
+        _block_sigint()
         for line in stream:
             self._stderr_tail.append(line.decode("utf-8", "replace"))
 
@@ -370,7 +373,7 @@ class KernelClient:
         conn.request(request, items.put)
         try:
             while True:
-                item = items.get()
+                item = _get(items)
                 if isinstance(item, KernelDiedError):
                     raise item
                 if item["type"] == "input_request":
@@ -561,6 +564,19 @@ async def _ask_async(answer: InputCallback | None, request: Message) -> str | No
     return str(value)
 
 
+def _get(items: queue.SimpleQueue[_Item]) -> _Item:
+    """The next item; wakes up now and then so that a Ctrl-C is never left waiting.
+
+    (A SIGINT that arrives just before a blocking wait starts would otherwise be
+    handled only when the wait ends.)
+    """
+    while True:
+        try:
+            return items.get(timeout=_SIGNAL_CHECK_SECONDS)
+        except queue.Empty:
+            continue
+
+
 def _drain_until_reply(items: queue.SimpleQueue[_Item], deadline: float) -> None:
     """Wait for the execute_reply (or the kernel's death) until ``deadline``."""
     while (left := deadline - time.monotonic()) > 0:
@@ -570,6 +586,15 @@ def _drain_until_reply(items: queue.SimpleQueue[_Item], deadline: float) -> None
             return
         if isinstance(item, KernelDiedError) or item["type"] == "execute_reply":
             return
+
+
+def _block_sigint() -> None:
+    """In the client's threads: leave Ctrl-C (SIGINT) to the host's main thread.
+
+    A SIGINT that lands on another thread does not interrupt the main thread's
+    blocking call (a console's read of the next line, say).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def _signal_name(number: int) -> str:

@@ -190,6 +190,7 @@ class _Output:
         from here: order with the cell's pending prints may suffer, but nothing
         waits forever on a full pipe.
         """
+        _block_sigint()
         watched = [*self._pipes, self._wake_read]
         while True:
             readable, _, _ = select.select(watched, [], [])
@@ -415,6 +416,7 @@ class _Kernel:
         return 0
 
     def _run_loop(self) -> None:
+        _block_sigint()
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_forever()
@@ -451,6 +453,7 @@ class _Kernel:
 
     def _read_requests(self) -> None:
         """Reader thread: dispatch requests; EOF (the client is gone) shuts the kernel down."""
+        _block_sigint()
         with open(self._fds.proto_in, "rb", closefd=False) as stream:
             for line in stream:
                 if not line.strip():
@@ -624,6 +627,15 @@ class _Kernel:
     def _log(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self._diag)
+
+
+def _block_sigint() -> None:
+    """In a kernel thread (and the threads it starts): leave SIGINT to the main thread.
+
+    A SIGINT sent to the process then lands on the main thread, where it
+    interrupts a blocking call such as ``time.sleep``.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def _input_value(reply: Message) -> str:
