@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -476,6 +477,33 @@ def test_shutdown_interrupts_the_running_cell_and_ends_the_process() -> None:
     with pytest.raises(RuntimeError, match="the kernel is not started: call start()"):
         kernel.execute("1")
     kernel.shutdown()  # a no-op now
+
+
+def test_cwd_and_env_are_the_kernels(tmp_path: Path) -> None:
+    env = {**os.environ, "PLAIT_KERNEL_TEST": "from the client"}
+    with KernelClient(cwd=tmp_path, env=env) as kernel:
+        reply = kernel.execute("import os\n(os.getcwd(), os.environ['PLAIT_KERNEL_TEST'])")
+    assert reply.result == repr((str(tmp_path), "from the client"))
+
+
+def test_a_kernel_that_cannot_start_says_so() -> None:
+    with pytest.raises(KernelDiedError) as info:
+        KernelClient(python="/bin/false").start()
+    assert info.value.exit_status == 1
+    assert "It ended while starting: /bin/false -m plait kernel" in info.value.__notes__
+
+
+def test_ctrl_c_in_execute_interrupts_the_cell_and_is_raised(kernel: KernelClient) -> None:
+    main = threading.main_thread().ident
+    assert main is not None
+    assert threading.current_thread() is threading.main_thread()
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        kernel.execute("import time\ntime.sleep(100)")
+    start = time.monotonic()
+    assert kernel.execute("'free'").result == "'free'"
+    assert time.monotonic() - start < INTERRUPT_BOUND
 
 
 def test_kernel_exits_when_the_client_goes_away() -> None:

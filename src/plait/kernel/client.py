@@ -346,7 +346,9 @@ class KernelClient:
                     f"(command: {self.python} -m plait kernel)"
                 )
             if conn.returncode is not None:
-                raise conn.died_error()
+                error = conn.died_error()
+                error.add_note(f"It ended while starting: {self.python} -m plait kernel")
+                raise error
             return self
 
     def execute(
