@@ -129,6 +129,9 @@ class _Output:
         self._send = send  # (name, text) for pipe bytes drained on the loop
         self._decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in pipes}
         self._lock = threading.Lock()
+        self._poller = select.poll()
+        for fd in pipes:
+            self._poller.register(fd, select.POLLIN)
         self._cells: weakref.WeakSet[capture.CellIO] = weakref.WeakSet()
         self._drained = threading.Event()
         self._stopped = threading.Event()
@@ -167,8 +170,11 @@ class _Output:
         self.drain()
 
     def _take(self) -> list[tuple[str, str]]:
+        """Read what the pipes hold now, without blocking (called with the lock held)."""
         taken = []
-        for fd, name in self._pipes.items():
+        # One syscall to learn which pipes hold bytes: this runs on every print.
+        for fd, _ in self._poller.poll(0):
+            name = self._pipes[fd]
             chunks = []
             while True:
                 try:
