@@ -345,6 +345,25 @@ def test_input_round_trip_with_a_sync_handler() -> None:
     assert result.stdout == "before\n"
 
 
+def test_output_written_before_input_reaches_on_stream_before_the_handler_runs() -> None:
+    events: list[str] = []
+
+    def answer(prompt: str) -> str:
+        events.append(f"input {prompt}")
+        return "ok"
+
+    async def scenario() -> None:
+        async with AsyncSession(input=answer) as session:
+            await session.run_cell(
+                "print('shown first')\ninput('then? ')",
+                on_stream=lambda name, text: events.append(f"{name} {text}"),
+            )
+
+    run(scenario)
+    assert events[-1] == "input then? "
+    assert "".join(event.removeprefix("stdout ") for event in events[:-1]) == "shown first\n"
+
+
 def test_input_round_trip_with_an_async_handler_that_waits_on_the_loop() -> None:
     async def scenario() -> Any:
         replies: asyncio.Queue[str] = asyncio.Queue()

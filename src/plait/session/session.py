@@ -328,8 +328,13 @@ class AsyncSession:
             )
         loop = self._loop
         on_loop = threading.get_ident() == self._loop_thread
-        if loop is not None and not on_loop:
-            self._deliver_output(loop)
+        cell = capture.current_cell.get()
+        if cell is not None:  # deliver the cell's output first: the prompt follows it
+            if on_loop:
+                cell.flush()
+            elif loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    _wait_on_loop(loop, _call(cell.flush))
         answer = self._input(prompt)
         if inspect.isawaitable(answer):
             if on_loop or loop is None:
@@ -345,14 +350,6 @@ class AsyncSession:
         if not isinstance(answer, str):
             raise TypeError(f"the input handler returned {type(answer).__name__}, not str")
         return answer
-
-    @staticmethod
-    def _deliver_output(loop: asyncio.AbstractEventLoop) -> None:
-        """Deliver the cell's pending output before asking for input (prompt order)."""
-        cell = capture.current_cell.get()
-        if cell is not None:
-            with contextlib.suppress(RuntimeError):
-                _wait_on_loop(loop, _call(cell.flush))
 
 
 _Outcome = tuple[Any, BaseException | None]
