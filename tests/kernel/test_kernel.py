@@ -7,6 +7,7 @@ shut down or restart a kernel start their own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -519,6 +520,14 @@ def test_kernel_exits_when_the_client_goes_away() -> None:
     proc.stdin.close()
     assert proc.wait(10) == 0
     proc.stdout.close()
+
+
+def test_a_client_dropped_without_shutdown_takes_its_kernel_with_it() -> None:
+    kernel = KernelClient().start()
+    proc = kernel._conn.proc  # type: ignore[union-attr]
+    del kernel
+    gc.collect()
+    assert proc.wait(10) == 0
 
 
 def test_raw_protocol_session() -> None:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -338,6 +339,8 @@ class KernelClient:
                 start_new_session=True,
             )
             conn = self._conn = _Connection(proc, self.on_stray_output)
+            # A client dropped without shutdown(): close the kernel's stdin and it exits.
+            weakref.finalize(self, _close_stdin, proc)
             if not conn.ready.wait(self.startup_timeout):
                 proc.kill()
                 conn.close()
@@ -517,6 +520,12 @@ class KernelClient:
         tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
+
+
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def _kernel_env(env: dict[str, str] | None) -> dict[str, str]:
