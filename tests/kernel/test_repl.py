@@ -135,6 +135,25 @@ def test_dead_kernel_is_restarted_and_history_is_saved(terminal: Terminal, tmp_p
     assert "died: exited with status 3" in out
     assert "Started a fresh kernel: the namespace is empty." in out
     assert "NameError" in terminal.run("x")
+
+    # A cell that swallows interrupts: the third Ctrl-C kills the kernel.
+    terminal.send("import time\n")
+    terminal.read_until(">>> ")
+    terminal.send("while True:\n")
+    terminal.read_until("... ")
+    terminal.send("    try: print('stubborn'); time.sleep(100)\n")
+    terminal.read_until("... ")
+    terminal.send("    except KeyboardInterrupt: pass\n")
+    terminal.read_until("... ")
+    terminal.send("\n")
+    terminal.read_until("stubborn\r\n")
+    for _ in range(3):
+        time.sleep(0.2)
+        terminal.send("\x03")
+    out = terminal.read_until(">>> ")
+    assert "The kernel does not respond to interrupts: killing it." in out
+    assert "killed by signal SIGKILL" in out
+    assert "Started a fresh kernel: the namespace is empty." in out
     assert terminal.run("'fresh'") == "'fresh'\n"
     terminal.send("\x04")
     assert terminal.proc.wait(10) == 0
