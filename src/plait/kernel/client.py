@@ -391,7 +391,8 @@ class KernelClient:
                 elif (reply := builder.handle(item)) is not None:
                     return reply
         except KeyboardInterrupt:
-            self.interrupt()
+            with contextlib.suppress(KernelDiedError):
+                self.interrupt()
             _drain_until_reply(items, time.monotonic() + _INTERRUPT_WAIT_SECONDS)
             raise
         finally:
@@ -400,7 +401,8 @@ class KernelClient:
     def interrupt(self) -> None:
         """Interrupt the running cell and abort queued ones; returns at once.
 
-        The kernel keeps its namespace. Same as sending SIGINT to the kernel process.
+        The kernel keeps its namespace. (SIGINT to the kernel process interrupts
+        the running cell the same way, without aborting queued ones.)
         """
         conn = self._connection()
         conn.send(message("interrupt_request"))
