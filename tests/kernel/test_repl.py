@@ -124,6 +124,15 @@ def test_console_await_values_multiline_interrupt_and_input(terminal: Terminal) 
     terminal.send("hello\n")
     assert terminal.read_until(">>> ").endswith("'hello'\n>>> ")
 
+    # Ctrl-C while the cell waits for that input interrupts the cell.
+    terminal.send("input('r? ')\n")
+    terminal.read_until("input('r? ')\r\n")
+    terminal.read_until("r? ")
+    time.sleep(0.2)
+    terminal.send("\x03")
+    assert "KeyboardInterrupt" in terminal.read_until(">>> ")
+    assert terminal.run("x") == "21\n"
+
     terminal.send("\x04")  # Ctrl-D
     assert terminal.proc.wait(10) == 0
 
