@@ -314,11 +314,16 @@ def test_sigint_to_the_kernel_process_interrupts_too(kernel: KernelClient) -> No
     assert kernel.pid is not None
     pid = kernel.pid
 
+    sent: list[float] = []
+
     def on_stream(name: str, text: str) -> None:
-        os.kill(pid, signal.SIGINT)
+        if not sent:
+            os.kill(pid, signal.SIGINT)
+            sent.append(time.monotonic())
 
     reply = kernel.execute("import time\nprint('started')\ntime.sleep(100)", on_stream=on_stream)
     assert reply.ename == "KeyboardInterrupt"
+    assert time.monotonic() - sent[0] < INTERRUPT_BOUND
     assert kernel.is_alive
 
 
