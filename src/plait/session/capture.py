@@ -1,0 +1,201 @@
+"""Per-cell routing of ``sys.stdout``, ``sys.stderr`` and ``input()``.
+
+While any session is in use, ``sys.stdout`` and ``sys.stderr`` are proxies and
+``builtins.input`` is a wrapper. Each looks up the context variable
+:data:`current_cell`: code running for a cell (and every task or thread that
+copied that cell's context) writes to that cell's :class:`CellIO`; everything
+else goes to the real stream (or the real ``input``), unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TextIO
+
+StreamCallback = Callable[[str, str], None]
+
+#: The I/O of the cell whose code is running in this context.
+current_cell: ContextVar[CellIO | None] = ContextVar("plait_session_cell", default=None)
+
+
+class CellIO:
+    """Where one cell's output goes, and how its ``input()`` is answered.
+
+    Writes are buffered for the cell's result while the cell runs and are also
+    passed to ``on_stream`` on the event loop's thread (consecutive writes
+    coalesced). After the cell ended, writes from tasks it left running still
+    go to its ``on_stream`` (or to the real stream if it has none), never to a
+    later cell.
+    """
+
+    def __init__(
+        self,
+        execution_count: int,
+        loop: asyncio.AbstractEventLoop,
+        on_stream: StreamCallback | None,
+        read_input: Callable[[str], str],
+        tasks: weakref.WeakSet[asyncio.Task[Any]] | None = None,
+    ) -> None:
+        self.execution_count = execution_count
+        self.read_input = read_input
+        #: Where tasks created in this cell's context are recorded (by the session).
+        self.tasks = tasks
+        self._loop = loop
+        self._on_stream = on_stream
+        self._lock = threading.Lock()
+        self._open = True
+        self._buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._pending: list[tuple[str, str]] = []
+        self._flush_scheduled = False
+
+    def write(self, name: str, text: str) -> None:
+        with self._lock:
+            if self._open:
+                self._buffers[name].append(text)
+            elif self._on_stream is None:
+                _real_stream(name).write(text)
+                return
+            if self._on_stream is None:
+                return
+            self._pending.append((name, text))
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self.flush)
+        except RuntimeError:  # the loop is closed: deliver here and now
+            self.flush()
+
+    def flush(self) -> None:
+        """Deliver pending writes to ``on_stream`` (call on the loop's thread)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._flush_scheduled = False
+        if not pending or self._on_stream is None:
+            return
+        chunks: list[tuple[str, list[str]]] = []
+        for name, text in pending:
+            if chunks and chunks[-1][0] == name:
+                chunks[-1][1].append(text)
+            else:
+                chunks.append((name, [text]))
+        for name, texts in chunks:
+            try:
+                self._on_stream(name, "".join(texts))
+            except Exception as exc:  # the host's bug: report it, keep the cell going
+                self._loop.call_exception_handler(
+                    {"message": "an AsyncSession on_stream callback failed", "exception": exc}
+                )
+
+    def close(self) -> tuple[str, str]:
+        """End the cell: deliver what is pending and return its (stdout, stderr)."""
+        with self._lock:
+            self._open = False
+        self.flush()
+        return "".join(self._buffers["stdout"]), "".join(self._buffers["stderr"])
+
+
+class _StreamProxy:
+    """Stands in for ``sys.stdout``/``sys.stderr``; routes each write by context."""
+
+    def __init__(self, name: str, target: TextIO) -> None:
+        self._name = name
+        self._target = target
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        cell = current_cell.get()
+        if cell is None:
+            return self._target.write(text)
+        cell.write(self._name, text)
+        return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if current_cell.get() is None:
+            self._target.flush()
+
+    def isatty(self) -> bool:
+        return current_cell.get() is None and self._target.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def _routed_input(prompt: object = "") -> str:
+    cell = current_cell.get()
+    if cell is None:
+        return _saved_input(prompt)
+    return cell.read_input(str(prompt))
+
+
+_install_lock = threading.Lock()
+_users = 0
+_saved_input: Callable[[object], str] = builtins.input
+
+
+def acquire() -> None:
+    """Count one more user of the routing and make sure it is installed."""
+    global _users
+    with _install_lock:
+        _users += 1
+    ensure_installed()
+
+
+def ensure_installed() -> None:
+    """Install the proxies and the input wrapper, on top of whatever is there now.
+
+    Called before every cell: a host (pytest's capture, a notebook) may have
+    replaced ``sys.stdout`` since the last one.
+    """
+    global _saved_input
+    with _install_lock:
+        if not isinstance(sys.stdout, _StreamProxy):
+            sys.stdout = _StreamProxy("stdout", sys.stdout)
+        if not isinstance(sys.stderr, _StreamProxy):
+            sys.stderr = _StreamProxy("stderr", sys.stderr)
+        if builtins.input is not _routed_input:
+            _saved_input = builtins.input
+            builtins.input = _routed_input
+
+
+def release() -> None:
+    """One user fewer; the last one puts back what the proxies stand in front of."""
+    global _users
+    with _install_lock:
+        _users = max(_users - 1, 0)
+        if _users:
+            return
+        if isinstance(sys.stdout, _StreamProxy):
+            sys.stdout = sys.stdout._target
+        if isinstance(sys.stderr, _StreamProxy):
+            sys.stderr = sys.stderr._target
+        if builtins.input is _routed_input:
+            builtins.input = _saved_input  # type: ignore[assignment]
+
+
+def _real_stream(name: str) -> TextIO:
+    """The stream a proxy writes to for code outside any cell."""
+    stream = sys.stdout if name == "stdout" else sys.stderr
+    if isinstance(stream, _StreamProxy):
+        return stream._target
+    return stream
+
+
+def write_real(name: str, text: str) -> None:
+    """Write to the real stdout/stderr, bypassing the routing."""
+    stream = _real_stream(name)
+    stream.write(text)
+    with contextlib.suppress(Exception):
+        stream.flush()
