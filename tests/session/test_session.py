@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import os
 import re
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -753,3 +757,39 @@ def test_plait_batch_in_a_sync_cell_runs_on_the_sessions_loop_without_blocking_i
     value, ticks = run(scenario)
     assert value == [(2 * i, True) for i in range(20)]
     assert ticks >= 5  # 4 rounds of 50 ms: about 20 ticks of 10 ms
+
+
+def test_cells_run_under_a_profiler_and_after_interrupts(tmp_path: Any) -> None:
+    # Regression: dropping a pending async exception with SetAsyncExc(id, NULL)
+    # left CPython's async-exception flag set, which hung cells under a profiler.
+    script = tmp_path / "profiled.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from plait.session import AsyncSession
+
+            async def main():
+                async with AsyncSession() as session:
+                    await session.run_cell("x = 1")
+                    stopped = await session.run_cell("while True: pass", timeout=0.1)
+                    assert isinstance(stopped.error, TimeoutError), stopped
+                    for _ in range(3):
+                        assert (await session.run_cell("x += 1\\nx")).value is not None
+                print("done")
+
+            sys.setprofile(lambda *args: None)
+            asyncio.run(main())
+            """
+        )
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "done\n"
