@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -296,6 +297,21 @@ def test_blocking_code_does_not_freeze_the_loop() -> None:
     during_sync_cell, during_mixed_cell = run(scenario)
     assert during_sync_cell >= 10  # about 50 ticks of 10 ms in 0.5 s
     assert during_mixed_cell >= 10
+
+
+def test_a_cell_blocked_in_a_socket_recv_leaves_the_loop_free_to_answer_it() -> None:
+    async def scenario() -> Any:
+        cell_end, test_end = socket.socketpair()
+        with cell_end, test_end:
+            async with AsyncSession(namespace={"sock": cell_end}) as session:
+                cell = asyncio.create_task(session.execute("sock.recv(100)"))
+                # The loop runs this while the cell blocks in recv on the worker
+                # thread: if the cell froze the loop, neither would ever finish.
+                await asyncio.sleep(0.1)
+                test_end.sendall(b"sent by the loop")
+                return await asyncio.wait_for(cell, 5)
+
+    assert run(scenario) == b"sent by the loop"
 
 
 def test_a_custom_run_blocking_runs_the_statements_that_do_not_await() -> None:
