@@ -98,8 +98,9 @@ class CellIO:
         """End the cell: deliver what is pending and return its (stdout, stderr)."""
         with self._lock:
             self._open = False
+            buffers, self._buffers = self._buffers, {"stdout": [], "stderr": []}
         self.flush()
-        return "".join(self._buffers["stdout"]), "".join(self._buffers["stderr"])
+        return "".join(buffers["stdout"]), "".join(buffers["stderr"])
 
 
 class _StreamProxy:
