@@ -155,6 +155,27 @@ def test_stdout_and_stderr_are_captured_per_cell_and_streamed_on_the_loop_thread
     assert all(on_loop for _, _, on_loop in streamed)
 
 
+def test_on_stream_runs_in_the_callers_context_so_its_prints_do_not_loop_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            return await session.run_cell(
+                "import asyncio\n"
+                "print('from the worker')\n"
+                "await asyncio.sleep(0)\n"
+                "print('from the loop')",
+                on_stream=lambda name, text: print(f"[{name}] {text!r}"),
+            )
+
+    result = run(scenario)
+    assert result.stdout == "from the worker\nfrom the loop\n"
+    echoed = capsys.readouterr().out
+    assert "from the worker" in echoed
+    assert "from the loop" in echoed
+    assert '[stdout] "[stdout]' not in echoed
+
+
 def test_prints_of_a_background_task_go_to_the_cell_that_started_it() -> None:
     first_stream: list[str] = []
     second_stream: list[str] = []
