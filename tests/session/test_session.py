@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import io
 import os
 import re
 import socket
@@ -417,6 +418,39 @@ def test_input_round_trip_with_an_async_handler_that_waits_on_the_loop() -> None
             return await session.execute("input('q')")
 
     assert run(scenario) == "queued for 'q'"
+
+
+def test_a_handler_calling_input_itself_reads_the_real_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A console host's handler is often just input(): it runs outside the cell,
+    # so it reaches the real input() rather than asking itself again.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("typed by the user\n"))
+
+    async def scenario() -> CellResult:
+        async with AsyncSession(input=lambda prompt: input(prompt)) as session:
+            return await session.run_cell("print('asking')\ninput('name? ')")
+
+    result = run(scenario)
+    assert (result.value, result.stdout) == ("typed by the user", "asking\n")
+    assert capsys.readouterr().out == "name? "
+
+
+def test_prints_of_an_async_handler_go_to_the_host_not_the_cell(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def answer(prompt: str) -> str:
+        print(f"host asked {prompt!r}")
+        await asyncio.sleep(0)
+        return "fine"
+
+    async def scenario() -> CellResult:
+        async with AsyncSession(input=answer) as session:
+            return await session.run_cell("input('how? ')")
+
+    result = run(scenario)
+    assert (result.value, result.stdout) == ("fine", "")
+    assert capsys.readouterr().out == "host asked 'how? '\n"
 
 
 def test_input_without_a_handler_raises_eoferror_saying_what_to_do() -> None:

@@ -16,7 +16,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from contextvars import ContextVar, copy_context
+from contextvars import Context, ContextVar, copy_context
 from typing import Any, TextIO
 
 StreamCallback = Callable[[str, str], None]
@@ -58,6 +58,10 @@ class CellIO:
         self._pending: list[tuple[str, str]] = []
         self._flush_scheduled = False
 
+    def host_context(self) -> Context:
+        """A copy of the context this was created in (the run_cell caller's)."""
+        return self._host_context.copy()
+
     def write(self, name: str, text: str) -> None:
         with self._lock:
             if self._open:
@@ -91,7 +95,7 @@ class CellIO:
                 chunks.append((name, [text]))
         for name, texts in chunks:
             try:
-                self._host_context.copy().run(self._on_stream, name, "".join(texts))
+                self.host_context().run(self._on_stream, name, "".join(texts))
             except Exception as exc:  # the host's bug: report it, keep the cell going
                 self._loop.call_exception_handler(
                     {"message": "an AsyncSession on_stream callback failed", "exception": exc}

@@ -333,7 +333,10 @@ class AsyncSession:
             elif loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     _wait_on_loop(loop, _call(cell.flush))
-        answer = self._input(prompt)
+        # The handler is the host's code: it runs in the context of the run_cell
+        # caller, so its prints (or its own input()) are not routed into the cell.
+        host = contextvars.Context() if cell is None else cell.host_context()
+        answer = host.run(self._input, prompt)
         if inspect.isawaitable(answer):
             if on_loop or loop is None:
                 if inspect.iscoroutine(answer):
@@ -344,7 +347,7 @@ class AsyncSession:
                     "statement of its own (those run on the worker thread) or give the "
                     "session a sync input handler"
                 )
-            answer = _wait_on_loop(loop, _await(answer))
+            answer = _wait_on_loop(loop, _await(answer), host)
         if not isinstance(answer, str):
             raise TypeError(f"the input handler returned {type(answer).__name__}, not str")
         return answer
@@ -452,9 +455,17 @@ def _user_frames(frames: traceback.StackSummary) -> list[traceback.FrameSummary]
     return kept
 
 
-def _wait_on_loop(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
-    """Run ``coro`` on ``loop`` from another thread; an interrupt cancels it."""
-    future = asyncio.run_coroutine_threadsafe(_await(coro), loop)
+def _wait_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    coro: Awaitable[T],
+    context: contextvars.Context | None = None,
+) -> T:
+    """Run ``coro`` on ``loop`` from another thread, in a copy of ``context``; interruptible."""
+    submit = asyncio.run_coroutine_threadsafe  # its task copies the context current here
+    if context is None:
+        future = submit(_await(coro), loop)
+    else:
+        future = context.run(submit, _await(coro), loop)
     try:
         while True:
             with contextlib.suppress(concurrent.futures.TimeoutError):
