@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import io
+import os
 import re
+import socket
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -148,6 +154,27 @@ def test_stdout_and_stderr_are_captured_per_cell_and_streamed_on_the_loop_thread
     )
     assert [text for name, text, _ in streamed if name == "stderr"] == ["oops\n"]
     assert all(on_loop for _, _, on_loop in streamed)
+
+
+def test_on_stream_runs_in_the_callers_context_so_its_prints_do_not_loop_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def scenario() -> CellResult:
+        async with AsyncSession() as session:
+            return await session.run_cell(
+                "import asyncio\n"
+                "print('from the worker')\n"
+                "await asyncio.sleep(0)\n"
+                "print('from the loop')",
+                on_stream=lambda name, text: print(f"[{name}] {text!r}"),
+            )
+
+    result = run(scenario)
+    assert result.stdout == "from the worker\nfrom the loop\n"
+    echoed = capsys.readouterr().out
+    assert "from the worker" in echoed
+    assert "from the loop" in echoed
+    assert '[stdout] "[stdout]' not in echoed
 
 
 def test_prints_of_a_background_task_go_to_the_cell_that_started_it() -> None:
@@ -294,6 +321,21 @@ def test_blocking_code_does_not_freeze_the_loop() -> None:
     assert during_mixed_cell >= 10
 
 
+def test_a_cell_blocked_in_a_socket_recv_leaves_the_loop_free_to_answer_it() -> None:
+    async def scenario() -> Any:
+        cell_end, test_end = socket.socketpair()
+        with cell_end, test_end:
+            async with AsyncSession(namespace={"sock": cell_end}) as session:
+                cell = asyncio.create_task(session.execute("sock.recv(100)"))
+                # The loop runs this while the cell blocks in recv on the worker
+                # thread: if the cell froze the loop, neither would ever finish.
+                await asyncio.sleep(0.1)
+                test_end.sendall(b"sent by the loop")
+                return await asyncio.wait_for(cell, 5)
+
+    assert run(scenario) == b"sent by the loop"
+
+
 def test_a_custom_run_blocking_runs_the_statements_that_do_not_await() -> None:
     used: list[str] = []
 
@@ -376,6 +418,39 @@ def test_input_round_trip_with_an_async_handler_that_waits_on_the_loop() -> None
             return await session.execute("input('q')")
 
     assert run(scenario) == "queued for 'q'"
+
+
+def test_a_handler_calling_input_itself_reads_the_real_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A console host's handler is often just input(): it runs outside the cell,
+    # so it reaches the real input() rather than asking itself again.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("typed by the user\n"))
+
+    async def scenario() -> CellResult:
+        async with AsyncSession(input=lambda prompt: input(prompt)) as session:
+            return await session.run_cell("print('asking')\ninput('name? ')")
+
+    result = run(scenario)
+    assert (result.value, result.stdout) == ("typed by the user", "asking\n")
+    assert capsys.readouterr().out == "name? "
+
+
+def test_prints_of_an_async_handler_go_to_the_host_not_the_cell(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def answer(prompt: str) -> str:
+        print(f"host asked {prompt!r}")
+        await asyncio.sleep(0)
+        return "fine"
+
+    async def scenario() -> CellResult:
+        async with AsyncSession(input=answer) as session:
+            return await session.run_cell("input('how? ')")
+
+    result = run(scenario)
+    assert (result.value, result.stdout) == ("fine", "")
+    assert capsys.readouterr().out == "host asked 'how? '\n"
 
 
 def test_input_without_a_handler_raises_eoferror_saying_what_to_do() -> None:
@@ -753,3 +828,39 @@ def test_plait_batch_in_a_sync_cell_runs_on_the_sessions_loop_without_blocking_i
     value, ticks = run(scenario)
     assert value == [(2 * i, True) for i in range(20)]
     assert ticks >= 5  # 4 rounds of 50 ms: about 20 ticks of 10 ms
+
+
+def test_cells_run_under_a_profiler_and_after_interrupts(tmp_path: Any) -> None:
+    # Regression: dropping a pending async exception with SetAsyncExc(id, NULL)
+    # left CPython's async-exception flag set, which hung cells under a profiler.
+    script = tmp_path / "profiled.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from plait.session import AsyncSession
+
+            async def main():
+                async with AsyncSession() as session:
+                    await session.run_cell("x = 1")
+                    stopped = await session.run_cell("while True: pass", timeout=0.1)
+                    assert isinstance(stopped.error, TimeoutError), stopped
+                    for _ in range(3):
+                        assert (await session.run_cell("x += 1\\nx")).value is not None
+                print("done")
+
+            sys.setprofile(lambda *args: None)
+            asyncio.run(main())
+            """
+        )
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "done\n"

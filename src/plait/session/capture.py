@@ -16,7 +16,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any, TextIO
 
 StreamCallback = Callable[[str, str], None]
@@ -30,9 +30,9 @@ class CellIO:
 
     Writes are buffered for the cell's result while the cell runs and are also
     passed to ``on_stream`` on the event loop's thread (consecutive writes
-    coalesced). After the cell ended, writes from tasks it left running still
-    go to its ``on_stream`` (or to the real stream if it has none), never to a
-    later cell.
+    coalesced), in the context this was created in. After the cell ended,
+    writes from tasks it left running still go to its ``on_stream`` (or to the
+    real stream if it has none), never to a later cell.
     """
 
     def __init__(
@@ -45,6 +45,9 @@ class CellIO:
     ) -> None:
         self.execution_count = execution_count
         self.read_input = read_input
+        # on_stream runs in the context of whoever created this (the caller of
+        # run_cell), never in the cell's: its own prints must not loop back in.
+        self._host_context = copy_context()
         #: Where tasks created in this cell's context are recorded (by the session).
         self.tasks = tasks
         self._loop = loop
@@ -54,6 +57,10 @@ class CellIO:
         self._buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._pending: list[tuple[str, str]] = []
         self._flush_scheduled = False
+
+    def host_context(self) -> Context:
+        """A copy of the context this was created in (the run_cell caller's)."""
+        return self._host_context.copy()
 
     def write(self, name: str, text: str) -> None:
         with self._lock:
@@ -88,7 +95,7 @@ class CellIO:
                 chunks.append((name, [text]))
         for name, texts in chunks:
             try:
-                self._on_stream(name, "".join(texts))
+                self.host_context().run(self._on_stream, name, "".join(texts))
             except Exception as exc:  # the host's bug: report it, keep the cell going
                 self._loop.call_exception_handler(
                     {"message": "an AsyncSession on_stream callback failed", "exception": exc}
@@ -98,8 +105,9 @@ class CellIO:
         """End the cell: deliver what is pending and return its (stdout, stderr)."""
         with self._lock:
             self._open = False
+            buffers, self._buffers = self._buffers, {"stdout": [], "stderr": []}
         self.flush()
-        return "".join(self._buffers["stdout"]), "".join(self._buffers["stderr"])
+        return "".join(buffers["stdout"]), "".join(buffers["stderr"])
 
 
 class _StreamProxy:

@@ -286,9 +286,9 @@ class AsyncSession:
                     with bridge.delegate_to(loop):
                         return context.run(self._exec_step, step), None
                 finally:
-                    run.disarm(thread)
+                    run.disarm()
             except BaseException as exc:
-                run.disarm(thread)  # in case the interrupt landed before the finally's
+                run.disarm()  # in case the interrupt landed before the finally's
                 return None, exc
 
         run_blocking = self._run_blocking or self._default_run_blocking
@@ -297,9 +297,7 @@ class AsyncSession:
         except BaseException as exc:  # a failing custom run_blocking
             outcome = None, exc
         with run.lock:  # whatever happened in there, the thread is no target any more
-            if run.worker_thread is not None:
-                _set_async_exc(run.worker_thread, None)
-                run.worker_thread = None
+            run.worker_thread = None
         return outcome
 
     def _exec_step(self, step: Step) -> Any:
@@ -335,7 +333,10 @@ class AsyncSession:
             elif loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     _wait_on_loop(loop, _call(cell.flush))
-        answer = self._input(prompt)
+        # The handler is the host's code: it runs in the context of the run_cell
+        # caller, so its prints (or its own input()) are not routed into the cell.
+        host = contextvars.Context() if cell is None else cell.host_context()
+        answer = host.run(self._input, prompt)
         if inspect.isawaitable(answer):
             if on_loop or loop is None:
                 if inspect.iscoroutine(answer):
@@ -346,7 +347,7 @@ class AsyncSession:
                     "statement of its own (those run on the worker thread) or give the "
                     "session a sync input handler"
                 )
-            answer = _wait_on_loop(loop, _await(answer))
+            answer = _wait_on_loop(loop, _await(answer), host)
         if not isinstance(answer, str):
             raise TypeError(f"the input handler returned {type(answer).__name__}, not str")
         return answer
@@ -363,6 +364,7 @@ class _CellRun:
         self.lock = threading.RLock()  # re-entrant: interrupt() may come from a signal handler
         self.stop_reason: str | None = None
         self.worker_thread: int | None = None
+        self.armed = False  # a KeyboardInterrupt was sent to worker_thread
         self.task: asyncio.Task[Any] | None = None
 
     def stop(self, reason: str) -> None:
@@ -370,26 +372,37 @@ class _CellRun:
             if self.stop_reason is None:
                 self.stop_reason = reason
             if self.worker_thread is not None:
-                _set_async_exc(self.worker_thread, KeyboardInterrupt)
+                self.armed = True
+                _raise_in_thread(self.worker_thread, KeyboardInterrupt)
             elif self.task is not None:
                 with contextlib.suppress(RuntimeError):  # loop closed
                     self.loop.call_soon_threadsafe(self.task.cancel)
 
-    def disarm(self, thread: int) -> None:
-        """The worker leaves the cell: no interrupt may reach it after this returns."""
+    def disarm(self) -> None:
+        """Called by the worker leaving the cell: no interrupt reaches it after this returns.
+
+        A KeyboardInterrupt sent but not delivered yet is let in here, where it
+        is harmless. (Not dropped with ``PyThreadState_SetAsyncExc(id, NULL)``:
+        on CPython 3.11 that leaves the interpreter's "async exception pending"
+        flag set, which slows every thread and can hang one under a profiler.)
+        """
         while True:
             try:
                 with self.lock:
                     self.worker_thread = None
-                    _set_async_exc(thread, None)  # drop one raised but not yet delivered
+                    armed, self.armed = self.armed, False
+                if armed:
+                    # An async exception is raised at the next check of the eval
+                    # loop, which a backward jump makes: the first iteration.
+                    for _ in range(1000):
+                        pass
                 return
             except KeyboardInterrupt:
                 continue  # delivered just now, inside this method: already handled
 
 
-def _set_async_exc(thread: int, exc_type: type[BaseException] | None) -> None:
-    exc = None if exc_type is None else ctypes.py_object(exc_type)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), exc)
+def _raise_in_thread(thread: int, exc_type: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
 
 
 def _stop_error(error: BaseException, reason: str | None, timeout: float | None) -> BaseException:
@@ -442,9 +455,17 @@ def _user_frames(frames: traceback.StackSummary) -> list[traceback.FrameSummary]
     return kept
 
 
-def _wait_on_loop(loop: asyncio.AbstractEventLoop, coro: Awaitable[T]) -> T:
-    """Run ``coro`` on ``loop`` from another thread; an interrupt cancels it."""
-    future = asyncio.run_coroutine_threadsafe(_await(coro), loop)
+def _wait_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    coro: Awaitable[T],
+    context: contextvars.Context | None = None,
+) -> T:
+    """Run ``coro`` on ``loop`` from another thread, in a copy of ``context``; interruptible."""
+    submit = asyncio.run_coroutine_threadsafe  # its task copies the context current here
+    if context is None:
+        future = submit(_await(coro), loop)
+    else:
+        future = context.run(submit, _await(coro), loop)
     try:
         while True:
             with contextlib.suppress(concurrent.futures.TimeoutError):
