@@ -3,7 +3,8 @@
 A small JSON API runs on 127.0.0.1 in this process; each request takes 200 ms.
 The pipeline fetches users, orders and prices concurrently (async nodes), joins
 them (sync nodes), and prints the report. Then the same work with blocking sync
-nodes shows what Engine(node_executor="threaded") buys.
+nodes shows what Engine(node_executor="threaded") buys, a DiskCache makes a
+second run skip every node, and plait.batch fans out more requests from sync code.
 
 Run it with ``make demo``.
 """
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from plait import Engine, Pipeline, node
+from plait import Callback, CallbackContext, DiskCache, Engine, Pipeline, batch, node
 
 LATENCY = 0.2
 DATA: dict[str, Any] = {
@@ -133,6 +136,16 @@ blocking_shop = Pipeline(
 )
 
 
+class CountCached(Callback):
+    """Counts the nodes a run took from the cache."""
+
+    def __init__(self) -> None:
+        self.cached = 0
+
+    def on_node_cached(self, ctx: CallbackContext) -> None:
+        self.cached += 1
+
+
 def timed(label: str, run: Any) -> Any:
     start = time.perf_counter()
     result = run()
@@ -157,6 +170,22 @@ def main() -> None:
         with Engine(node_executor="threaded", max_workers=4) as engine:
             threaded = blocking_shop.with_engine(engine)
             timed("blocking sync nodes, threaded engine", lambda: threaded.run(inputs={"api": api}))
+        with tempfile.TemporaryDirectory() as tmp:
+            counter = CountCached()
+            cached = shop.with_cache(DiskCache(Path(tmp) / "cache")).with_callbacks([counter])
+            timed("with a DiskCache, first run", lambda: cached.run(inputs={"api": api}))
+            timed("with a DiskCache, second run", lambda: cached.run(inputs={"api": api}))
+            print(f"  (the second run took all {counter.cached} nodes from the cache)")
+
+        async def get(path: str) -> Any:
+            return await get_json(api, path)
+
+        paths = ["/users", "/orders", "/prices"] * 3
+        fetched = timed(
+            f"plait.batch: {len(paths)} GETs, 3 at a time",
+            lambda: batch(get, paths, max_concurrent=3),
+        )
+        assert fetched[2] == DATA["/prices"]
         print(f"\nSpend per user (from {len(result['orders'])} orders):")
         print(result["report"])
         print(f"\nSelected output only: {only}")

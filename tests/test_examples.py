@@ -25,6 +25,8 @@ def test_demo() -> None:
     out = run_example("demo.py")
     assert "Ada     19.50 EUR" in out
     assert "Grace    3.00 EUR" in out
-    for label in ("run() (concurrent)", "await arun()", "sequential engine", "threaded engine"):
+    assert "the second run took all 5 nodes from the cache" in out
+    labels = ("run() (concurrent)", "await arun()", "sequential engine", "threaded engine")
+    for label in (*labels, "DiskCache, second run", "plait.batch: 9 GETs"):
         assert label in out
     assert "Selected output only: {'users': [{'id': 1, 'name': 'Ada'}" in out

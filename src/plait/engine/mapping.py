@@ -239,28 +239,32 @@ class ItemRunner:
     def run_inline(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` of a plan of sync nodes as plain calls (no event loop)."""
         values = self.values(item)
-        enclosing = self._enclosing(index)
-        token = ENCLOSING.set(enclosing) if enclosing else None
         plan = self.plan
-        try:
-            if self.services is None and not plan.deps:
+        if self.services is None and not plan.deps:  # the plain path, kept lean
+            enclosing = self.enclosing
+            token = ENCLOSING.set(enclosing) if enclosing else None
+            try:
                 run_inline(plan, values)
-            else:
-                hooks, start = self._item_start(index)
-                try:
-                    if plan.deps:
-                        run = partial(run_inline, plan, values, hooks)
-                        run_inline_with_deps(plan, values, run, self.shared)
-                    else:
-                        run_inline(plan, values, hooks)
-                except BaseException as exc:
-                    self._item_end(index, hooks, start, exc)
-                    raise
-                self._item_end(index, hooks, start)
+            finally:
+                if token is not None:
+                    ENCLOSING.reset(token)
+            return plan.outputs(values)
+        token = ENCLOSING.set(self._enclosing(index))
+        try:
+            hooks, start = self._item_start(index)
+            try:
+                if plan.deps:
+                    run = partial(run_inline, plan, values, hooks)
+                    run_inline_with_deps(plan, values, run, self.shared)
+                else:
+                    run_inline(plan, values, hooks)
+            except BaseException as exc:
+                self._item_end(index, hooks, start, exc)
+                raise
+            self._item_end(index, hooks, start)
         finally:
-            if token is not None:
-                ENCLOSING.reset(token)
-        return self.plan.outputs(values)
+            ENCLOSING.reset(token)
+        return plan.outputs(values)
 
     async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` on this event loop."""
@@ -288,12 +292,12 @@ class ItemRunner:
                 ENCLOSING.reset(token)
         return self.plan.outputs(values)
 
-    def _enclosing(self, index: int) -> Enclosing | None:
+    def _enclosing(self, index: int) -> Enclosing:
         """What code inside item ``index`` sees as its enclosing run."""
         services = self.services
-        if services is None:
-            return self.enclosing
         outer = self.enclosing or _TOP
+        if services is None:
+            return outer
         return Enclosing(
             outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
         )
