@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -42,23 +43,8 @@ class CacheSetup:
         self.fixed: dict[int, bytes] = {}
         self.warned: set[str] = set()
         self._lock = threading.Lock()
-        producer = {
-            slot: (index, position.to_bytes(2, "little"))
-            for index, step in enumerate(plan.steps)
-            for position, slot in enumerate(step.out_slots)
-        }
-        varying = frozenset(varying)  # slots that differ per map item
-
-        def argument(slot: int) -> tuple[int, int, int, bytes]:
-            if slot in producer:
-                return (_UPSTREAM, slot, *producer[slot])
-            kind = _DEP if slot in plan.dep_slots else _VARYING if slot in varying else _FIXED
-            return (kind, slot, -1, b"")
-
         self.starts = [self._start(step) for step in plan.steps]
-        self.arguments = [
-            tuple(argument(slot) for _, slot in step.arg_slots) for step in plan.steps
-        ]
+        self.arguments = _layout(plan, frozenset(varying))
 
     def _start(self, step: Step) -> hashlib.blake2b | None:
         """A hasher fed with what is fixed in the step's key: its code, outputs and
@@ -147,3 +133,33 @@ class Signer:
         signature: bytes = h.digest()
         signatures[index] = signature
         return signature.hex()
+
+
+Layout = list[tuple[tuple[int, int, int, bytes], ...]]
+_layouts: weakref.WeakKeyDictionary[Plan, dict[frozenset[int], Layout]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _layout(plan: Plan, varying: frozenset[int]) -> Layout:
+    """How each step's arguments enter its key; fixed per plan (and mapped slots)."""
+    known = _layouts.setdefault(plan, {})
+    layout = known.get(varying)
+    if layout is not None:
+        return layout
+    producer = {
+        slot: (index, position.to_bytes(2, "little"))
+        for index, step in enumerate(plan.steps)
+        for position, slot in enumerate(step.out_slots)
+    }
+
+    def argument(slot: int) -> tuple[int, int, int, bytes]:
+        if slot in producer:
+            return (_UPSTREAM, slot, *producer[slot])
+        kind = _DEP if slot in plan.dep_slots else _VARYING if slot in varying else _FIXED
+        return (kind, slot, -1, b"")
+
+    layout = known[varying] = [
+        tuple(argument(slot) for _, slot in step.arg_slots) for step in plan.steps
+    ]
+    return layout

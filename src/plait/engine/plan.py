@@ -96,6 +96,7 @@ class Plan:
     """
 
     __slots__ = (
+        "__weakref__",
         "dep_slots",
         "deps",
         "has_controls",
