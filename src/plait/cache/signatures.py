@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 import warnings
+import weakref
 from collections.abc import Collection, Sequence
 from typing import Any
 
