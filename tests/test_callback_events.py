@@ -268,3 +268,28 @@ def test_logging_callback_logs_a_real_run(caplog: pytest.LogCaptureFixture) -> N
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "plait")
     assert "square" in text
     assert "p" in text
+
+
+def test_tracing_callback_builds_a_span_tree_for_a_real_nested_map() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from plait.callbacks import TracingCallback
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = TracingCallback(provider.get_tracer("test"))
+    outer = Pipeline([inc, INNER.as_node(name="sub")], callbacks=[tracing], name="outer")
+    outer.map(inputs={"a": [1, 2]}, map_over="a")
+    spans = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    by_node = [s for s in spans.values() if s.attributes.get("plait.node") == "times10"]
+    assert len(by_node) == 2
+    for span in by_node:  # times10 → nested run → node 'sub' → map item → map
+        chain = []
+        while span.parent is not None:
+            span = spans[span.parent.span_id]
+            chain.append(span.name)
+        assert len(chain) == 4, chain
+    assert all(s.end_time is not None for s in spans.values())
