@@ -864,3 +864,31 @@ def test_cells_run_under_a_profiler_and_after_interrupts(tmp_path: Any) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "done\n"
+
+
+def test_streamed_lines_arrive_whole_and_a_partial_line_still_streams() -> None:
+    async def scenario() -> list[tuple[float, str]]:
+        seen: list[tuple[float, str]] = []
+        start = time.monotonic()
+        session = AsyncSession()
+        try:
+            code = (
+                "import time\n"
+                "for i in range(50):\n"
+                "    print('line', i)\n"
+                "print('waiting', end='')\n"
+                "time.sleep(0.5)\n"
+            )
+            await session.run_cell(
+                code, on_stream=lambda name, text: seen.append((time.monotonic() - start, text))
+            )
+        finally:
+            await session.aclose()
+        return seen
+
+    seen = run(scenario)
+    texts = [text for _, text in seen]
+    assert "".join(texts) == "".join(f"line {i}\n" for i in range(50)) + "waiting"
+    assert all(text.endswith("\n") for text in texts[:-1])  # no line split across messages
+    assert texts[-1].endswith("waiting")
+    assert seen[-1][0] < 0.4  # the partial line did not wait for the cell to end

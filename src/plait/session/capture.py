@@ -25,6 +25,10 @@ StreamCallback = Callable[[str, str], None]
 current_cell: ContextVar[CellIO | None] = ContextVar("plait_session_cell", default=None)
 
 
+#: How long streamed output ending in a partial line waits for the line's end.
+LINE_WAIT_SECONDS = 0.05
+
+
 class CellIO:
     """Where one cell's output goes, and how its ``input()`` is answered.
 
@@ -57,6 +61,7 @@ class CellIO:
         self._buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._pending: list[tuple[str, str]] = []
         self._flush_scheduled = False
+        self._held = False  # a partial line waits for its end (see _flush_lines)
 
     def host_context(self) -> Context:
         """A copy of the context this was created in (the run_cell caller's)."""
@@ -72,19 +77,31 @@ class CellIO:
             if self._on_stream is None:
                 return
             self._pending.append((name, text))
-            if self._flush_scheduled:
+            if self._flush_scheduled and not (self._held and text.endswith("\n")):
                 return
             self._flush_scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self.flush)
+            self._loop.call_soon_threadsafe(self._flush_lines)
         except RuntimeError:  # the loop is closed: deliver here and now
             self.flush()
+
+    def _flush_lines(self) -> None:
+        """The flush writes ask for: a partial last line (``print`` writes its text,
+        then its newline) waits up to :data:`LINE_WAIT_SECONDS` for the rest, so a
+        line reaches ``on_stream`` whole."""
+        with self._lock:
+            tail = self._pending[-1][1] if self._pending else ""
+            if tail and not tail.endswith("\n") and not self._held:
+                self._held = True
+                self._loop.call_later(LINE_WAIT_SECONDS, self.flush)
+                return
+        self.flush()
 
     def flush(self) -> None:
         """Deliver pending writes to ``on_stream`` (call on the loop's thread)."""
         with self._lock:
             pending, self._pending = self._pending, []
-            self._flush_scheduled = False
+            self._flush_scheduled = self._held = False
         if not pending or self._on_stream is None:
             return
         chunks: list[tuple[str, list[str]]] = []
