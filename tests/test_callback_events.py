@@ -293,3 +293,14 @@ def test_tracing_callback_builds_a_span_tree_for_a_real_nested_map() -> None:
             chain.append(span.name)
         assert len(chain) == 4, chain
     assert all(s.end_time is not None for s in spans.values())
+
+
+@pytest.mark.parametrize("map_executor", ["sequential", "async"])
+def test_a_stream_stopped_early_ends_its_map_without_an_error(map_executor: str) -> None:
+    rec = Recorder()
+    p = Pipeline([inc], callbacks=[rec], name="m", engine=Engine(map_executor=map_executor))
+    stream = p.imap(inputs={"a": range(100)}, map_over="a")
+    next(stream)
+    stream.close()
+    ends = [e for e in rec.events if e[0] == "map_end"]
+    assert ends == [("map_end", "m", None, None, None)]

@@ -5,8 +5,9 @@ them to other nodes' outputs and to pipeline inputs; a :class:`Pipeline` runs th
 with automatic concurrency from a script, a thread or a running event loop.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from plait._lazy import lazy_attributes
 from plait.batch import abatch, batch
 from plait.bridge import run_sync, syncify
 from plait.callbacks import Callback, CallbackContext
@@ -85,10 +86,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The cache stores load on first use: they import diskcache and SQLite.
-    if name in ("CacheStore", "DiskCache", "MemoryCache"):
-        from plait.cache import stores
-
-        return getattr(stores, name)
-    raise AttributeError(f"module 'plait' has no attribute {name!r}")
+# The cache stores load on first use: they import diskcache and SQLite.
+__getattr__ = lazy_attributes(
+    __name__, dict.fromkeys(("CacheStore", "DiskCache", "MemoryCache"), "plait.cache.stores")
+)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -37,3 +39,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 def plural(count: int, word: str, plural_word: str | None = None) -> str:
     """``1 input``, ``2 inputs``."""
     return f"{count} {word if count == 1 else (plural_word or word + 's')}"
+
+
+def callable_name(func: Callable[..., Any]) -> str:
+    """The name of what ``func`` calls (through partials), for names and messages."""
+    inner: Any = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    name = getattr(inner, "__name__", None)
+    return name if isinstance(name, str) else type(inner).__name__

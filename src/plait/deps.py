@@ -38,6 +38,8 @@ from collections.abc import (
 from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
+from plait._lazy import lazy_attributes
+from plait._text import callable_name
 from plait.errors import DepDefinitionError, PlaitError
 
 T = TypeVar("T")
@@ -108,7 +110,7 @@ class Dep(Generic[T]):
                 f"Dep() needs a function that makes the resource, got "
                 f"{type(func).__name__}: {func!r}"
             )
-        name = _callable_name(func)
+        name = callable_name(func)
         if scope not in _SCOPES:
             raise DepDefinitionError(
                 f"Dep({name}, scope={scope!r}): scope must be 'run' (once per run, shared "
@@ -229,7 +231,7 @@ def find_deps(
     works when ``Client`` is not importable.
     """
     if signature is None:  # the caller may have read it already
-        signature = _read_signature(func, _callable_name(func))
+        signature = _read_signature(func, callable_name(func))
     if not any(
         isinstance(p.default, Dep) or p.annotation is not inspect.Parameter.empty
         for p in signature.parameters.values()
@@ -270,7 +272,7 @@ def _find_deps_guarded(
         stack = _building.stack = []
     for index, seen in enumerate(stack):
         if seen is func or seen == func:
-            path = " -> ".join(_callable_name(f) for f in [*stack[index:], func])
+            path = " -> ".join(callable_name(f) for f in [*stack[index:], func])
             raise DepDefinitionError(
                 f"the deps form a cycle: {path} (each needs the next as a Dep parameter). "
                 "Break the cycle: a resource cannot depend on itself."
@@ -283,7 +285,7 @@ def _find_deps_guarded(
 
 
 def _find_deps(func: Callable[..., Any], signature: inspect.Signature) -> dict[str, Dep[Any]]:
-    name = _callable_name(func)
+    name = callable_name(func)
     found: dict[str, Dep[Any]] = {}
     globalns: dict[str, Any] | None = None
     for param in signature.parameters.values():
@@ -413,14 +415,6 @@ def _globals_of(func: Callable[..., Any]) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _callable_name(func: Callable[..., Any]) -> str:
-    inner = func
-    while isinstance(inner, functools.partial):
-        inner = inner.func
-    name = getattr(inner, "__name__", None)
-    return name if isinstance(name, str) else type(inner).__name__
-
-
 def _read_signature(func: Callable[..., Any], where: str) -> inspect.Signature:
     try:
         return inspect.signature(func)
@@ -431,13 +425,5 @@ def _read_signature(func: Callable[..., Any], where: str) -> inspect.Signature:
         ) from None
 
 
-# --------------------------------------------------------------------------- scopes
-
-
-def __getattr__(name: str) -> Any:
-    # DepScope, the runtime half, loads on first use (see plait.dep_scope).
-    if name == "DepScope":
-        from plait.dep_scope import DepScope
-
-        return DepScope
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# DepScope, the runtime half, loads on first use (see plait.dep_scope).
+__getattr__ = lazy_attributes(__name__, {"DepScope": "plait.dep_scope"})

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from plait._text import did_you_mean, quoted
-from plait.deps import Dep
+from plait.deps import all_deps
 from plait.errors import (
     CycleError,
     DuplicateNodeNameError,
@@ -72,7 +72,7 @@ class Graph:
             for param in item.dep_inputs:
                 producer = self._producer.get(param)
                 if producer is not None:
-                    dep = next(d for d in _all_deps(item) if param in d.params)
+                    dep = next(d for d in all_deps(item.deps.values()) if param in d.params)
                     raise GraphError(
                         f"node {item.name!r}: {dep!r} takes {param!r}, which node "
                         f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
@@ -294,14 +294,3 @@ def _optional_for(item: Node[..., Any], name: str) -> bool:
     if name in item.inputs and name not in item.defaults:
         return False
     return name not in item.dep_inputs or name in item.dep_defaults
-
-
-def _all_deps(item: Node[..., Any]) -> Iterator[Dep[Any]]:
-    """The node's deps and the deps they use, each once."""
-    todo, seen = list(item.deps.values()), set()
-    while todo:
-        dep = todo.pop()
-        if dep not in seen:
-            seen.add(dep)
-            yield dep
-            todo.extend(dep.deps.values())

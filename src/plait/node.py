@@ -10,7 +10,8 @@ from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
-from plait.deps import Dep, find_deps
+from plait._text import callable_name
+from plait.deps import Dep, all_deps, find_deps
 from plait.errors import NodeDefinitionError
 from plait.options import Backoff, NodeOptions, make_options
 
@@ -71,7 +72,7 @@ class Node(Generic[P, R]):
             raise NodeDefinitionError(
                 f"node() needs a function or other callable, got {type(func).__name__}: {func!r}"
             )
-        default_name = _callable_name(func)
+        default_name = callable_name(func)
         self.func = func
         self.name = _check_name(name if name is not None else default_name)
         self.output_name, self.outputs = _check_output_name(
@@ -203,12 +204,6 @@ def node(
     return Node(func, output_name=output_name, name=name, cache=cache, **controls)
 
 
-def _callable_name(func: Callable[..., Any]) -> str:
-    inner = _unwrap_partial(func)
-    name = getattr(inner, "__name__", None)
-    return name if isinstance(name, str) else type(inner).__name__
-
-
 def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise NodeDefinitionError(f"a node name must be a non-empty string, got {name!r}")
@@ -254,7 +249,7 @@ def _unwrap_partial(func: Callable[..., Any]) -> Callable[..., Any]:
 def _node_is_async(func: Callable[..., Any]) -> bool:
     if inspect.isasyncgenfunction(_unwrap_partial(func)):
         raise NodeDefinitionError(
-            f"{_callable_name(func)!r} is an async generator function; a node must return "
+            f"{callable_name(func)!r} is an async generator function; a node must return "
             "its value. Collect the items in an async def that returns a list."
         )
     return is_async_callable(func)
@@ -292,17 +287,9 @@ def _read_parameters(
 
 def _dep_inputs(deps: Iterable[Dep[Any]]) -> tuple[tuple[str, ...], Mapping[str, Any]]:
     """The pipeline inputs ``deps`` (and the deps they use) take, and their defaults."""
-    names: dict[str, None] = {}
-    defaults: dict[str, Any] = {}
-    todo, seen = list(deps), set()
-    while todo:
-        dep = todo.pop()
-        if dep in seen:
-            continue
-        seen.add(dep)
-        names.update(dict.fromkeys(dep.params))
-        defaults.update(dep.defaults)
-        todo.extend(dep.deps.values())
+    needed = all_deps(deps)
+    names = dict.fromkeys(p for dep in needed for p in dep.params)
+    defaults = {name: value for dep in needed for name, value in dep.defaults.items()}
     return tuple(names), MappingProxyType(defaults)
 
 

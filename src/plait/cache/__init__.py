@@ -6,9 +6,9 @@ diskcache or SQLite.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from plait._lazy import lazy_attributes
 from plait.cache.miss import MISS
 
 if TYPE_CHECKING:
@@ -24,17 +24,13 @@ __all__ = [
     "fingerprint_value",
 ]
 
-_LAZY = {
-    "CacheStore": "plait.cache.stores",
-    "DiskCache": "plait.cache.stores",
-    "MemoryCache": "plait.cache.stores",
-    "fingerprint_code": "plait.cache.fingerprint",
-    "fingerprint_value": "plait.cache.fingerprint",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "CacheStore": "plait.cache.stores",
+        "DiskCache": "plait.cache.stores",
+        "MemoryCache": "plait.cache.stores",
+        "fingerprint_code": "plait.cache.fingerprint",
+        "fingerprint_value": "plait.cache.fingerprint",
+    },
+)

@@ -6,9 +6,9 @@ neither rich nor OpenTelemetry.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from plait._lazy import lazy_attributes
 from plait.callbacks.base import EVENTS, Callback, CallbackContext
 
 if TYPE_CHECKING:
@@ -25,18 +25,14 @@ __all__ = [
     "TracingCallback",
 ]
 
-_LAZY = {
-    "LoggingCallback": "plait.callbacks.log",
-    "ProgressCallback": "plait.callbacks.progress",
-    "TracingCallback": "plait.callbacks.tracing",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "LoggingCallback": "plait.callbacks.log",
+        "ProgressCallback": "plait.callbacks.progress",
+        "TracingCallback": "plait.callbacks.tracing",
+    },
+)
 
 
 def __dir__() -> list[str]:

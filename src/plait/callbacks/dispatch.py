@@ -83,10 +83,6 @@ class Dispatcher:
         self._lock = threading.RLock()
         self._logged: set[int] = set()
 
-    def wants(self, method: str) -> bool:
-        """True when some callback implements ``method``."""
-        return bool(self.methods[method])
-
     def extended(self, callbacks: Sequence[object]) -> Dispatcher:
         """A dispatcher for these callbacks plus the ones given (each callback once)."""
         new = [c for c in callbacks if not any(c is mine for mine in self.callbacks)]

@@ -176,10 +176,7 @@ class Engine:
             run = partial(
                 run_plan, plan, values, self.node_pool(), self.runtime(plan), limit, hooks
             )
-            if plan.deps:
-                await run_with_deps(plan, values, run)
-            else:
-                await run()
+            await run_with_deps(plan, values, run)
         finally:
             ENCLOSING.reset(token)
 

@@ -253,11 +253,8 @@ class ItemRunner:
         try:
             hooks, start = self._item_start(index)
             try:
-                if plan.deps:
-                    run = partial(run_inline, plan, values, hooks)
-                    run_inline_with_deps(plan, values, run, self.shared)
-                else:
-                    run_inline(plan, values, hooks)
+                run = partial(run_inline, plan, values, hooks)
+                run_inline_with_deps(plan, values, run, self.shared)
             except BaseException as exc:
                 self._item_end(index, hooks, start, exc)
                 raise
@@ -279,10 +276,7 @@ class ItemRunner:
                 hooks, start = self._item_start(index)
                 try:
                     run = partial(run_plan, plan, values, self.node_pool, self.runtime, None, hooks)
-                    if plan.deps:
-                        await run_with_deps(plan, values, run, self.shared)
-                    else:
-                        await run()
+                    await run_with_deps(plan, values, run, self.shared)
                 except BaseException as exc:
                     self._item_end(index, hooks, start, exc)
                     raise
@@ -321,6 +315,11 @@ class ItemRunner:
             scope.emit("on_map_item_cached", item=index, duration=duration)
         else:
             scope.emit("on_map_item_end", item=index, duration=duration, error=error)
+
+    def replayer(self) -> Replayer | None:
+        """What replays, here, the events items of this map emit in other processes."""
+        scope = self.services.scope if self.services is not None else None
+        return None if scope is None else Replayer(scope)
 
     def for_worker(self) -> ItemRunner:
         """A copy to ship to another process: no executors, no limits of this process;
@@ -419,8 +418,7 @@ class ExecutorLauncher(Launcher):
         self.executor = executor
         self.in_process = isinstance(executor, (ThreadPoolExecutor, AsyncExecutor))
         self.remote = None if self.in_process else runner.for_worker()
-        scope = runner.services.scope if runner.services is not None else None
-        self.replayer = None if scope is None or self.in_process else Replayer(scope)
+        self.replayer = None if self.in_process else runner.replayer()
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         ((index, item),) = chunk

@@ -22,7 +22,6 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from plait.callbacks.remote import Replayer
 from plait.engine.inflight import InFlight
 from plait.engine.mapping import Chunk, ItemRunner, Launcher, Reply, Result, run_items
 from plait.errors import PlaitError
@@ -50,8 +49,7 @@ class ProcessLauncher(Launcher):
         per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
         self.chunk_size = max(1, min(per_worker, 256))
         self.token = uuid.uuid4().hex
-        scope = runner.services.scope if runner.services is not None else None
-        self.replayer = None if scope is None else Replayer(scope)
+        self.replayer = runner.replayer()
         self.on_abort = on_abort
         self.in_flight: dict[int, int] = {}  # first item -> last item of running chunks
         self.broken = False

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Ite
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from plait import bridge
+from plait.deps import all_deps
 from plait.engine.plan import Plan
 from plait.errors import InputError
 
@@ -28,7 +29,10 @@ async def run_with_deps(
     run: Callable[[], Awaitable[None]],
     parent: DepScope | None = None,
 ) -> None:
-    """``await run()`` with ``plan``'s deps set up in ``values`` around it."""
+    """``await run()`` with ``plan``'s deps (if any) set up in ``values`` around it."""
+    if not plan.deps:
+        await run()
+        return
     from plait.dep_scope import DepScope  # loaded by the first run with deps
 
     scope = DepScope(plan.input_values(values), parent)
@@ -47,6 +51,9 @@ def run_inline_with_deps(
     plan: Plan, values: list[Any], run: Callable[[], None], parent: DepScope | None = None
 ) -> None:
     """:func:`run_with_deps` for a plan that runs without an event loop (all sync)."""
+    if not plan.deps:
+        run()
+        return
     from plait.dep_scope import DepScope
 
     scope = DepScope(plan.input_values(values), parent)
@@ -67,19 +74,13 @@ def map_scope(plan: Plan, base: list[Any], mapped: Collection[str]) -> DepScope 
     shared = [dep for dep, _ in plan.deps if dep.scope == "run"]
     if not shared:
         return None
-    todo, seen = list(shared), set()
-    while todo:
-        dep = todo.pop()
-        if dep in seen:
-            continue
-        seen.add(dep)
+    for dep in all_deps(shared):  # run-scoped deps only use run-scoped ones (see Dep)
         for param in dep.params:
             if param in mapped:
                 raise InputError(
                     f"{dep!r} takes {param!r}, which this map goes over, so it differs per "
                     f"item: declare it Dep(..., scope='item') to set it up once per item"
                 )
-        todo.extend(d for d in dep.deps.values() if d.scope == "run")
     from plait.dep_scope import DepScope
 
     inputs = {name: value for name, value in plan.input_values(base).items() if name not in mapped}

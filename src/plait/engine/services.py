@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
@@ -109,14 +110,8 @@ async def observed_run(services: Services, engine: Engine, plan: Plan, values: l
         await engine.arun_plan(plan, values, hooks, None, services.cache)
         return
     kind = "nested_pipeline" if services.nested else "pipeline"
-    scope.emit(f"on_{kind}_start", item=services.parent_item)
-    start = perf_counter()
-    try:
+    with _lifetime(scope, kind, item=services.parent_item):
         await engine.arun_plan(plan, values, hooks, scope, services.cache)
-    except BaseException as exc:
-        scope.emit(f"on_{kind}_end", item=services.parent_item, error=exc, duration=_since(start))
-        raise
-    scope.emit(f"on_{kind}_end", item=services.parent_item, duration=_since(start))
 
 
 async def observed_map(
@@ -124,40 +119,34 @@ async def observed_map(
 ) -> AsyncGenerator[T, None]:
     """A map's stream of batches between its ``on_map_start`` and ``on_map_end``
     (``item`` is the enclosing map item of a map nested in one)."""
-    scope, item = services.scope, services.parent_item
-    assert scope is not None
-    scope.emit("on_map_start", total=total, item=item)
-    start = perf_counter()
+    assert services.scope is not None
     try:
-        async for batch in batches:
-            yield batch
-    except GeneratorExit:  # the consumer stopped early: not an error
-        scope.emit("on_map_end", total=total, item=item, duration=_since(start))
-        raise
-    except BaseException as exc:
-        scope.emit("on_map_end", total=total, item=item, error=exc, duration=_since(start))
-        raise
+        with _lifetime(services.scope, "map", total=total, item=services.parent_item):
+            async for batch in batches:
+                yield batch
     finally:
         await batches.aclose()
-    scope.emit("on_map_end", total=total, item=item, duration=_since(start))
 
 
 def observed_items(services: Services, total: int | None, items: Iterator[T]) -> Iterator[T]:
     """The sync twin of :func:`observed_map`, for maps that run as plain calls."""
-    scope, item = services.scope, services.parent_item
-    assert scope is not None
-    scope.emit("on_map_start", total=total, item=item)
+    assert services.scope is not None
+    with _lifetime(services.scope, "map", total=total, item=services.parent_item):
+        yield from items
+
+
+@contextmanager
+def _lifetime(scope: Scope, kind: str, **fields: Any) -> Iterator[None]:
+    """The ``on_<kind>_start`` and ``on_<kind>_end`` events around the block; the end
+    carries the error that ended it, except a consumer stopping a stream early."""
+    scope.emit(f"on_{kind}_start", **fields)
     start = perf_counter()
     try:
-        yield from items
-    except GeneratorExit:
-        scope.emit("on_map_end", total=total, item=item, duration=_since(start))
+        yield
+    except GeneratorExit:  # the consumer stopped early: not an error
+        scope.emit(f"on_{kind}_end", duration=perf_counter() - start, **fields)
         raise
     except BaseException as exc:
-        scope.emit("on_map_end", total=total, item=item, error=exc, duration=_since(start))
+        scope.emit(f"on_{kind}_end", error=exc, duration=perf_counter() - start, **fields)
         raise
-    scope.emit("on_map_end", total=total, item=item, duration=_since(start))
-
-
-def _since(start: float) -> float:
-    return perf_counter() - start
+    scope.emit(f"on_{kind}_end", duration=perf_counter() - start, **fields)
