@@ -30,8 +30,8 @@ from typing import TypeVar
 
 from harness import Row, ameasure, measure, row
 from plait import Pipeline, abatch, batch, bridge, node, run_sync
+from plait.bridge.portal import call as portal_call
 from plait.errors import RunningLoopWarning
-from plait.portal import call as portal_call
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import textwrap
 import time
 
 from harness import Row, ameasure, measure, row
-from plait import Engine, Pipeline, node
+from plait import LocalEngine, Pipeline, node
 
 ITEMS = 10_000  # (d) and (e) items per map
 MAX_ITEM_OVERHEAD = 3.0  # µs per item, (d)
@@ -100,7 +100,7 @@ async def gather_naps(xs: list[int]) -> list[int]:
 
 def bench_async_map() -> list[Row]:
     """(e) Wall time of 10k sleeping items, ``CONCURRENT`` at once, against gather."""
-    engine = Engine(map_executor="async", max_concurrent=CONCURRENT)
+    engine = LocalEngine(map_executor="async", max_concurrent=CONCURRENT)
     pipeline = Pipeline([node(nap, output_name="y")], engine=engine)
     xs = list(range(ITEMS))
     inputs = {"x": xs}
@@ -137,7 +137,7 @@ def bench_async_map() -> list[Row]:
 # the fallback where /proc is missing.
 SETUP = """
 import asyncio, gc, json, re, resource, time
-from plait import Engine, Pipeline, node
+from plait import LocalEngine, Pipeline, node
 
 def inc(x):
     return x + 1
@@ -149,7 +149,7 @@ def high_water():
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-pipeline = Pipeline([node(inc, output_name="y")], engine=Engine(map_executor={executor!r}))
+pipeline = Pipeline([node(inc, output_name="y")], engine=LocalEngine(map_executor={executor!r}))
 gc.collect()
 try:
     with open("/proc/self/clear_refs", "w") as refs:
@@ -203,7 +203,7 @@ asyncio.run(tasks())
 def subprocess_run(work: str, n: int, executor: str = "sequential") -> dict[str, float]:
     """Peak RSS (MiB, median of ``RSS_RUNS`` fresh interpreters) and loop seconds."""
     code = SETUP.format(executor=executor) + WORK[work] + REPORT
-    script = textwrap.dedent(code).format(n=n, window=Engine().max_concurrent)
+    script = textwrap.dedent(code).format(n=n, window=LocalEngine().max_concurrent)
     runs = []
     for _ in range(RSS_RUNS):
         done = subprocess.run(
@@ -309,7 +309,7 @@ def bench_cpu_map() -> list[Row]:
     work = node(spin, output_name="total")
     inputs = {"rounds": [rounds] * CPU_ITEMS}
     sequential = Pipeline([work])
-    with Engine(map_executor="parallel") as engine:
+    with LocalEngine(map_executor="parallel") as engine:
         parallel = sequential.with_engine(engine)
         start = time.perf_counter()
         parallel.map(inputs, map_over="rounds")  # cold: starts the worker processes

@@ -3,7 +3,7 @@
 A small JSON API runs on 127.0.0.1 in this process; each request takes 200 ms.
 The pipeline fetches users, orders and prices concurrently (async nodes), joins
 them (sync nodes), and prints the report. Then the same work with blocking sync
-nodes shows what Engine(node_executor="threaded") buys, a DiskCache makes a
+nodes shows what LocalEngine(node_executor="threaded") buys, a DiskCache makes a
 second run skip every node, and plait.batch fans out more requests from sync code.
 
 Run it with ``make demo``.
@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from plait import Callback, CallbackContext, DiskCache, Engine, Pipeline, batch, node
+from plait import Callback, CallbackContext, DiskCache, LocalEngine, Pipeline, batch, node
 
 LATENCY = 0.2
 DATA: dict[str, Any] = {
@@ -167,7 +167,7 @@ def main() -> None:
         timed(
             "blocking sync nodes, sequential engine", lambda: blocking_shop.run(inputs={"api": api})
         )
-        with Engine(node_executor="threaded", max_workers=4) as engine:
+        with LocalEngine(node_executor="threaded", max_workers=4) as engine:
             threaded = blocking_shop.with_engine(engine)
             timed("blocking sync nodes, threaded engine", lambda: threaded.run(inputs={"api": api}))
         with tempfile.TemporaryDirectory() as tmp:

@@ -28,4 +28,4 @@ def no_asyncio_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def fresh_running_loop_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """The running-loop warning is once per process; give each test its own "once"."""
-    monkeypatch.setattr(bridge, "_warned_running_loop", False)
+    monkeypatch.setattr(bridge.loops, "_warned_running_loop", False)

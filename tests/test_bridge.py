@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import plait
-from plait import Engine, Pipeline, RunningLoopWarning, bridge, node, run_sync
+from plait import LocalEngine, Pipeline, RunningLoopWarning, bridge, node, run_sync
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
@@ -256,7 +256,7 @@ def test_threaded_node_can_call_run() -> None:
     def subgraph(start):
         return INNER.run(inputs={"x": start})["z"]
 
-    with Engine(node_executor="threaded") as engine, warnings.catch_warnings():
+    with LocalEngine(node_executor="threaded") as engine, warnings.catch_warnings():
         warnings.simplefilter("error")  # a worker thread has no loop: no warning
         assert Pipeline([subgraph], engine=engine).run(inputs={"start": 2}) == {"outer": 5}
 

@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from plait import Engine, Pipeline, node
+from plait import LocalEngine, Pipeline, node
 from plait.cache.stores import DiskCache
 
 ITEMS = 40
@@ -18,7 +18,7 @@ ITEMS = 40
 SCRIPT = textwrap.dedent(
     """
     import os, sys, time
-    from plait import Engine, Pipeline, node
+    from plait import LocalEngine, Pipeline, node
     from plait.cache.stores import DiskCache
 
     cache_dir, items = sys.argv[1], int(sys.argv[2])
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     pipeline = Pipeline(
         [node(slow_square, output_name="y")],
         cache=DiskCache(cache_dir),
-        engine=Engine(map_executor="sequential"),
+        engine=LocalEngine(map_executor="sequential"),
     )
     results = pipeline.map(inputs={"x": range(items)}, map_over="x")
     assert [r["y"] for r in results] == [x * x for x in range(items)]
@@ -88,7 +88,7 @@ def test_items_run_in_worker_processes_write_the_shared_disk_cache(tmp_path: Pat
     logs = tmp_path / "logs"
     logs.mkdir()
     cache = DiskCache(tmp_path / "cache")
-    with Engine(map_executor="parallel", max_workers=2) as engine:
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         p = Pipeline([node(square_logged, output_name="y")], cache=cache, engine=engine)
         inputs = {"x": range(6), "log_dir": str(logs)}
         first = p.map(inputs=inputs, map_over="x")

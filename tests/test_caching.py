@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, Pipeline, node
+from plait import LocalEngine, Pipeline, node
 from plait.cache.stores import MemoryCache
 from plait.errors import CacheWarning
 
@@ -133,7 +133,7 @@ def test_map_caches_items_one_by_one() -> None:
 
 @pytest.mark.parametrize("map_executor", ["async", "threaded", "sequential"])
 def test_map_items_hit_on_every_in_process_executor(map_executor: str) -> None:
-    p = pipeline(cache=MemoryCache(), engine=Engine(map_executor=map_executor))
+    p = pipeline(cache=MemoryCache(), engine=LocalEngine(map_executor=map_executor))
     p.map(inputs={"x": range(5)}, map_over="x")
     assert [r["total"] for r in p.map(inputs={"x": range(5)}, map_over="x")] == [
         2 * i for i in range(5)
@@ -147,14 +147,14 @@ def test_controlled_and_threaded_nodes_are_cached() -> None:
         calls["controlled"] += 1
         return x + 1
 
-    p = Pipeline([controlled], cache=MemoryCache(), engine=Engine(node_executor="threaded"))
+    p = Pipeline([controlled], cache=MemoryCache(), engine=LocalEngine(node_executor="threaded"))
     assert p.run(inputs={"x": 1}) == p.run(inputs={"x": 1}) == {"y": 2}
     assert calls["controlled"] == 1
 
 
 def test_engine_cache_applies_and_pipeline_cache_wins() -> None:
     engine_cache, own_cache = MemoryCache(), MemoryCache()
-    engine = Engine(cache=engine_cache)
+    engine = LocalEngine(cache=engine_cache)
     pipeline(engine=engine).run(inputs={"x": 1})
     assert len(engine_cache) == 3
     pipeline(engine=engine, cache=own_cache).run(inputs={"x": 1})

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, Pipeline, node
+from plait import LocalEngine, Pipeline, node
 from plait.cache.stores import MemoryCache
 from plait.callbacks.base import EVENTS, Callback, CallbackContext
 
@@ -119,7 +119,7 @@ def item_events(rec: Recorder, index: int) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("map_executor", ["sequential", "async", "threaded", "parallel"])
 def test_map_events_per_item_in_order_on_every_executor(map_executor: str) -> None:
     rec = Recorder()
-    engine = Engine(map_executor=map_executor, max_workers=2)
+    engine = LocalEngine(map_executor=map_executor, max_workers=2)
     p = Pipeline([inc, square], callbacks=[rec], name="m", engine=engine)
     with engine:
         results = p.map(inputs={"a": [0, 1, 2, 4]}, map_over="a", on_error="collect")
@@ -161,7 +161,7 @@ INNER = Pipeline([node(lambda b: b * 10, output_name="d", name="times10")], name
 @pytest.mark.parametrize("map_executor", ["async", "parallel"])
 def test_nested_pipeline_events_are_one_level_deeper(map_executor: str) -> None:
     rec = Recorder()
-    engine = Engine(map_executor=map_executor, max_workers=2)
+    engine = LocalEngine(map_executor=map_executor, max_workers=2)
     outer = Pipeline([inc, INNER.as_node(name="sub")], callbacks=[rec], name="outer", engine=engine)
     with engine:
         outer.map(inputs={"a": [1, 2]}, map_over="a")
@@ -205,7 +205,7 @@ def test_state_is_per_callback_and_scope() -> None:
 
 def test_engine_and_pipeline_callbacks_each_called_once() -> None:
     rec = Recorder()
-    p = Pipeline([inc], callbacks=[rec], engine=Engine(callbacks=[rec]))
+    p = Pipeline([inc], callbacks=[rec], engine=LocalEngine(callbacks=[rec]))
     p.run(inputs={"a": 1})
     assert len(rec.events) == 4
 
@@ -298,7 +298,7 @@ def test_tracing_callback_builds_a_span_tree_for_a_real_nested_map() -> None:
 @pytest.mark.parametrize("map_executor", ["sequential", "async"])
 def test_a_stream_stopped_early_ends_its_map_without_an_error(map_executor: str) -> None:
     rec = Recorder()
-    p = Pipeline([inc], callbacks=[rec], name="m", engine=Engine(map_executor=map_executor))
+    p = Pipeline([inc], callbacks=[rec], name="m", engine=LocalEngine(map_executor=map_executor))
     stream = p.imap(inputs={"a": range(100)}, map_over="a")
     next(stream)
     stream.close()

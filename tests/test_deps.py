@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pytest
 
 from plait.bridge import drive_inline
-from plait.deps import Dep, DepScope, all_deps, find_deps
+from plait.deps import Dep, all_deps, find_deps
+from plait.engine.local.dep_scope import DepScope
 from plait.errors import DepDefinitionError, DepError, InputError, MissingInputsError
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import pytest
 
-from plait import Engine, GraphError, InputError, MissingInputsError, Pipeline, node
+from plait import GraphError, InputError, LocalEngine, MissingInputsError, Pipeline, node
 from plait.cache.stores import MemoryCache
 from plait.deps import Dep
 
@@ -115,14 +115,14 @@ def test_sync_deps_run_without_an_event_loop() -> None:
         return seen[word]
 
     p = Pipeline([count])
-    assert not p._prepare({"word": "a"}, None)[0].needs_loop  # drives inline, no loop
+    assert LocalEngine().route(p.graph, None, {"word": "a"}).inline  # no event loop
     assert p.run(inputs={"word": "a"}) == {"n": 1}
     assert log == ["counter up", "counter down"]
 
 
 @pytest.mark.parametrize("map_executor", ["sequential", "async", "threaded"])
 def test_map_shares_run_deps_and_sets_item_deps_up_per_item(map_executor: str) -> None:
-    p = Pipeline([fetch, size], engine=Engine(map_executor=map_executor))
+    p = Pipeline([fetch, size], engine=LocalEngine(map_executor=map_executor))
     results = p.map(inputs={"path": ["a", "bb", "c"], "base_url": "u"}, map_over="path")
     assert [r["size"] for r in results] == [3, 4, 3]
     assert calls["client"] == 1
@@ -132,14 +132,14 @@ def test_map_shares_run_deps_and_sets_item_deps_up_per_item(map_executor: str) -
 
 
 def test_map_in_worker_processes_sets_deps_up_per_item() -> None:
-    with Engine(map_executor="parallel", max_workers=2) as engine:
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         p = Pipeline([fetch, size], engine=engine)
         results = p.map(inputs={"path": ["a", "b"], "base_url": "u"}, map_over="path")
     assert [r["page"] for r in results] == ["u/a", "u/b"]
 
 
 def test_stopping_a_stream_early_tears_the_map_deps_down() -> None:
-    p = Pipeline([fetch], engine=Engine(map_executor="async"))
+    p = Pipeline([fetch], engine=LocalEngine(map_executor="async"))
     stream = p.imap(inputs={"path": ["a", "b", "c"], "base_url": "u"}, map_over="path")
     next(stream)
     stream.close()

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, InputError, Pipeline, UnknownOutputError, node
-from plait.engine.nesting import ENCLOSING
+from plait import InputError, LocalEngine, Pipeline, UnknownOutputError, node
+from plait.engine.context import ENCLOSING
 
 calls: list[str] = []
 
@@ -87,7 +87,9 @@ def test_map_over_takes_lists_and_returns_lists() -> None:
 def test_map_over_product_mode() -> None:
     pair = Pipeline([node(lambda a, b: f"{a}{b}", output_name="ab", name="pair")])
     n = pair.as_node(map_over=["a", "b"], map_mode="product", output_mapping={"ab": "all"})
-    assert Pipeline([n]).run(inputs={"a": [1, 2], "b": "xy"}) == {"all": ["1x", "1y", "2x", "2y"]}
+    assert Pipeline([n]).run(inputs={"a": [1, 2], "b": ["x", "y"]}) == {
+        "all": ["1x", "1y", "2x", "2y"]
+    }
 
 
 def test_three_levels() -> None:
@@ -141,8 +143,8 @@ def test_an_inner_async_engine_runs_async_inside_an_outer_threaded_engine() -> N
         return threading.current_thread().name
 
     with (
-        Engine(map_executor="async", max_concurrent=100) as inner_engine,
-        Engine(node_executor="threaded") as outer_engine,
+        LocalEngine(map_executor="async", max_concurrent=100) as inner_engine,
+        LocalEngine(node_executor="threaded") as outer_engine,
     ):
         inner = Pipeline([nap], engine=inner_engine)
         outer = Pipeline(
@@ -164,7 +166,7 @@ def test_a_pipeline_without_an_engine_runs_on_the_callers_engine() -> None:
         return x
 
     inner = Pipeline([look])
-    with Engine(node_executor="threaded") as engine:
+    with LocalEngine(node_executor="threaded") as engine:
         Pipeline([inner.as_node(name="wrapped")], engine=engine).run(inputs={"x": 1})
     assert seen == [engine]
 
@@ -185,7 +187,7 @@ def test_nested_maps_share_one_budget() -> None:
 
     leaves = Pipeline([leaf], name="leaves")
     middle = Pipeline([leaves.as_node(map_over="x", output_mapping={"y": "ys"}, name="mid")])
-    with Engine(map_executor="async", max_concurrent=16) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=16) as engine:
         outer = Pipeline([middle.as_node(name="outer")], engine=engine)
         result = outer.map(inputs={"x": [list(range(10))] * 16}, map_over="x")
     assert [r["ys"] for r in result] == [list(range(10))] * 16
@@ -203,7 +205,7 @@ def test_deeper_nested_maps_run_sequentially() -> None:
 
     level1 = Pipeline([leaf]).as_node(map_over="x", output_mapping={"y": "ys"}, name="l1")
     level2 = Pipeline([level1]).as_node(map_over="x", output_mapping={"ys": "yss"}, name="l2")
-    with Engine(map_executor="async", max_concurrent=9) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=9) as engine:
         result = Pipeline([level2], engine=engine).map(inputs={"x": [[[1, 2]]]}, map_over="x")
     assert result == [{"yss": [[1, 2]]}]
     assert set(depths) == {3}

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from plait import (
-    Engine,
     InputError,
+    LocalEngine,
     MissingInputsError,
     OutputArityError,
     Pipeline,
@@ -245,7 +245,7 @@ def test_bind_checks_names() -> None:
 
 
 def test_with_engine_and_with_name() -> None:
-    engine = Engine()
+    engine = LocalEngine()
     other = PIPE.with_engine(engine).with_name("renamed")
     assert other.engine is engine
     assert other.name == "renamed"
@@ -255,7 +255,9 @@ def test_with_engine_and_with_name() -> None:
 
 
 def test_engine_type_is_checked() -> None:
-    with pytest.raises(TypeError, match="engine must be a plait.Engine, got str"):
+    with pytest.raises(
+        TypeError, match=r"engine must be a plait.Engine such as plait.LocalEngine\(...\), got str"
+    ):
         Pipeline([f], engine="threaded")  # type: ignore[arg-type]
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import plait
-from plait import Engine, Pipeline, RunningLoopWarning, node, portal, run_sync
+from plait import LocalEngine, Pipeline, RunningLoopWarning, node, run_sync
+from plait.bridge import portal
 
 WAIT = 0.3  # seconds a sync node waits through the portal
 BEAT = 0.01  # heartbeat period
@@ -123,7 +124,7 @@ def test_sync_node_calls_map_and_imap() -> None:
         await asyncio.sleep(WAIT / 2)
         return x + 1
 
-    inner = Pipeline([slow], engine=Engine(map_executor="async", max_concurrent=4))
+    inner = Pipeline([slow], engine=LocalEngine(map_executor="async", max_concurrent=4))
 
     def mapped() -> tuple[list[Any], list[tuple[int, Any]]]:
         listed = inner.map({"x": range(4)}, map_over="x")
@@ -221,7 +222,7 @@ def test_all_sync_map_items_on_the_async_map_executor() -> None:
     def waits(x: int) -> int:
         return run_sync(asyncio.sleep(WAIT, result=x))
 
-    mapped = Pipeline([waits], engine=Engine(map_executor="async", max_concurrent=10))
+    mapped = Pipeline([waits], engine=LocalEngine(map_executor="async", max_concurrent=10))
     start = time.perf_counter()
     result = mapped.map({"x": range(10)}, map_over="x")
     assert [r["y"] for r in result] == list(range(10))

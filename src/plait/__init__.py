@@ -12,9 +12,7 @@ from plait.batch import abatch, batch
 from plait.bridge import run_sync, syncify
 from plait.callbacks import Callback, CallbackContext
 from plait.deps import Dep
-from plait.engine import Engine
-from plait.engine.async_executor import AsyncExecutor
-from plait.engine.mapping import ItemError
+from plait.engine import AsyncExecutor, Engine, ItemError, LocalEngine
 from plait.errors import (
     CacheError,
     CacheWarning,
@@ -35,6 +33,7 @@ from plait.errors import (
     Unfingerprintable,
     UnknownOutputError,
     UnusedInputWarning,
+    WorkerDiedError,
 )
 from plait.graph import Graph
 from plait.node import Node, node
@@ -42,11 +41,14 @@ from plait.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from plait.cache import CacheStore, DiskCache, MemoryCache
+    from plait.kernel import KernelClient
+    from plait.session import AsyncSession
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncExecutor",
+    "AsyncSession",
     "CacheError",
     "CacheStore",
     "CacheWarning",
@@ -65,6 +67,8 @@ __all__ = [
     "GraphError",
     "InputError",
     "ItemError",
+    "KernelClient",
+    "LocalEngine",
     "MemoryCache",
     "MissingInputsError",
     "Node",
@@ -77,6 +81,7 @@ __all__ = [
     "Unfingerprintable",
     "UnknownOutputError",
     "UnusedInputWarning",
+    "WorkerDiedError",
     "__version__",
     "abatch",
     "batch",
@@ -86,7 +91,32 @@ __all__ = [
 ]
 
 
-# The cache stores load on first use: they import diskcache and SQLite.
-__getattr__ = lazy_attributes(
-    __name__, dict.fromkeys(("CacheStore", "DiskCache", "MemoryCache"), "plait.cache.stores")
-)
+# Loaded on first use: the cache stores import diskcache and SQLite; the session
+# and kernel client are for notebooks, REPLs and agents.
+_LAZY = {
+    "CacheStore": "plait.cache.stores",
+    "DiskCache": "plait.cache.stores",
+    "MemoryCache": "plait.cache.stores",
+    "AsyncSession": "plait.session",
+    "KernelClient": "plait.kernel",
+}
+_load = lazy_attributes(__name__, _LAZY)
+
+
+def _as_plait(value: object) -> None:
+    """A public name says it comes from ``plait``, where users import it (as httpx does)."""
+    if getattr(value, "__module__", "").startswith("plait."):
+        value.__module__ = "plait"
+
+
+def __getattr__(name: str) -> object:
+    value = _load(name)
+    _as_plait(value)
+    globals()[name] = value  # loaded once
+    return value
+
+
+for _name in __all__:
+    if _name not in _LAZY and not _name.startswith("__"):
+        _as_plait(globals()[_name])
+del _name

@@ -15,9 +15,10 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from plait import bridge
-from plait.engine import Engine
-from plait.engine.mapping import ItemError, Outcome
-from plait.node import Node, is_async_callable
+from plait._inspect import is_async_callable
+from plait.engine.base import ItemError, Outcome
+from plait.engine.local import LocalEngine
+from plait.node import Node
 from plait.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -59,9 +60,8 @@ def batch(
         >>> answers = plait.batch(ask_llm, prompts, max_concurrent=8, retries=2)  # doctest: +SKIP
     """
     pipeline = _pipeline(fn, max_concurrent, retries, rate_limit, timeout)
-    outcomes = bridge._run_sync(
+    outcomes = bridge.block_on(
         pipeline.amap({"item": items}, map_over="item", on_error=_on_error(return_exceptions)),
-        timeout=None,
         stacklevel=3,
     )
     return _results(outcomes)
@@ -154,7 +154,7 @@ def _build(
         rate_limit=rate_limit,
         timeout=timeout,
     )
-    engine = Engine(
+    engine = LocalEngine(
         map_executor="async",
         max_concurrent=max_concurrent,
         max_workers=None if is_async else max_concurrent,

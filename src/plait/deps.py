@@ -15,8 +15,8 @@ A node declares a resource by a parameter's default or its ``Annotated`` metadat
     @node
     def fetch2(path, client: Annotated[httpx.Client, Dep(make_client)]): ...
 
-A :class:`~plait.dep_scope.DepScope` holds the deps of one run (or one map item): it sets each
-dep up at most once, even when many tasks ask for it at the same moment, and
+A DepScope (:mod:`plait.engine.local.dep_scope`) holds the deps of one run (or one
+map item): it sets each dep up at most once, even when many tasks ask for it at the same moment, and
 :meth:`DepScope.aclose` tears them down in reverse order. See ``docs/deps.md``.
 """
 
@@ -38,7 +38,6 @@ from collections.abc import (
 from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
-from plait._lazy import lazy_attributes
 from plait._text import callable_name
 from plait.errors import DepDefinitionError, PlaitError
 
@@ -423,7 +422,3 @@ def _read_signature(func: Callable[..., Any], where: str) -> inspect.Signature:
             f"{where}: cannot read the parameters of {func!r} ({exc}); wrap it in a def "
             "whose parameters name what it needs"
         ) from None
-
-
-# DepScope, the runtime half, loads on first use (see plait.dep_scope).
-__getattr__ = lazy_attributes(__name__, {"DepScope": "plait.dep_scope"})

@@ -102,3 +102,7 @@ class Unfingerprintable(PlaitError, TypeError):
 
 class CacheWarning(PlaitWarning):
     """A cache entry could not be read or written; plait recomputes instead."""
+
+
+class WorkerDiedError(PlaitError, RuntimeError):
+    """A process-pool worker died (killed, crashed, out of memory) while running items."""

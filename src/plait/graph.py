@@ -33,6 +33,7 @@ class Graph:
     """
 
     __slots__ = (
+        "__weakref__",
         "_by_name",
         "_consumers",
         "_inputs",

@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from plait._text import did_you_mean, quoted
-from plait.engine.mapping import ItemError
-from plait.engine.services import NESTED_NODE
+from plait.engine.base import ItemError, Outcome
+from plait.engine.context import NESTED_NODE
 from plait.errors import InputError, NodeDefinitionError, UnknownOutputError
 from plait.node import Node
 
-if TYPE_CHECKING:
-    from plait.pipeline import Pipeline
+
+class Nestable(Protocol):
+    """What a nested node needs of the pipeline it runs (:class:`plait.Pipeline` has it)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def nodes(self) -> tuple[Node[..., Any], ...]: ...
+    @property
+    def input_names(self) -> tuple[str, ...]: ...
+    @property
+    def optional_inputs(self) -> tuple[str, ...]: ...
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+    @property
+    def bound_inputs(self) -> Mapping[str, Any]: ...
+
+    async def arun(
+        self, inputs: Mapping[str, Any] | None = ..., output_name: Any = ...
+    ) -> dict[str, Any]: ...
+
+    async def amap(
+        self,
+        inputs: Mapping[str, Any] | None = ...,
+        map_over: str | Sequence[str] = ...,
+        map_mode: Any = ...,
+        output_name: Any = ...,
+        on_error: Any = ...,
+    ) -> list[Outcome]: ...
 
 
 class _InnerDefault:
@@ -33,7 +60,7 @@ INNER_DEFAULT: Final = _InnerDefault()
 
 
 def as_node(
-    pipeline: Pipeline,
+    pipeline: Nestable,
     *,
     input_mapping: Mapping[str, str] | None,
     output_mapping: Mapping[str, str] | None,
@@ -104,7 +131,7 @@ class _NestedCall:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Nestable,
         params: dict[str, str],
         selected: list[str],
         mapped: tuple[str, ...],
@@ -153,7 +180,7 @@ class _NestedCall:
             items = await self.pipeline.amap(
                 inputs,
                 map_over=[self.params[m] for m in self.mapped],
-                map_mode=self.map_mode,  # type: ignore[arg-type]
+                map_mode=self.map_mode,
                 output_name=self.selected,
             )
             values = [[_outputs(item)[o] for item in items] for o in self.selected]

@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 from types import MappingProxyType
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
+from plait._inspect import is_async_callable, unwrap_partial
 from plait._text import callable_name
 from plait.deps import Dep, all_deps, find_deps
 from plait.errors import NodeDefinitionError
@@ -230,24 +231,8 @@ def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName,
     )
 
 
-def is_async_callable(func: Callable[..., Any]) -> bool:
-    """True for ``async def`` functions, partials of them, and objects whose
-    ``__call__`` is ``async def``: calling them returns a coroutine."""
-    inner = _unwrap_partial(func)
-    if inspect.iscoroutinefunction(inner):
-        return True
-    call = getattr(inner, "__call__", None)  # noqa: B004 - objects whose __call__ is async
-    return not inspect.isroutine(inner) and inspect.iscoroutinefunction(call)
-
-
-def _unwrap_partial(func: Callable[..., Any]) -> Callable[..., Any]:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return func
-
-
 def _node_is_async(func: Callable[..., Any]) -> bool:
-    if inspect.isasyncgenfunction(_unwrap_partial(func)):
+    if inspect.isasyncgenfunction(unwrap_partial(func)):
         raise NodeDefinitionError(
             f"{callable_name(func)!r} is an async generator function; a node must return "
             "its value. Collect the items in an async def that returns a list."

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from plait import bridge, streams
+from plait import bridge
 from plait._text import did_you_mean, quoted
-from plait.engine import Engine
-from plait.engine.engine import check_cache, check_callbacks
-from plait.engine.executors import worker_count
-from plait.engine.mapping import (
-    ExecutorLauncher,
-    ItemRunner,
-    Launcher,
-    MapMode,
-    MapSpec,
-    OnError,
-    Outcome,
-    TaskLauncher,
-    check_map,
-    iterate,
-)
-from plait.engine.nesting import ENCLOSING, Enclosing, nested_engine
-from plait.engine.parallel import ProcessLauncher
-from plait.engine.plan import Plan, compile_plan
-from plait.engine.resources import around_inline_map, around_map, map_scope
-from plait.engine.services import Services, observed_items, observed_map, observed_run, resolve
-from plait.errors import InputError, UnusedInputWarning
+from plait.engine.base import Engine, MapMode, OnError, Outcome
+from plait.engine.context import ENCLOSING
+from plait.engine.local import LocalEngine
+from plait.engine.local.observe import check_cache, check_callbacks
+from plait.engine.request import check_map, check_map_deps, check_run, normalize_outputs
+from plait.errors import InputError
 from plait.graph import Graph
 from plait.nested import as_node
 from plait.node import Node
@@ -41,17 +24,18 @@ if TYPE_CHECKING:
 
 OutputSelection = str | Sequence[str] | None
 
-_DEFAULT_ENGINE = Engine()
+_DEFAULT_ENGINE = LocalEngine()
 
 
 class _Shared:
-    """What every pipeline derived from one graph shares: the graph and its plans."""
+    """What every pipeline derived from one graph shares: the graph and the requests
+    already checked against it."""
 
-    __slots__ = ("graph", "lock", "plans")
+    __slots__ = ("checked", "graph", "lock")
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.plans: dict[tuple[tuple[str, ...] | None, frozenset[str]], Plan] = {}
+        self.checked: set[tuple[tuple[str, ...] | None, frozenset[str]]] = set()
         self.lock = threading.Lock()
 
 
@@ -154,7 +138,9 @@ class Pipeline:
 
     def _run_engine(self) -> Engine:
         """The engine this call runs on (see :attr:`engine`)."""
-        return self._engine if self._engine is not None else nested_engine(_DEFAULT_ENGINE)
+        if self._engine is not None:
+            return self._engine
+        return ENCLOSING.get().engine or _DEFAULT_ENGINE
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -238,7 +224,7 @@ class Pipeline:
 
         The pipeline runs on its own engine when it was given one; otherwise on the
         engine of the run that calls it, with nested maps sharing one budget
-        (see :mod:`plait.engine.nesting`).
+        (see :mod:`plait.engine.context`).
 
             >>> per_doc = Pipeline([tokenize, count], name="per_doc")  # doctest: +SKIP
             >>> corpus = Pipeline([per_doc.as_node(map_over="text",
@@ -265,14 +251,8 @@ class Pipeline:
         ``output_name`` (a name or a list of names), in which case only the nodes
         needed for them run and only their inputs are required.
         """
-        plan, values = self._prepare(inputs, output_name)
-        engine = self._run_engine()
-        services = self._services(engine)
-        if services is None:
-            await engine.arun_plan(plan, values)
-        else:
-            await observed_run(services, engine, plan, values)
-        return plan.outputs(values)
+        given, outputs = self._request(self._given(inputs), output_name, stacklevel=4)
+        return await self._run_engine().arun(self, given, outputs)
 
     def run(
         self, inputs: Mapping[str, Any] | None = None, output_name: OutputSelection = None
@@ -281,21 +261,11 @@ class Pipeline:
 
         Works in a script, in worker threads and inside a running event loop
         (where it blocks that loop until done and warns once: prefer ``await
-        arun()`` there). Ctrl-C cancels the whole run.
+        arun()`` there). Ctrl-C cancels the whole run. A run of plain sync nodes
+        on the local engine needs no event loop and starts none.
         """
-        plan, values = self._prepare(inputs, output_name)
-        engine = self._run_engine()
-        services = self._services(engine)
-        if services is None:
-            run = engine.arun_plan(plan, values)
-        else:
-            run = observed_run(services, engine, plan, values)
-        if engine.inline and not plan.needs_loop:
-            # Nothing can suspend: run without any event loop.
-            bridge.drive_inline(run)
-        else:
-            bridge._run_sync(run, timeout=None, stacklevel=3)
-        return plan.outputs(values)
+        given, outputs = self._request(self._given(inputs), output_name, stacklevel=4)
+        return bridge.block_on(self._run_engine().arun(self, given, outputs), stacklevel=3)
 
     # --- mapping ---------------------------------------------------------------
 
@@ -308,8 +278,7 @@ class Pipeline:
         on_error: OnError = "raise",
     ) -> list[Outcome]:
         """Run the pipeline once per item; the native form of :meth:`map`."""
-        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return await streams.collect(self._iterate(engine, runner, spec, ordered=False))
+        return await _collect(self._map(inputs, map_over, map_mode, output_name, on_error, False))
 
     def map(
         self,
@@ -321,10 +290,11 @@ class Pipeline:
     ) -> list[Outcome]:
         """Run the pipeline once per item and return one dict of outputs per item, in order.
 
-        ``map_over`` names the inputs that vary per item; each is any iterable.
-        ``map_mode="zip"`` pairs them item by item (they must have one length);
-        ``"product"`` runs every combination. Other inputs are broadcast to every
-        item. How items run is the engine's ``map_executor``.
+        ``map_over`` names the inputs that vary per item; each is any iterable
+        (not a string). ``map_mode="zip"`` pairs them item by item (they must have
+        one length); ``"product"`` runs every combination. Other inputs are
+        broadcast to every item. How items run is the engine's business (for
+        :class:`~plait.LocalEngine`, its ``map_executor``).
 
         By default the first failing item cancels the rest and its exception
         propagates with a note naming the item; with ``on_error="collect"`` every
@@ -334,14 +304,8 @@ class Pipeline:
             >>> pipeline.map({"x": [1, 2, 3]}, map_over="x")  # doctest: +SKIP
             [{'y': 2}, {'y': 4}, {'y': 6}]
         """
-        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if streams.runs_inline(engine, runner.plan):
-            return [outcome for _, outcome in self._inline_items(runner, spec)]
-        return bridge._run_sync(
-            streams.collect(self._iterate(engine, runner, spec, ordered=False)),
-            timeout=None,
-            stacklevel=3,
-        )
+        stream = self._map(inputs, map_over, map_mode, output_name, on_error, False)
+        return bridge.block_on(_collect(stream), stacklevel=3)
 
     def imap(
         self,
@@ -358,10 +322,8 @@ class Pipeline:
         flat memory. Leaving the loop early cancels what is in flight. Arguments
         are checked before this returns; see :meth:`map` for their meaning.
         """
-        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        if streams.runs_inline(engine, runner.plan):
-            return self._inline_items(runner, spec)
-        return streams.sync_stream(self._iterate(engine, runner, spec, ordered=ordered))
+        stream = self._map(inputs, map_over, map_mode, output_name, on_error, ordered)
+        return bridge.iterate(stream)
 
     def aimap(
         self,
@@ -378,75 +340,49 @@ class Pipeline:
         iterator: ``async with contextlib.aclosing(pipeline.aimap(...)) as items:``
         (otherwise they are cancelled when the iterator is garbage-collected).
         """
-        engine, runner, spec = self._prepare_map(inputs, map_over, map_mode, output_name, on_error)
-        return streams.flatten(self._iterate(engine, runner, spec, ordered=ordered))
+        return self._map(inputs, map_over, map_mode, output_name, on_error, ordered)
 
-    def _prepare_map(
+    def _map(
         self,
         inputs: Mapping[str, Any] | None,
         map_over: str | Sequence[str],
-        map_mode: str,
+        map_mode: MapMode,
         output_name: OutputSelection,
-        on_error: str,
-    ) -> tuple[Engine, ItemRunner, MapSpec]:
+        on_error: OnError,
+        ordered: bool,
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """Check a map request, then hand it to the engine."""
         given = self._given(inputs)
-        spec = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
-        plan = self._plan(_normalize_outputs(output_name), given)
-        engine = self._run_engine()
-        runner = ItemRunner(plan, given, spec.names, engine.node_pool(), engine.runtime(plan))
-        runner.enclosing = Enclosing(engine, ENCLOSING.get().map_depth + 1, 1)
-        services = self._services(engine)
-        if services is not None:
-            runner.observe(services)
-        if plan.deps:
-            runner.shared = map_scope(plan, runner.base, spec.names)
-        return engine, runner, spec
-
-    def _inline_items(self, runner: ItemRunner, spec: MapSpec) -> Iterator[tuple[int, Outcome]]:
-        items = streams.inline_items(runner, spec)
-        if runner.shared is not None:
-            items = around_inline_map(runner.shared, runner.plan, items)
-        services = runner.services
-        if services is None or services.scope is None:
-            return items
-        return observed_items(services, spec.size_hint(), items)
-
-    def _iterate(
-        self, engine: Engine, runner: ItemRunner, spec: MapSpec, *, ordered: bool
-    ) -> streams.Batches:
-        executor = engine.map_pool()
-        launcher: Launcher
-        if executor is None:
-            launcher = TaskLauncher(runner)
-            window = engine.max_concurrent if engine.map_executor == "async" else 1
-        elif isinstance(executor, ProcessPoolExecutor):
-            workers = worker_count(executor, engine.max_workers)
-            owned = engine.map_executor == "parallel"
-            launcher = ProcessLauncher(
-                runner,
-                executor,
-                workers,
-                stop_on_error=spec.on_error == "raise",
-                size_hint=spec.size_hint(),
-                on_abort=engine.discard_map_pool if owned else None,
-            )
-            window = 2 * workers * launcher.chunk_size
-        else:
-            launcher = ExecutorLauncher(runner, executor)
-            window = 2 * worker_count(executor, engine.max_workers)
-        depth = runner.enclosing.map_depth if runner.enclosing else 1
-        runner.enclosing = Enclosing(engine, depth, window)  # nested maps share the budget
-        batches = iterate(
-            runner, spec.items(), launcher, window=window, on_error=spec.on_error, ordered=ordered
+        names = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
+        given, outputs = self._request(given, output_name, stacklevel=5)
+        check_map_deps(self.graph, outputs, names)
+        return self._run_engine().aimap(
+            self,
+            given,
+            names,
+            map_mode=map_mode,
+            output_name=outputs,
+            on_error=on_error,
+            ordered=ordered,
         )
-        if runner.shared is not None:
-            batches = around_map(runner.shared, runner.plan, batches)
-        services = runner.services
-        if services is None or services.scope is None:
-            return batches
-        return observed_map(services, spec.size_hint(), batches)
 
     # --- shared preparation ---------------------------------------------------
+
+    def _request(
+        self, given: dict[str, Any], output_name: OutputSelection, *, stacklevel: int
+    ) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+        """The inputs (``given``: bound ones merged in) and outputs of a checked request.
+
+        Every check that every engine needs runs here, once per output selection
+        and set of input names (see :mod:`plait.engine.request`).
+        """
+        outputs = normalize_outputs(output_name)
+        key = (outputs, frozenset(given))
+        if key not in self._shared.checked:
+            check_run(self.graph, outputs, given, stacklevel=stacklevel)
+            with self._shared.lock:
+                self._shared.checked.add(key)
+        return given, outputs
 
     def _given(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         if inputs is None:
@@ -456,49 +392,6 @@ class Pipeline:
         raise InputError(
             f"inputs must be a mapping of input name to value, got {type(inputs).__name__}"
         )
-
-    def _plan(self, outputs: tuple[str, ...] | None, given: Mapping[str, Any]) -> Plan:
-        key = (outputs, frozenset(given))
-        plan = self._shared.plans.get(key)
-        if plan is None:
-            plan = self._compile(outputs, given)
-            with self._shared.lock:
-                self._shared.plans[key] = plan
-        return plan
-
-    def _prepare(
-        self, inputs: Mapping[str, Any] | None, output_name: OutputSelection
-    ) -> tuple[Plan, list[Any]]:
-        """Check everything that can be checked before a run; return its plan and slots."""
-        given = self._given(inputs)
-        plan = self._plan(_normalize_outputs(output_name), given)
-        return plan, plan.new_values(given)
-
-    def _compile(self, outputs: tuple[str, ...] | None, given: Mapping[str, Any]) -> Plan:
-        graph = self.graph
-        for name in given:
-            if graph.producer_index(name) is not None:
-                raise InputError(
-                    f"{name!r} is an output of node {graph.producer(name).name!r}, not an "
-                    f"input; pipeline inputs are {quoted(graph.inputs) or 'none'}"
-                )
-            if not graph.is_input(name):
-                warnings.warn(
-                    f"input {name!r} is not used by any node and is ignored."
-                    f"{did_you_mean(name, graph.inputs)} Pipeline inputs: "
-                    f"{quoted(graph.inputs) or 'none'}",
-                    UnusedInputWarning,
-                    stacklevel=5,
-                )
-        return compile_plan(graph, outputs, given)
-
-    def _services(self, engine: Engine) -> Services | None:
-        """The cache and callbacks this run observes with, or None."""
-        if self._cache is None and not self._callbacks and engine.cache is None:
-            here = ENCLOSING.get()
-            if not engine.callbacks and here.scope is None and here.cache is None:
-                return None
-        return resolve(self._name, self._cache, self._callbacks, engine)
 
     def _check_input_name(self, name: str, verb: str) -> None:
         graph = self.graph
@@ -523,35 +416,42 @@ class Pipeline:
         )
 
     def __repr__(self) -> str:
-        name = f"{self._name!r}, " if self._name else ""
+        shared = getattr(self, "_shared", None)
+        if shared is None:  # construction failed (a debugger shows the half-built object)
+            return "<Pipeline (not built)>"
+        name = getattr(self, "_name", None)
+        shown = f"{name!r}, " if name else ""
         inputs = quoted(self.input_names) or "none"
         return (
-            f"Pipeline({name}{len(self.graph)} nodes, inputs: {inputs}, "
+            f"Pipeline({shown}{len(self.graph)} nodes, inputs: {inputs}, "
             f"outputs: {quoted(self.output_names)})"
         )
-
-
-def _normalize_outputs(output_name: OutputSelection) -> tuple[str, ...] | None:
-    if output_name is None:
-        return None
-    if isinstance(output_name, str):
-        return (output_name,)
-    if isinstance(output_name, Sequence) and all(isinstance(n, str) for n in output_name):
-        if not output_name:
-            raise InputError("output_name is an empty list; pass None to get every output")
-        return tuple(dict.fromkeys(output_name))
-    raise TypeError(
-        f"output_name must be None, an output name or a list of names, got {output_name!r}"
-    )
 
 
 def _check_engine(engine: object) -> Engine:
     if not isinstance(engine, Engine):
         raise TypeError(
-            f"engine must be a plait.Engine, got {type(engine).__name__}; "
-            "to run on an executor use Engine(node_executor=executor)"
+            f"engine must be a plait.Engine such as plait.LocalEngine(...), got "
+            f"{type(engine).__name__}; to run on an executor use "
+            "LocalEngine(node_executor=executor)"
         )
     return engine
+
+
+@bridge.loop_optional
+async def _collect(stream: AsyncIterator[tuple[int, Outcome]]) -> list[Outcome]:
+    """Every outcome of a map, in input order. Needs an event loop only if the stream does."""
+    if not bridge.is_loop_optional(stream):
+        await bridge.ensure_loop()
+    found: dict[int, Outcome] = {}
+    try:
+        async for index, outcome in stream:
+            found[index] = outcome
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return [found[i] for i in range(len(found))]
 
 
 def _rebuild_pipeline(

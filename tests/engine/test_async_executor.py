@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from plait import AsyncExecutor, EngineError, Pipeline, node
-from plait.engine import Engine
+from plait import AsyncExecutor, EngineError, LocalEngine, Pipeline, node
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -125,7 +124,7 @@ def test_as_a_map_executor_it_runs_items_on_its_loop() -> None:
         return threading.current_thread().name
 
     with AsyncExecutor(max_concurrent=50) as executor:
-        pipe = Pipeline([where], engine=Engine(map_executor=executor))
+        pipe = Pipeline([where], engine=LocalEngine(map_executor=executor))
         start = time.perf_counter()
         names = {r["loop_thread"] for r in pipe.map(inputs={"x": range(50)}, map_over="x")}
         assert time.perf_counter() - start < 0.4

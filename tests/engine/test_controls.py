@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, ItemError, NodeDefinitionError, Pipeline, node
+from plait import ItemError, LocalEngine, NodeDefinitionError, Pipeline, node
 from plait.options import NodeOptions, parse_rate
 
 # --- validation at decoration ------------------------------------------------------
@@ -134,7 +134,8 @@ def test_backoff_waits_between_attempts() -> None:
 
 
 def test_retry_hook_sees_each_retry() -> None:
-    from plait.engine import controls
+    from plait.engine.local import controls
+    from plait.engine.local.plan import plan_for
 
     seen: list[tuple[str, int, str, float]] = []
 
@@ -145,8 +146,8 @@ def test_retry_hook_sees_each_retry() -> None:
         return x
 
     pipe = Pipeline([flaky])
-    plan = pipe._plan(None, {"x": 1})
-    runtime = Engine().runtime(plan)
+    plan = plan_for(pipe.graph, None, {"x"})
+    runtime = LocalEngine().runtime(plan)
     assert runtime is not None
 
     def on_retry(step, attempt, exc, delay):
@@ -239,7 +240,7 @@ def test_max_concurrent_holds_across_an_async_map() -> None:
         gauge.leave()
         return x
 
-    with Engine(map_executor="async", max_concurrent=100) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=100) as engine:
         result = Pipeline([call_api], engine=engine).map(inputs={"x": range(40)}, map_over="x")
     assert [r["y"] for r in result] == list(range(40))
     assert gauge.peak == 4
@@ -255,7 +256,7 @@ def test_max_concurrent_holds_across_threads_of_a_threaded_map() -> None:
         gauge.leave()
         return x
 
-    with Engine(map_executor="threaded", max_workers=6) as engine:
+    with LocalEngine(map_executor="threaded", max_workers=6) as engine:
         Pipeline([blocking], engine=engine).map(inputs={"x": range(30)}, map_over="x")
     assert gauge.peak == 2
 
@@ -282,7 +283,7 @@ def test_rate_limit_spaces_calls_across_a_map() -> None:
         starts.append(time.monotonic())
         return x
 
-    with Engine(map_executor="async", max_concurrent=100) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=100) as engine:
         Pipeline([call], engine=engine).map(inputs={"x": range(11)}, map_over="x")
     assert starts[-1] - starts[0] >= 10 / 50 * 0.9  # 11 calls at 50/s span >= 0.2 s
 
@@ -299,7 +300,7 @@ def test_cancelled_waiters_do_not_lose_slots() -> None:
             gauge.leave()
         return x
 
-    with Engine(map_executor="async", max_concurrent=10) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=10) as engine:
         out = Pipeline([one_at_a_time], engine=engine).map(
             inputs={"x": range(5)}, map_over="x", on_error="collect"
         )
@@ -322,7 +323,7 @@ def test_node_executor_threaded_overrides_the_engine() -> None:
     def inline():
         return threading.current_thread().name
 
-    with Engine() as engine:
+    with LocalEngine() as engine:
         result = Pipeline([on_thread, inline], engine=engine).run()
     assert result["where"].startswith("plait-threads")
     assert result["here"] == threading.current_thread().name
@@ -353,6 +354,6 @@ def test_controlled_thread_job_is_waited_for_on_failure() -> None:
         await asyncio.to_thread(running.wait, 5)
         raise KeyError("x")
 
-    with Engine() as engine, pytest.raises(KeyError):
+    with LocalEngine() as engine, pytest.raises(KeyError):
         Pipeline([busy, fails], engine=engine).run()
     assert log == ["busy finished"]

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 import plait
 from plait import (
-    Engine,
     InputError,
     ItemError,
+    LocalEngine,
     MissingInputsError,
     Pipeline,
     RunningLoopWarning,
@@ -68,17 +68,17 @@ class Calls:
 
 
 @contextlib.contextmanager
-def engine_for(kind: str, **options: Any) -> Iterator[Engine]:
+def engine_for(kind: str, **options: Any) -> Iterator[LocalEngine]:
     """An engine whose map executor is ``kind``; closed (or its pool shut down) on exit."""
     if kind == "instance":
         workers = options.get("max_workers") or 4
         with (
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mine") as pool,
-            Engine(map_executor=pool, **options) as engine,
+            LocalEngine(map_executor=pool, **options) as engine,
         ):
             yield engine
         return
-    with Engine(map_executor=kind, **options) as engine:
+    with LocalEngine(map_executor=kind, **options) as engine:
         yield engine
 
 
@@ -192,7 +192,7 @@ def test_map_over_a_numpy_array() -> None:
     assert Pipeline(sync_nodes()).map({"x": array}, map_over="x") == [
         sync_reference(int(v)) for v in array
     ]
-    with Engine(map_executor="async") as engine:
+    with LocalEngine(map_executor="async") as engine:
         result = Pipeline(mixed_nodes(), engine=engine).map({"x": array}, map_over="x")
     assert result == [mixed_reference(int(v)) for v in array]
 
@@ -224,7 +224,7 @@ async def make_triple(a, b, c):
 def test_zip_pairs_mapped_inputs_item_by_item(kind: str) -> None:
     with engine_for(kind) as engine:
         pipe = Pipeline([make_pair], engine=engine)
-        result = pipe.map({"a": [1, 2, 3], "b": "xyz"}, map_over=["a", "b"])
+        result = pipe.map({"a": [1, 2, 3], "b": list("xyz")}, map_over=["a", "b"])
         assert result == [{"pair": (1, "x")}, {"pair": (2, "y")}, {"pair": (3, "z")}]
         # Generators zip too (their length is only known at the end).
         gens = {"a": (i for i in range(4)), "b": (c for c in "wxyz")}
@@ -237,7 +237,7 @@ def test_zip_pairs_mapped_inputs_item_by_item(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_product_runs_every_combination_in_itertools_product_order(kind: str) -> None:
-    a, b, c = [1, 2, 3], "xy", (True, False)
+    a, b, c = [1, 2, 3], ["x", "y"], (True, False)
     with engine_for(kind) as engine:
         pipe = Pipeline([make_pair], engine=engine)
         result = pipe.map({"a": a, "b": b}, map_over=["a", "b"], map_mode="product")
@@ -591,14 +591,14 @@ PROPERTY_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def engines() -> Iterator[dict[str, Engine]]:
+def engines() -> Iterator[dict[str, LocalEngine]]:
     with (
         ThreadPoolExecutor(max_workers=3, thread_name_prefix="prop-pool") as pool,
-        Engine(map_executor="async", max_concurrent=4) as async_engine,
-        Engine(map_executor="threaded", max_workers=3) as threaded,
-        Engine(map_executor="threaded", node_executor="threaded", max_workers=2) as both,
-        Engine() as sequential,
-        Engine(map_executor=pool) as instance,
+        LocalEngine(map_executor="async", max_concurrent=4) as async_engine,
+        LocalEngine(map_executor="threaded", max_workers=3) as threaded,
+        LocalEngine(map_executor="threaded", node_executor="threaded", max_workers=2) as both,
+        LocalEngine() as sequential,
+        LocalEngine(map_executor=pool) as instance,
     ):
         yield {
             "sequential": sequential,
@@ -638,7 +638,7 @@ JITTER = Pipeline(jitter_nodes())
 @PROPERTY_SETTINGS
 @given(xs=st.lists(st.integers(-1000, 1000), max_size=40), form=st.sampled_from(FORMS))
 def test_property_every_executor_matches_a_sequential_reference(
-    engines: dict[str, Engine], xs: list[int], form: str
+    engines: dict[str, LocalEngine], xs: list[int], form: str
 ) -> None:
     expected = [jitter_reference(x) for x in xs]
     for name, engine in engines.items():
@@ -661,7 +661,7 @@ async def maybe_fail(item):
     form=st.sampled_from(FORMS),
 )
 def test_property_collect_puts_item_errors_in_place(
-    engines: dict[str, Engine], items: list[tuple[int, bool]], form: str
+    engines: dict[str, LocalEngine], items: list[tuple[int, bool]], form: str
 ) -> None:
     for name, engine in engines.items():
         pipe = Pipeline([maybe_fail], engine=engine)
@@ -703,7 +703,7 @@ def test_async_executor_keeps_at_most_max_concurrent_items_in_flight(limit: int)
             state["now"] -= 1
         return x
 
-    with Engine(map_executor="async", max_concurrent=limit) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=limit) as engine:
         result = Pipeline([track], engine=engine).map({"x": range(25)}, map_over="x")
     assert result == [{"y": x} for x in range(25)]
     assert state["peak"] == limit
@@ -716,7 +716,7 @@ def test_async_executor_runs_many_items_concurrently() -> None:
         await asyncio.sleep(0.01)
         return x
 
-    with Engine(map_executor="async", max_concurrent=100) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=100) as engine:
         pipe = Pipeline([nap], engine=engine)
         pipe.map({"x": range(3)}, map_over="x")  # warm up the thread's loop
         start = time.perf_counter()
@@ -794,7 +794,7 @@ def fail_fast_once(folder: Path, form: str) -> float:
         return x
 
     folder.mkdir()
-    with Engine(map_executor="async", max_concurrent=count) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=count) as engine:
         pipe = Pipeline([work], engine=engine)
         start = time.perf_counter()
         with pytest.raises(Boom, match="item 3 failed") as info:
@@ -864,7 +864,7 @@ def test_queued_items_never_start_after_a_failure(kind: str) -> None:
         await asyncio.sleep(0.02 if kind == "sequential" else 5)
         return x
 
-    with Engine(map_executor=kind, max_concurrent=3) as engine:
+    with LocalEngine(map_executor=kind, max_concurrent=3) as engine:
         with pytest.raises(Boom):
             Pipeline([work], engine=engine).map({"x": range(1000)}, map_over="x")
         expected = 2 if kind == "sequential" else 3  # item 0, item 1 (and item 2)
@@ -1116,7 +1116,7 @@ def test_breaking_out_of_imap_cancels_in_flight_items(tmp_path: Path) -> None:
     started: set[int] = set()
     cancelled: set[int] = set()
     finished: set[int] = set()
-    with Engine(map_executor="async", max_concurrent=5) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=5) as engine:
         pipe = Pipeline(cancellable_nodes(tmp_path, started, cancelled, finished), engine=engine)
         received = []
         for index, outputs in pipe.imap({"x": range(50)}, map_over="x"):
@@ -1149,7 +1149,7 @@ def test_leaving_aimap_with_aclosing_cancels_in_flight_items(tmp_path: Path) -> 
         assert finished == cancelled
         await asyncio.sleep(0.7)
 
-    with Engine(map_executor="async", max_concurrent=5) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=5) as engine:
         pipe = Pipeline(cancellable_nodes(tmp_path, started, cancelled, finished), engine=engine)
         asyncio.run(main(pipe))
     assert not list(tmp_path.iterdir())
@@ -1247,7 +1247,7 @@ def test_running_loop_warning_points_at_the_callers_line() -> None:
     async def main() -> None:
         with pytest.warns(RunningLoopWarning) as map_record:
             pipe.map({"x": [1, 2]}, map_over="x")
-        bridge._warned_running_loop = False  # warn once more, for imap
+        bridge.loops._warned_running_loop = False  # warn once more, for imap
         with pytest.warns(RunningLoopWarning) as imap_record:
             pairs = list(pipe.imap({"x": [1, 2]}, map_over="x"))
         assert sorted(pairs) == [(0, mixed_reference(1)), (1, mixed_reference(2))]
@@ -1266,7 +1266,7 @@ def test_imap_from_sync_code_running_on_the_portal_loop_yields_every_item() -> N
         await asyncio.sleep(0.001 * (x % 3))
         return x
 
-    with Engine(map_executor="async", max_concurrent=3) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=3) as engine:
         inner = Pipeline([vary], engine=engine)
 
         @node(output_name="streamed")
@@ -1355,7 +1355,7 @@ def test_timeout_around_amap_cancels_the_items_in_flight() -> None:
                 await pipe.amap({"x": range(100)}, map_over="x")
         assert cancelled == set(range(4))  # cancelled and awaited before the timeout raised
 
-    with Engine(map_executor="async", max_concurrent=4) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=4) as engine:
         asyncio.run(main(Pipeline([slow], engine=engine)))
     assert started["slow"] == 4
 
@@ -1386,7 +1386,7 @@ def test_leaving_aimap_without_aclosing_cancels_once_collected() -> None:
             await asyncio.sleep(0.01)
         assert cancelled == set(range(1, 3))
 
-    with Engine(map_executor="async", max_concurrent=3) as engine:
+    with LocalEngine(map_executor="async", max_concurrent=3) as engine:
         asyncio.run(main(Pipeline([work], engine=engine)))
     assert started == set(range(3))
 
@@ -1412,7 +1412,7 @@ def test_an_error_from_the_input_iterable_propagates_and_cancels_items() -> None
         return x
 
     with (
-        Engine(map_executor="async", max_concurrent=3) as engine,
+        LocalEngine(map_executor="async", max_concurrent=3) as engine,
         pytest.raises(LookupError, match="the source broke") as info,
     ):
         Pipeline([work], engine=engine).map({"x": values()}, map_over="x")
@@ -1423,18 +1423,18 @@ def test_an_error_from_the_input_iterable_propagates_and_cancels_items() -> None
 
 def test_a_closed_engine_refuses_to_map_before_any_work() -> None:
     calls = Calls()
-    engine = Engine(map_executor="threaded", max_workers=2)
+    engine = LocalEngine(map_executor="threaded", max_workers=2)
     pipe = Pipeline(mixed_nodes(calls), engine=engine)
     assert pipe.map({"x": [1]}, map_over="x") == [mixed_reference(1)]
     engine.close()
     calls.counts.clear()
-    with pytest.raises(plait.EngineError, match="this Engine is closed"):
+    with pytest.raises(plait.EngineError, match="this LocalEngine is closed"):
         pipe.map({"x": [1, 2]}, map_over="x")
-    with pytest.raises(plait.EngineError, match="this Engine is closed"):
+    with pytest.raises(plait.EngineError, match="this LocalEngine is closed"):
         pipe.imap({"x": [1, 2]}, map_over="x")
-    with pytest.raises(plait.EngineError, match="this Engine is closed"):
+    with pytest.raises(plait.EngineError, match="this LocalEngine is closed"):
         pipe.aimap({"x": [1, 2]}, map_over="x")
-    with pytest.raises(plait.EngineError, match="this Engine is closed"):
+    with pytest.raises(plait.EngineError, match="this LocalEngine is closed"):
         asyncio.run(pipe.amap({"x": [1, 2]}, map_over="x"))
     assert calls.total() == 0
 
@@ -1463,7 +1463,7 @@ def test_process_pool_instance_as_map_executor() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=2) as pool:
-        engine = Engine(map_executor=pool)
+        engine = LocalEngine(map_executor=pool)
         result = Pipeline([worker_pid, halve], engine=engine).map({"x": range(6)}, map_over="x")
         assert [r["half"] for r in result] == list(range(6))
         assert all(r["pid"][0] != os.getpid() for r in result)

@@ -14,17 +14,16 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, ItemError, Pipeline, node
-from plait.engine.parallel import WorkerDiedError
+from plait import ItemError, LocalEngine, Pipeline, WorkerDiedError, node
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    with Engine(map_executor="parallel", max_workers=2) as shared:
+def engine() -> Iterator[LocalEngine]:
+    with LocalEngine(map_executor="parallel", max_workers=2) as shared:
         yield shared
 
 
-def test_closures_and_lambdas_run_in_worker_processes(engine: Engine) -> None:
+def test_closures_and_lambdas_run_in_worker_processes(engine: LocalEngine) -> None:
     offset = 7
     scale = node(lambda x: x * 2 + offset, output_name="y", name="scale")
 
@@ -38,7 +37,7 @@ def test_closures_and_lambdas_run_in_worker_processes(engine: Engine) -> None:
     assert os.getpid() not in pids
 
 
-def test_results_come_back_in_input_order_with_uneven_work(engine: Engine) -> None:
+def test_results_come_back_in_input_order_with_uneven_work(engine: LocalEngine) -> None:
     def uneven(x):
         time.sleep(0.02 if x % 7 == 0 else 0)
         return x
@@ -51,7 +50,7 @@ def test_results_come_back_in_input_order_with_uneven_work(engine: Engine) -> No
     assert ordered == list(range(30))
 
 
-def test_collected_errors_carry_notes_and_the_workers_traceback(engine: Engine) -> None:
+def test_collected_errors_carry_notes_and_the_workers_traceback(engine: LocalEngine) -> None:
     def reciprocal(x):
         return 1 / (x - 3)
 
@@ -81,7 +80,7 @@ def raise_unpicklable(x):
     raise Unpicklable(x, "custom")
 
 
-def test_unpicklable_errors_come_back_as_a_runtime_error(engine: Engine) -> None:
+def test_unpicklable_errors_come_back_as_a_runtime_error(engine: LocalEngine) -> None:
     pipe = Pipeline([node(raise_unpicklable, output_name="y")], engine=engine)
     with pytest.raises(RuntimeError, match="Unpicklable: 5: custom") as info:
         pipe.map(inputs={"x": [5]}, map_over="x")
@@ -99,7 +98,7 @@ def test_failure_terminates_the_owned_pool_so_nothing_keeps_running(tmp_path: Pa
         Path(marker).with_suffix(f".{x}").write_text("written after the failure")
         return x
 
-    with Engine(map_executor="parallel", max_workers=2) as engine:
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         pipe = Pipeline([node(slow_or_failing, output_name="y")], engine=engine)
         start = time.perf_counter()
         with pytest.raises(ValueError, match="item 0 failed") as info:
@@ -120,7 +119,7 @@ def kill_on_five(x):
 
 
 def test_a_killed_worker_is_a_clear_error_not_a_hang() -> None:
-    with Engine(map_executor="parallel", max_workers=2) as engine:
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         pipe = Pipeline([node(kill_on_five, output_name="y")], engine=engine)
         start = time.perf_counter()
         with pytest.raises(WorkerDiedError) as info:
@@ -150,7 +149,7 @@ def double(x):
 
 def test_process_pool_instance_is_used_and_left_open() -> None:
     with ProcessPoolExecutor(max_workers=2) as pool:
-        pipe = Pipeline([node(double, output_name="y")], engine=Engine(map_executor=pool))
+        pipe = Pipeline([node(double, output_name="y")], engine=LocalEngine(map_executor=pool))
         assert [r["y"] for r in pipe.map(inputs={"x": range(10)}, map_over="x")] == [
             2 * x for x in range(10)
         ]
@@ -159,14 +158,14 @@ def test_process_pool_instance_is_used_and_left_open() -> None:
         assert pool.submit(double, 21).result() == 42  # still open after a failure
 
 
-def test_the_shipped_pipeline_file_is_removed(engine: Engine) -> None:
+def test_the_shipped_pipeline_file_is_removed(engine: LocalEngine) -> None:
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
     Pipeline([node(double, output_name="y")], engine=engine).map(inputs={"x": [1]}, map_over="x")
     after = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
     assert after <= before
 
 
-def test_node_limits_apply_within_each_worker(engine: Engine) -> None:
+def test_node_limits_apply_within_each_worker(engine: LocalEngine) -> None:
     @node(output_name="y", retries=2, backoff=0)
     def flaky_once_per_value(x):
         marker = Path(tempfile.gettempdir()) / f"plait-test-flaky-{os.getppid()}-{x}"
@@ -186,13 +185,14 @@ def test_a_loky_executor_runs_items_with_closures() -> None:
     executor = loky.get_reusable_executor(max_workers=2)
     pipe = Pipeline(
         [node(lambda x: (x + offset, os.getpid()), output_name="y", name="shift")],
-        engine=Engine(map_executor=executor),
+        engine=LocalEngine(map_executor=executor),
     )
     result = pipe.map(inputs={"x": range(8)}, map_over="x")
     assert [r["y"][0] for r in result] == [x + 5 for x in range(8)]
     assert os.getpid() not in {r["y"][1] for r in result}
     inverse = Pipeline(
-        [node(lambda x: 1 / x, output_name="y", name="inv")], engine=Engine(map_executor=executor)
+        [node(lambda x: 1 / x, output_name="y", name="inv")],
+        engine=LocalEngine(map_executor=executor),
     )
     with pytest.raises(ZeroDivisionError) as info:
         inverse.map(inputs={"x": [1, 0]}, map_over="x")
@@ -205,7 +205,7 @@ def test_node_executor_parallel_runs_independent_sync_nodes_in_processes() -> No
         node(lambda i=i: (base + i, os.getpid()), output_name=f"o{i}", name=f"n{i}")
         for i in range(4)
     ]
-    with Engine(node_executor="parallel", max_workers=2) as engine:
+    with LocalEngine(node_executor="parallel", max_workers=2) as engine:
         result = Pipeline(nodes, engine=engine).run()
     assert [result[f"o{i}"][0] for i in range(4)] == [10, 11, 12, 13]
     assert os.getpid() not in {v[1] for v in result.values()}
@@ -220,7 +220,7 @@ def test_per_node_parallel_executor() -> None:
     def here():
         return os.getpid()
 
-    with Engine() as engine:
+    with LocalEngine() as engine:
         result = Pipeline([elsewhere, here], engine=engine).run()
     assert result["here"] == os.getpid() != result["where"]
 
@@ -238,7 +238,7 @@ def test_a_dask_distributed_executor_runs_items_on_its_workers() -> None:
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        engine = Engine(map_executor=client.get_executor())
+        engine = LocalEngine(map_executor=client.get_executor())
         pipe = Pipeline([node(lambda x: (x * factor, os.getpid()), output_name="y", name="mul")])
         result = pipe.with_engine(engine).map(inputs={"x": range(10)}, map_over="x")
         assert [r["y"][0] for r in result] == [3 * x for x in range(10)]

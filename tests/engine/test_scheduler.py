@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from plait import Engine, EngineError, Pipeline, node
+from plait import EngineError, LocalEngine, Pipeline, node
 from tests.helpers import renamed
 
 
@@ -126,7 +126,7 @@ def blocking_nodes(count: int, barrier: threading.Barrier) -> list[Any]:
 
 
 def test_threaded_engine_overlaps_blocking_sync_nodes() -> None:
-    with Engine(node_executor="threaded", max_workers=4) as engine:
+    with LocalEngine(node_executor="threaded", max_workers=4) as engine:
         result = Pipeline(blocking_nodes(4, threading.Barrier(4)), engine=engine).run()
     assert len(set(result.values())) == 4
     assert threading.get_ident() not in result.values()
@@ -135,7 +135,7 @@ def test_threaded_engine_overlaps_blocking_sync_nodes() -> None:
 def test_executor_instance_is_used_and_left_open() -> None:
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="mine")
     try:
-        engine = Engine(node_executor=pool)
+        engine = LocalEngine(node_executor=pool)
         names = Pipeline(
             [node(lambda: threading.current_thread().name, output_name="who", name="who")],
             engine=engine,
@@ -148,14 +148,14 @@ def test_executor_instance_is_used_and_left_open() -> None:
 
 
 def test_engine_owns_and_shuts_down_executors_it_creates() -> None:
-    engine = Engine(node_executor="threaded", max_workers=2)
+    engine = LocalEngine(node_executor="threaded", max_workers=2)
     Pipeline(blocking_nodes(2, threading.Barrier(2)), engine=engine).run()
     pool = engine.node_pool()
     assert isinstance(pool, ThreadPoolExecutor)
     engine.close()
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
-    with pytest.raises(EngineError, match="this Engine is closed"):
+    with pytest.raises(EngineError, match="this LocalEngine is closed"):
         Pipeline(blocking_nodes(1, threading.Barrier(1)), engine=engine).run()
 
 
@@ -173,7 +173,7 @@ def test_threaded_nodes_see_contextvars_and_async_nodes_still_run_on_the_loop() 
         return var.get(), threading.current_thread().name
 
     var.set("caller")
-    with Engine(node_executor="threaded") as engine:
+    with LocalEngine(node_executor="threaded") as engine:
         result = Pipeline([sync_reader, async_reader], engine=engine).run()
     assert result["s"][0] == "caller"
     assert result["s"][1].startswith("plait-node")
@@ -190,20 +190,20 @@ def test_threaded_nodes_see_contextvars_and_async_nodes_still_run_on_the_loop() 
 )
 def test_bad_executor_specs(spec: Any, message: str) -> None:
     with pytest.raises(EngineError, match=message):
-        Engine(node_executor=spec)
+        LocalEngine(node_executor=spec)
 
 
 def test_bad_max_workers() -> None:
     with pytest.raises(EngineError, match="max_workers must be a positive int, got 0"):
-        Engine(node_executor="threaded", max_workers=0)
+        LocalEngine(node_executor="threaded", max_workers=0)
 
 
 def test_engine_repr() -> None:
-    assert repr(Engine("threaded", max_workers=3)) == (
-        "Engine(node_executor='threaded', map_executor='sequential', max_workers=3)"
+    assert repr(LocalEngine("threaded", max_workers=3)) == (
+        "LocalEngine(node_executor='threaded', map_executor='sequential', max_workers=3)"
     )
-    assert repr(Engine(map_executor="async", max_concurrent=50)) == (
-        "Engine(node_executor='sequential', map_executor='async', max_concurrent=50)"
+    assert repr(LocalEngine(map_executor="async", max_concurrent=50)) == (
+        "LocalEngine(node_executor='sequential', map_executor='async', max_concurrent=50)"
     )
 
 
@@ -323,7 +323,7 @@ def test_queued_thread_jobs_never_start_and_running_ones_are_waited_for(tmp_path
         raise Boom
 
     inputs = {f"p{i}": tmp_path / f"queued{i}" for i in range(3)}
-    with Engine(node_executor="threaded", max_workers=1) as engine:
+    with LocalEngine(node_executor="threaded", max_workers=1) as engine:
         pipe = Pipeline(
             [node(occupy, output_name="o", name="occupy"), *queued_nodes, bad], engine=engine
         )
@@ -392,7 +392,7 @@ def test_repeated_cancellation_still_waits_for_running_thread_jobs() -> None:
         log.append("busy finished")
 
     async def main() -> None:
-        with Engine(node_executor="threaded") as engine:
+        with LocalEngine(node_executor="threaded") as engine:
             pipe = Pipeline([node(busy, output_name="o", name="busy")], engine=engine)
             task = asyncio.create_task(pipe.arun())
             await asyncio.to_thread(running.wait, 5)
@@ -444,7 +444,7 @@ async def _async_kinds(a, /, b, *, c, d=4):
 @pytest.mark.parametrize("func", [_sync_kinds, _async_kinds], ids=["sync", "async"])
 @pytest.mark.parametrize("executor", ["sequential", "threaded"])
 def test_positional_only_keyword_only_and_defaults(func: Any, executor: str) -> None:
-    with Engine(node_executor=executor) as engine:
+    with LocalEngine(node_executor=executor) as engine:
         pipe = Pipeline([node(func, output_name="out", name="kinds")], engine=engine)
         assert pipe.run(inputs={"a": 1, "b": 2, "c": 3}) == {"out": (1, 2, 3, 4)}
         assert pipe.run(inputs={"a": 1, "b": 2, "c": 3, "d": 5}) == {"out": (1, 2, 3, 5)}
@@ -475,7 +475,7 @@ def test_process_pool_instance_runs_sync_nodes_in_worker_processes() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=2) as pool:
-        result = Pipeline([where_am_i, on_the_loop], engine=Engine(node_executor=pool)).run(
+        result = Pipeline([where_am_i, on_the_loop], engine=LocalEngine(node_executor=pool)).run(
             inputs={"x": 21}
         )
     worker_pid, doubled = result["worker_pid"]
@@ -493,7 +493,7 @@ def test_process_pool_errors_keep_their_type_and_get_a_note() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError) as info:
-        Pipeline([fails_in_worker], engine=Engine(node_executor=pool)).run(inputs={"x": 7})
+        Pipeline([fails_in_worker], engine=LocalEngine(node_executor=pool)).run(inputs={"x": 7})
     assert str(info.value) == "bad value 7"
     assert (
         "plait: raised in node 'fails_in_worker' (→ bad) called with (x=7)" in info.value.__notes__
@@ -527,7 +527,7 @@ def test_async_node_executor_runs_sync_nodes_off_the_loop_and_bounds_nodes() -> 
 
     nodes = [node(blocking, output_name=f"s{i}", name=f"s{i}") for i in range(6)]
     nodes += [node(napping, output_name=f"a{i}", name=f"a{i}") for i in range(6)]
-    with Engine(node_executor="async", max_concurrent=3) as engine:
+    with LocalEngine(node_executor="async", max_concurrent=3) as engine:
         result = Pipeline(nodes, engine=engine).run()
     assert state["peak"] == 3
     loop_thread = threading.current_thread().name
@@ -536,7 +536,7 @@ def test_async_node_executor_runs_sync_nodes_off_the_loop_and_bounds_nodes() -> 
 
 
 def test_async_node_executor_overlaps_blocking_nodes() -> None:
-    with Engine(node_executor="async", max_concurrent=4) as engine:
+    with LocalEngine(node_executor="async", max_concurrent=4) as engine:
         result = Pipeline(blocking_nodes(4, threading.Barrier(4)), engine=engine).run()
     assert len(set(result.values())) == 4
 
@@ -550,6 +550,6 @@ def test_async_node_executor_fails_fast() -> None:
     async def slow():
         await asyncio.sleep(5)
 
-    with Engine(node_executor="async") as engine, pytest.raises(ValueError) as info:
+    with LocalEngine(node_executor="async") as engine, pytest.raises(ValueError) as info:
         Pipeline([slow, fails], engine=engine).run()
     assert "plait: raised in node 'fails' (→ bad) called with ()" in info.value.__notes__

@@ -1,5 +1,12 @@
-"""Engines orchestrate runs; executors only execute."""
+"""Engines orchestrate runs; executors only execute.
 
-from plait.engine.engine import Engine
+:class:`Engine` is the interface (:mod:`plait.engine.base`); :mod:`plait.engine.request`
+holds the checks every request passes before an engine sees it;
+:mod:`plait.engine.context` what code inside a run sees of it; :mod:`plait.engine.local`
+is the engine that runs on this machine.
+"""
 
-__all__ = ["Engine"]
+from plait.engine.base import Engine, ItemError, Outcome
+from plait.engine.local import AsyncExecutor, LocalEngine
+
+__all__ = ["AsyncExecutor", "Engine", "ItemError", "LocalEngine", "Outcome"]

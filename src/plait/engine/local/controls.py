@@ -18,10 +18,11 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from typing import Any
 
-from plait import portal
-from plait.engine.inflight import wait_all_deferring_cancel
-from plait.engine.plan import Plan, Step
-from plait.engine.remote import submit_call
+from plait.bridge import portal
+from plait.engine.local import executors
+from plait.engine.local.calls import submit_call
+from plait.engine.local.inflight import wait_all_deferring_cancel
+from plait.engine.local.plan import Plan, Step
 
 #: Called before each retry sleep: (step, attempt that failed, exception, delay seconds).
 RetryHook = Callable[[Step, int, BaseException, float], None]
@@ -107,6 +108,34 @@ class NodeRuntime:
         self.threads = threads  # for sync nodes with a timeout and no executor
 
 
+_worker_pools: dict[str, Executor] = {}
+_worker_lock = threading.Lock()
+
+
+def worker_runtime(plan: Plan) -> NodeRuntime | None:
+    """Node limits for a plan shipped to a worker process, with executors of that process
+    (limits do not span processes): plain nodes inline, ``"threaded"`` ones and sync
+    nodes with a timeout on a thread pool, ``"parallel"`` ones on a process pool."""
+    if not plan.has_controls:
+        return None
+
+    def pool(kind: str) -> Executor:
+        with _worker_lock:
+            if kind not in _worker_pools:
+                created = executors.create(kind, None, f"plait-worker-{kind}")
+                assert created is not None
+                _worker_pools[kind] = created
+            return _worker_pools[kind]
+
+    def executor_for(spec: str | Executor | None) -> Executor | None:
+        if isinstance(spec, Executor):
+            return spec
+        return pool(spec) if spec in ("threaded", "parallel") else None
+
+    chosen = [executor_for(step.node.options.executor) for step in plan.steps]
+    return NodeRuntime(plan, chosen, lambda: pool("threaded"))
+
+
 async def call_controlled(
     step: Step,
     index: int,
@@ -157,7 +186,7 @@ async def _attempt(
     executor = runtime.executors[index]
     if executor is None and limit is not None:
         executor = runtime.threads()
-    if executor is None:  # inline, through the portal (see plait.portal)
+    if executor is None:  # inline, through the portal (see plait.bridge.portal)
         result = portal.call(step.func, *args, **kwargs)
         return await result.finish() if type(result) is portal.Suspended else result
     return await _await_job(submit_call(executor, step, args, kwargs), step, limit)

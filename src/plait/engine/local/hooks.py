@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from plait.cache.miss import MISS
 
 if TYPE_CHECKING:
-    from plait.cache.signatures import Signer
     from plait.callbacks.dispatch import Scope
-    from plait.engine.plan import Plan, Step
+    from plait.engine.local.plan import Plan, Step
+    from plait.engine.local.signatures import Signer
 
 
 class NodeHooks:

@@ -1,32 +1,36 @@
-"""Engine: how a pipeline's nodes and map items are executed."""
+"""LocalEngine: runs pipelines on this machine — inline, as tasks, on threads or processes."""
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from plait.engine import executors
-from plait.engine.controls import NodeRuntime
-from plait.engine.executors import terminate_pool
-from plait.engine.hooks import NodeHooks
-from plait.engine.nesting import ENCLOSING, Enclosing
-from plait.engine.plan import Plan
-from plait.engine.resources import run_with_deps
-from plait.engine.scheduler import run_plan
+from plait.bridge import ensure_loop, loop_optional
+from plait.engine.base import Engine, MapMode, OnError, Outcome, PipelineView
+from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.local import executors, observe
+from plait.engine.local.controls import NodeRuntime
+from plait.engine.local.executors import terminate_pool, worker_count
+from plait.engine.local.items import ItemRunner
+from plait.engine.local.mapping import map_items
+from plait.engine.local.plan import Plan, Route, plan_for
+from plait.engine.local.resources import run_with_deps
+from plait.engine.local.scheduler import run_plan
+from plait.engine.request import MapSpec
 from plait.errors import EngineError
 
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
-    from plait.callbacks.dispatch import Scope
+    from plait.graph import Graph
 
 
-class Engine:
-    """Orchestrates runs: the scheduler plus the executors work runs on.
+class LocalEngine(Engine):
+    """Runs pipelines on this machine: the dataflow scheduler plus the executors it uses.
 
     Args:
         node_executor: where sync nodes run within one run. ``"sequential"``
@@ -34,14 +38,14 @@ class Engine:
             ``"threaded"`` runs them on a thread pool the engine owns, so
             independent blocking nodes overlap; ``"async"`` runs them on threads
             too and keeps at most ``max_concurrent`` nodes of a run in flight;
-            ``"parallel"`` on a process pool
-            it owns (closures and lambdas travel with cloudpickle); an
-            ``Executor`` instance is used as given. Async nodes always run as
-            tasks on the event loop.
+            ``"parallel"`` on a process pool it owns (closures and lambdas travel
+            with cloudpickle); an ``Executor`` instance is used as given. Async
+            nodes always run as tasks on the event loop.
         map_executor: how :meth:`~plait.Pipeline.map` runs items. ``"sequential"``
             (default): one after another; ``"async"``: as tasks on the event loop,
             at most ``max_concurrent`` at once (the way to run 10,000 async calls);
-            ``"threaded"``: each item on a thread of a pool the engine owns; an
+            ``"threaded"``: each item on a thread of a pool the engine owns;
+            ``"parallel"``: chunks of items on a process pool it owns; an
             ``Executor`` instance: each item submitted to it.
         max_workers: size of the executors the engine creates (default:
             ``os.cpu_count()``).
@@ -53,10 +57,12 @@ class Engine:
             to the pipeline's own.
 
     Executors given as strings are created on first use, kept across runs, and
-    shut down by :meth:`close` (or ``with Engine(...) as engine:``); instances
-    passed in are never shut down by the engine.
+    shut down by :meth:`close` (or ``with LocalEngine(...) as engine:``); instances
+    passed in are never shut down by the engine. Where a plan runs (as plain
+    calls without an event loop, on the dataflow scheduler, on which executor)
+    is decided once per plan and engine (:class:`~plait.engine.local.plan.Route`).
 
-        >>> engine = Engine(map_executor="async", max_concurrent=100)
+        >>> engine = LocalEngine(map_executor="async", max_concurrent=100)
     """
 
     def __init__(
@@ -77,11 +83,14 @@ class Engine:
         _check_positive("max_concurrent", max_concurrent, allow_none=False)
         self._max_workers = max_workers
         self._max_concurrent = max_concurrent
-        self.cache = check_cache(cache)
-        self.callbacks = check_callbacks(callbacks)
+        self.cache = observe.check_cache(cache)
+        self.callbacks = observe.check_callbacks(callbacks)
         self._pools: dict[str, Executor | None] = {}
         self._owned: list[Executor] = []
-        self._scaled: dict[int, Engine] = {}
+        self._scaled: dict[int, LocalEngine] = {}
+        self._routes: weakref.WeakKeyDictionary[Graph, dict[Any, Route]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._closed = False
 
@@ -97,16 +106,101 @@ class Engine:
 
     @property
     def max_workers(self) -> int | None:
+        """The size of the executors this engine creates (None: the CPU count)."""
         return self._max_workers
 
     @property
     def max_concurrent(self) -> int:
+        """Items (``"async"`` maps) or nodes (``"async"`` runs) in flight at once."""
         return self._max_concurrent
 
-    @property
-    def inline(self) -> bool:
-        """True when sync nodes are plain calls on the event loop."""
-        return self._node_spec == "sequential"
+    # --- the two entry points ---------------------------------------------------
+
+    @loop_optional
+    async def arun(
+        self,
+        pipeline: PipelineView,
+        inputs: Mapping[str, Any],
+        output_name: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``pipeline`` once; see :meth:`plait.Engine.arun`.
+
+        A run whose route is inline never suspends: driven from sync code, it
+        runs without any event loop.
+        """
+        route = self.route(pipeline.graph, output_name, inputs)
+        if not route.inline:
+            await ensure_loop()
+        plan = route.plan
+        values = plan.new_values(inputs)
+        services = observe.resolve(pipeline, self)
+        here = ENCLOSING.get()
+        nested = self._nested_engine(here.map_depth, here.map_width)
+        if services is None:
+            token = ENCLOSING.set(Enclosing(nested, here.map_depth, here.map_width))
+            try:
+                await run_with_deps(
+                    plan, values, partial(run_plan, route, values, self.runtime(plan))
+                )
+            finally:
+                ENCLOSING.reset(token)
+        else:
+            inside = Enclosing(
+                nested, here.map_depth, here.map_width, services.scope, services.cache
+            )
+            token = ENCLOSING.set(inside)
+            try:
+                await observe.observed_run(services, route, values, self.runtime(plan))
+            finally:
+                ENCLOSING.reset(token)
+        return plan.outputs(values)
+
+    def aimap(
+        self,
+        pipeline: PipelineView,
+        inputs: Mapping[str, Any],
+        map_over: tuple[str, ...],
+        *,
+        map_mode: MapMode = "zip",
+        output_name: tuple[str, ...] | None = None,
+        on_error: OnError = "raise",
+        ordered: bool = False,
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """Run ``pipeline`` once per item; see :meth:`plait.Engine.aimap`.
+
+        A sequential map of a plan whose route is inline never suspends: driven
+        from sync code, it runs as plain calls without any event loop.
+        """
+        spec = MapSpec.of(inputs, map_over, map_mode)
+        route = self.route(pipeline.graph, output_name, inputs)
+        if not route.map_inline:
+            self.map_pool()  # created now, or refused now if this engine is closed
+        runner = ItemRunner(route, inputs, spec.names, self.runtime(route.plan))
+        services = observe.resolve(pipeline, self)
+        if services is not None:
+            runner.observe(services)
+        return map_items(self, runner, spec, on_error, ordered)
+
+    # --- routes and executors --------------------------------------------------
+
+    def route(
+        self, graph: Graph, outputs: tuple[str, ...] | None, inputs: Mapping[str, Any]
+    ) -> Route:
+        """Where a run of ``graph`` for ``outputs`` with these inputs runs; decided once."""
+        key = (outputs, frozenset(inputs))
+        routes = self._routes.get(graph)
+        if routes is None:
+            routes = self._routes.setdefault(graph, {})
+        route = routes.get(key)
+        if route is None:
+            route = routes[key] = self._decide(plan_for(graph, outputs, inputs))
+        return route
+
+    def _decide(self, plan: Plan) -> Route:
+        limit = self._max_concurrent if self._node_spec == "async" else None
+        executor = None if limit is not None else self.node_pool()
+        inline = executor is None and limit is None and not plan.needs_loop
+        return Route(plan, inline, inline and self._map_spec == "sequential", executor, limit)
 
     def node_pool(self) -> Executor | None:
         """The executor for sync nodes, created on first use; None when inline."""
@@ -126,7 +220,7 @@ class Engine:
             return pool
         with self._lock:
             if self._closed:
-                raise EngineError("this Engine is closed; create a new one to run pipelines")
+                raise EngineError("this LocalEngine is closed; create a new one to run pipelines")
             pool = self._pools.get(role)
             if pool is None:
                 pool = executors.create(spec, self._max_workers, f"plait-{role}")
@@ -159,28 +253,32 @@ class Engine:
             return self._pool("node" if self._node_spec == "parallel" else "processes", spec)
         return self.threads() if spec == "threaded" else None
 
-    async def arun_plan(
-        self,
-        plan: Plan,
-        values: list[Any],
-        hooks: NodeHooks | None = None,
-        scope: Scope | None = None,
-        cache: CacheStore | None = None,
-    ) -> None:
-        """Run a compiled plan, writing results into ``values``; ``hooks``, ``scope``
-        and ``cache`` are the run's cache and callbacks (see :mod:`.services`)."""
-        here = ENCLOSING.get()
-        token = ENCLOSING.set(Enclosing(self, here.map_depth, here.map_width, scope, cache))
-        try:
-            limit = self._max_concurrent if self._node_spec == "async" else None
-            run = partial(
-                run_plan, plan, values, self.node_pool(), self.runtime(plan), limit, hooks
-            )
-            await run_with_deps(plan, values, run)
-        finally:
-            ENCLOSING.reset(token)
+    def map_window(self, executor: Executor | None) -> int:
+        """Items a map keeps in flight on ``executor`` (the map pool, or None)."""
+        if executor is None:
+            return self._max_concurrent if self._map_spec == "async" else 1
+        return 2 * worker_count(executor, self._max_workers)
 
-    def scaled(self, width: int) -> Engine:
+    def owns_map_pool(self) -> bool:
+        """True when the map pool is one this engine created (and may replace)."""
+        return isinstance(self._map_spec, str)
+
+    # --- nesting ---------------------------------------------------------------
+
+    def _nested_engine(self, depth: int, width: int) -> LocalEngine:
+        """The engine pipelines without their own run on inside this engine's work at map
+        ``depth``: this one at the top; inside an item of a map of ``width`` items in
+        flight, one sized to ⌊√width⌋; deeper, one that runs items one by one (nested
+        maps share one concurrency budget)."""
+        if depth == 0:
+            return self
+        return self.scaled(math.isqrt(width) if depth == 1 else 1)
+
+    def nested_for_items(self, depth: int, width: int) -> LocalEngine:
+        """The engine nested calls inside the items of a map at ``depth`` run on."""
+        return self.scaled(math.isqrt(width) if depth == 1 else 1)
+
+    def scaled(self, width: int) -> LocalEngine:
         """This engine for a map nested in one of its map items: ``width`` items at once.
 
         Nodes run as here; map items run on an engine of the same kind sized to
@@ -195,7 +293,7 @@ class Engine:
                 kind = self._map_spec if width > 1 else "sequential"
                 if kind not in ("async", "threaded"):
                     kind = "sequential"
-                engine = Engine(
+                engine = LocalEngine(
                     self._node_spec,
                     kind,
                     max_workers=width if kind == "threaded" else self._max_workers,
@@ -204,6 +302,8 @@ class Engine:
                 self._scaled[width] = engine
         return engine
 
+    # --- lifetime --------------------------------------------------------------
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to another process: aliases travel, executor instances and
         # callbacks stay behind (their events are replayed in this process).
@@ -211,7 +311,7 @@ class Engine:
             return spec if isinstance(spec, str) else "sequential"
 
         return (
-            _rebuild_engine,
+            _rebuild,
             (
                 alias(self._node_spec),
                 alias(self._map_spec),
@@ -239,22 +339,15 @@ class Engine:
             self._closed = True
             owned, self._owned = self._owned, []
             self._pools.clear()
+            self._routes.clear()  # they hold executors
             scaled, self._scaled = list(self._scaled.values()), {}
         for pool in owned:
             pool.shutdown(wait=True)
         for engine in scaled:
             engine.close()
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> LocalEngine:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         options = [f"node_executor={self._node_spec!r}", f"map_executor={self._map_spec!r}"]
@@ -262,51 +355,23 @@ class Engine:
             options.append(f"max_workers={self._max_workers}")
         if "async" in (self._map_spec, self._node_spec):
             options.append(f"max_concurrent={self._max_concurrent}")
-        return f"Engine({', '.join(options)})"
+        return f"LocalEngine({', '.join(options)})"
 
 
-def _rebuild_engine(
+def _rebuild(
     node_executor: str,
     map_executor: str,
     max_workers: int | None,
     max_concurrent: int,
     cache: CacheStore | None,
-) -> Engine:
-    return Engine(
+) -> LocalEngine:
+    return LocalEngine(
         node_executor,
         map_executor,
         max_workers=max_workers,
         max_concurrent=max_concurrent,
         cache=cache,
     )
-
-
-def check_cache(cache: object) -> CacheStore | None:
-    """``cache`` if it is None or a cache store; a clear TypeError otherwise."""
-    if cache is None or all(callable(getattr(cache, m, None)) for m in ("get", "set")):
-        return cache  # type: ignore[return-value]
-    raise TypeError(
-        f"cache must be a cache store such as plait.MemoryCache() or "
-        f"plait.DiskCache(path), got {type(cache).__name__}: {cache!r}"
-    )
-
-
-def check_callbacks(callbacks: object) -> tuple[object, ...]:
-    """``callbacks`` as a tuple; a clear TypeError for a single callback or a non-list."""
-    from plait.callbacks.base import EVENTS
-
-    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
-        if any(hasattr(callbacks, event) for event in EVENTS):
-            raise TypeError(
-                f"callbacks takes a list of callbacks: callbacks=[{type(callbacks).__name__}(...)]"
-            )
-        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}")
-    for callback in callbacks:
-        if not any(callable(getattr(callback, event, None)) for event in EVENTS):
-            raise TypeError(
-                f"{callback!r} is not a callback: it implements none of {', '.join(EVENTS)}"
-            )
-    return tuple(callbacks)
 
 
 def _check_positive(option: str, value: object, *, allow_none: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from plait.engine.plan import Step
+from plait.engine.local.plan import Step
 
 
 def submit_call(

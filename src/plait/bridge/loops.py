@@ -3,7 +3,7 @@
 ``run_sync`` picks the first rule that applies:
 
 * **Sync code that plait runs on its loop** (a sync node called inline by the
-  scheduler): the *greenlet portal* (:mod:`plait.portal`). The sync code is
+  scheduler): the *greenlet portal* (:mod:`plait.bridge.portal`). The sync code is
   suspended, the coroutine that called it awaits the work on that same loop,
   and the loop's other tasks keep running. Loop-bound objects of that loop work.
 * **A thread delegating to a loop** (:func:`delegate_to`, as a kernel does for a
@@ -43,7 +43,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
-from plait import portal
+from plait._inspect import is_async_callable
+from plait.bridge import portal
+from plait.bridge.inline import is_loop_optional, resume, start_inline
 from plait.errors import RunningLoopWarning
 
 T = TypeVar("T")
@@ -67,7 +69,7 @@ def run_sync(awaitable: Awaitable[T], *, timeout: float | None = None) -> T:
     cancels the work and raises ``TimeoutError``; so does Ctrl-C, raising
     ``KeyboardInterrupt`` once the work has been cancelled.
     """
-    return _run_sync(awaitable, timeout=timeout, stacklevel=3)
+    return block_on(awaitable, timeout=timeout, stacklevel=3)
 
 
 def syncify(async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
@@ -77,8 +79,6 @@ def syncify(async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     ... async def fetch(url): ...
     >>> fetch("https://example.org")  # doctest: +SKIP
     """
-    from plait.node import is_async_callable  # plait.node imports nothing from here
-
     if not callable(async_fn) or not is_async_callable(async_fn):
         kind = "a sync function" if callable(async_fn) else type(async_fn).__name__
         raise TypeError(
@@ -88,39 +88,29 @@ def syncify(async_fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
 
     @functools.wraps(async_fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        return _run_sync(async_fn(*args, **kwargs), timeout=None, stacklevel=3)
+        return block_on(async_fn(*args, **kwargs), stacklevel=3)
 
     return call
 
 
-def drive_inline(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends, without any event loop.
+def block_on(awaitable: Awaitable[T], *, timeout: float | None = None, stacklevel: int = 2) -> T:
+    """:func:`run_sync`, with the ``RunningLoopWarning``'s ``stacklevel`` counted from
+    this function's caller (plait's sync entry points pass their own).
 
-    plait's scheduler does not suspend when every node is a plain sync call, so
-    such runs skip the event loop entirely. Raises RuntimeError (after closing
-    the coroutine) if it does suspend.
+    A coroutine of a :func:`~plait.bridge.inline.loop_optional` function is first
+    driven without any loop, and handed to one (below) only if it asks for one.
     """
-    ctx = contextvars.copy_context()
-    token = portal.enter_inline()  # sync code run here cannot await through the portal
-    try:
-        ctx.run(coro.send, None)
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-    finally:
-        portal.exit_inline(token)
-    coro.close()
-    raise RuntimeError("plait internal error: an inline run tried to suspend")
-
-
-def _run_sync(awaitable: Awaitable[T], *, timeout: float | None, stacklevel: int) -> T:
-    """run_sync with the warning's ``stacklevel`` counted from this function's caller."""
     coro = _as_coroutine(awaitable)
+    ctx = contextvars.copy_context()
+    if timeout is None and is_loop_optional(coro):
+        done, result = start_inline(coro, ctx)
+        if done:
+            return result  # type: ignore[no-any-return]
+        coro = resume(coro)  # it waits at ensure_loop: a loop continues it
     if timeout is not None:
         coro = _with_timeout(coro, timeout)
     if portal.in_worker():
         return portal.wait(coro)
-    ctx = contextvars.copy_context()
     running = asyncio._get_running_loop()
     if running is None:
         delegation: Delegation | None = getattr(_thread_state, "delegation", None)

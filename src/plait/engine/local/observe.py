@@ -11,26 +11,29 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from plait.bridge import ensure_loop, loop_optional
+from plait.callbacks.base import EVENTS
 from plait.callbacks.dispatch import Dispatcher, Emitter, Scope
-from plait.engine.hooks import NodeHooks
-from plait.engine.nesting import ENCLOSING
+from plait.engine.context import ENCLOSING, NESTED_NODE
+from plait.engine.local.hooks import NodeHooks
+from plait.engine.local.resources import run_with_deps
+from plait.engine.local.scheduler import run_plan
 from plait.errors import CacheWarning
 
 if TYPE_CHECKING:
-    from plait.cache.signatures import CacheSetup
     from plait.cache.stores import CacheStore
-    from plait.engine.engine import Engine
-    from plait.engine.plan import Plan
+    from plait.engine.base import PipelineView
+    from plait.engine.local.controls import NodeRuntime
+    from plait.engine.local.engine import LocalEngine
+    from plait.engine.local.plan import Plan, Route
+    from plait.engine.local.signatures import CacheSetup
 
 T = TypeVar("T")
-
-#: Set by a nested pipeline's node while it runs the inner pipeline: the node's name.
-NESTED_NODE: ContextVar[str | None] = ContextVar("plait_nested_node", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,30 +71,27 @@ class Services:
         """The cache setup shared by the runs of ``plan`` (None without a cache)."""
         if self.cache is None:
             return None
-        from plait.cache.signatures import CacheSetup
+        from plait.engine.local.signatures import CacheSetup
 
         return CacheSetup(plan, self.cache, varying)
 
 
-def resolve(
-    name: str | None,
-    cache: CacheStore | None,
-    callbacks: Sequence[object],
-    engine: Engine,
-) -> Services | None:
-    """The services for a run of the pipeline called ``name``; None when there are none."""
+def resolve(pipeline: PipelineView, engine: LocalEngine) -> Services | None:
+    """The services for a run or map of ``pipeline`` on ``engine``; None when there are none."""
     here = ENCLOSING.get()
     parent = here.scope
-    cache = cache if cache is not None else engine.cache if engine.cache is not None else here.cache
-    own = (*callbacks, *engine.callbacks)
+    cache = pipeline.cache
+    if cache is None:
+        cache = engine.cache if engine.cache is not None else here.cache
+    own = (*pipeline.callbacks, *engine.callbacks) if engine.callbacks else pipeline.callbacks
+    if cache is None and parent is None and not own:
+        return None  # the plain path: no scope, no hooks, no hashing
     if parent is not None:
         dispatch: Emitter | None = parent.dispatch.extended(own) if own else parent.dispatch
     else:
         dispatch = Dispatcher(own) if own else None
-    if cache is None and dispatch is None:
-        return None
     scope = None
-    label = name or "pipeline"
+    label = pipeline.name or "pipeline"
     if dispatch is not None:
         if parent is None:
             path: tuple[str, ...] = (label,)
@@ -102,37 +102,38 @@ def resolve(
     return Services(cache, scope, parent is not None, here.item)
 
 
-async def observed_run(services: Services, engine: Engine, plan: Plan, values: list[Any]) -> None:
-    """One run of ``plan`` with its cache and its start and end events."""
+async def observed_run(
+    services: Services, route: Route, values: list[Any], runtime: NodeRuntime | None
+) -> None:
+    """One run of ``route``'s plan with its cache and its start and end events."""
+    plan = route.plan
     hooks = services.hooks(plan, services.setup(plan), services.parent_item)
+    run = partial(run_plan, route, values, runtime, hooks)
     scope = services.scope
     if scope is None:
-        await engine.arun_plan(plan, values, hooks, None, services.cache)
+        await run_with_deps(plan, values, run)
         return
     kind = "nested_pipeline" if services.nested else "pipeline"
     with _lifetime(scope, kind, item=services.parent_item):
-        await engine.arun_plan(plan, values, hooks, scope, services.cache)
+        await run_with_deps(plan, values, run)
 
 
+@loop_optional
 async def observed_map(
-    services: Services, total: int | None, batches: AsyncGenerator[T, None]
+    services: Services, total: int | None, items: AsyncGenerator[T, None], inline: bool
 ) -> AsyncGenerator[T, None]:
-    """A map's stream of batches between its ``on_map_start`` and ``on_map_end``
-    (``item`` is the enclosing map item of a map nested in one)."""
+    """A map's stream of items between its ``on_map_start`` and ``on_map_end``
+    (``item`` is the enclosing map item of a map nested in one). ``inline``: the
+    stream never needs an event loop."""
     assert services.scope is not None
+    if not inline:
+        await ensure_loop()
     try:
         with _lifetime(services.scope, "map", total=total, item=services.parent_item):
-            async for batch in batches:
-                yield batch
+            async for item in items:
+                yield item
     finally:
-        await batches.aclose()
-
-
-def observed_items(services: Services, total: int | None, items: Iterator[T]) -> Iterator[T]:
-    """The sync twin of :func:`observed_map`, for maps that run as plain calls."""
-    assert services.scope is not None
-    with _lifetime(services.scope, "map", total=total, item=services.parent_item):
-        yield from items
+        await items.aclose()
 
 
 @contextmanager
@@ -150,3 +151,29 @@ def _lifetime(scope: Scope, kind: str, **fields: Any) -> Iterator[None]:
         scope.emit(f"on_{kind}_end", error=exc, duration=perf_counter() - start, **fields)
         raise
     scope.emit(f"on_{kind}_end", duration=perf_counter() - start, **fields)
+
+
+def check_cache(cache: object) -> CacheStore | None:
+    """``cache`` if it is None or a cache store; a clear TypeError otherwise."""
+    if cache is None or all(callable(getattr(cache, m, None)) for m in ("get", "set")):
+        return cache  # type: ignore[return-value]
+    raise TypeError(
+        f"cache must be a cache store such as plait.MemoryCache() or "
+        f"plait.DiskCache(path), got {type(cache).__name__}: {cache!r}"
+    )
+
+
+def check_callbacks(callbacks: object) -> tuple[object, ...]:
+    """``callbacks`` as a tuple; a clear TypeError for a single callback or a non-list."""
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        if any(hasattr(callbacks, event) for event in EVENTS):
+            raise TypeError(
+                f"callbacks takes a list of callbacks: callbacks=[{type(callbacks).__name__}(...)]"
+            )
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}")
+    for callback in callbacks:
+        if not any(callable(getattr(callback, event, None)) for event in EVENTS):
+            raise TypeError(
+                f"{callback!r} is not a callback: it implements none of {', '.join(EVENTS)}"
+            )
+    return tuple(callbacks)

@@ -22,13 +22,10 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from plait.engine.inflight import InFlight
-from plait.engine.mapping import Chunk, ItemRunner, Launcher, Reply, Result, run_items
-from plait.errors import PlaitError
-
-
-class WorkerDiedError(PlaitError, RuntimeError):
-    """A process-pool worker died (killed, crashed, out of memory) while running items."""
+from plait.engine.local.inflight import InFlight
+from plait.engine.local.items import ItemRunner, Reply, Result, run_items
+from plait.engine.local.launchers import Chunk, Launcher
+from plait.errors import WorkerDiedError
 
 
 class ProcessLauncher(Launcher):
@@ -134,7 +131,7 @@ _RUNNERS: dict[str, ItemRunner] = {}
 def run_chunk(
     token: str, path: str, first: int, items: list[tuple[Any, ...]], stop_on_error: bool
 ) -> Reply:
-    """Run consecutive items in a worker (see :func:`~plait.engine.mapping.run_items`)."""
+    """Run consecutive items in a worker (see :func:`~plait.engine.local.mapping.run_items`)."""
     runner = _RUNNERS.get(token)
     if runner is None:
         with open(path, "rb") as file:

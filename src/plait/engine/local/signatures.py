@@ -19,7 +19,7 @@ from typing import Any
 
 from plait.cache.fingerprint import fingerprint_code, fingerprint_value
 from plait.cache.stores import CacheStore
-from plait.engine.plan import Plan, Step
+from plait.engine.local.plan import Plan, Step
 from plait.errors import CacheWarning, Unfingerprintable
 
 #: Bumped when the key layout changes, so old entries are never misread.

@@ -15,38 +15,37 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from plait import portal
 from plait._text import short_repr
+from plait.bridge import portal
 from plait.cache.miss import MISS
-from plait.engine.controls import NodeRuntime, call_controlled
-from plait.engine.hooks import NodeHooks
-from plait.engine.inflight import InFlight
-from plait.engine.plan import Plan, Step
-from plait.engine.remote import submit_call
+from plait.engine.local.calls import submit_call
+from plait.engine.local.controls import NodeRuntime, call_controlled
+from plait.engine.local.hooks import NodeHooks
+from plait.engine.local.inflight import InFlight
+from plait.engine.local.plan import Plan, Route, Step
 from plait.errors import OutputArityError
 
 
 async def run_plan(
-    plan: Plan,
+    route: Route,
     values: list[Any],
-    executor: Executor | None = None,
     runtime: NodeRuntime | None = None,
-    limit: int | None = None,
     hooks: NodeHooks | None = None,
 ) -> None:
-    """Run every step of ``plan``, writing results into ``values``.
+    """Run every step of ``route``'s plan, writing results into ``values``.
 
-    ``executor`` runs plain sync nodes (None: inline); ``runtime`` holds the
-    limits and executors of controlled nodes and is required when the plan has
-    any. ``limit`` (the ``"async"`` node executor) runs sync nodes on threads and
-    keeps at most that many nodes in flight. With no async or controlled node, no
-    executor and no limit, dataflow order is the plan's topological order, each
-    node a plain call; this then suspends only while a sync node awaits through
-    the greenlet portal (:mod:`plait.portal`), which sync nodes run inline use.
-    ``hooks`` (a cache or callbacks in effect) are called around each node; a
-    cache hit skips the call.
+    An inline route (no async or controlled node, no executor, no limit) runs
+    the steps as plain calls in topological order; this then suspends only while
+    a sync node awaits through the greenlet portal (:mod:`plait.bridge.portal`).
+    Otherwise the dataflow scheduler runs them: async nodes as tasks, plain sync
+    nodes inline or on ``route.executor``, sync nodes on threads with at most
+    ``route.limit`` nodes in flight (the ``"async"`` node executor). ``runtime``
+    holds the limits and executors of controlled nodes and is required when the
+    plan has any. ``hooks`` (a cache or callbacks in effect) are called around
+    each node; a cache hit skips the call.
     """
-    if executor is None and limit is None and not plan.needs_loop:
+    plan = route.plan
+    if route.inline:
         # Through the portal: a node may await (run_sync) without blocking the loop.
         pending = portal.call(run_inline, plan, values, hooks)
         if type(pending) is portal.Suspended:
@@ -54,7 +53,7 @@ async def run_plan(
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    await _Dataflow(plan, values, executor, runtime, limit, hooks).run()
+    await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks).run()
 
 
 def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:

@@ -1,16 +1,15 @@
-"""Which engine a pipeline without its own engine runs on, and the nested-map budget.
+"""What code inside a run sees of the run it is in: :data:`ENCLOSING`.
 
 A pipeline given an engine always runs on it. One without runs on the engine of
 the run that calls it (a nested pipeline, or ``await other.arun()`` inside a
-node), found through a contextvar, so nesting never multiplies executors. Maps
-share one concurrency budget: a map nested inside an item of a map of N
-concurrent items gets ⌊√N⌋ of them, and maps nested deeper run their items one
-after another. Top-level work uses the default engine.
+node), found here, so nesting never multiplies executors; top-level work uses
+the default engine. A nested run also inherits the enclosing run's callbacks
+scope and cache, and knows the map item it runs in. The engine writes this
+record when it starts a run or a map item; the pipeline reads it.
 """
 
 from __future__ import annotations
 
-import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,13 +17,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
     from plait.callbacks.dispatch import Scope
-    from plait.engine.engine import Engine
+    from plait.engine.base import Engine
 
 
 @dataclass(frozen=True, slots=True)
 class Enclosing:
     """The run or map item the current code runs in."""
 
+    #: The engine that pipelines without one of their own run on, from here.
     engine: Engine | None = None
     map_depth: int = 0  # how many maps enclose this code
     map_width: int = 1  # items in flight in the innermost enclosing map
@@ -36,19 +36,10 @@ class Enclosing:
     item: int | None = None
 
 
-ENCLOSING: ContextVar[Enclosing] = ContextVar(
-    "plait_enclosing",
-    default=Enclosing(),  # noqa: B039 - a frozen dataclass, not mutable
-)
+#: What code outside any run sees.
+TOP = Enclosing()
 
+ENCLOSING: ContextVar[Enclosing] = ContextVar("plait_enclosing", default=TOP)
 
-def nested_engine(default: Engine) -> Engine:
-    """The engine for a pipeline with no engine of its own, called from here."""
-    here = ENCLOSING.get()
-    if here.engine is None:
-        return default
-    if here.map_depth == 0:
-        return here.engine
-    if here.map_depth == 1:
-        return here.engine.scaled(math.isqrt(here.map_width))
-    return here.engine.scaled(1)
+#: Set by a nested pipeline's node while it runs the inner pipeline: the node's name.
+NESTED_NODE: ContextVar[str | None] = ContextVar("plait_nested_node", default=None)

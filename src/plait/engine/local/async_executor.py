@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from plait._inspect import is_async_callable
 from plait.bridge import LoopThread
 from plait.errors import EngineError
-from plait.node import is_async_callable
 
 T = TypeVar("T")
 

@@ -7,13 +7,16 @@ pipeline, so the scheduler's hot loop touches only lists, tuples and ints.
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Final
 
-from plait._text import plural, quoted
 from plait.deps import Dep
-from plait.errors import MissingInputsError
+from plait.engine.request import missing_inputs_error
 from plait.graph import Graph
 from plait.node import Node
 
@@ -64,7 +67,7 @@ class Step:
         #: The node cloudpickled, with a digest, once it is first sent to a process pool.
         self.payload: tuple[bytes, str] | None = None
         #: (code fingerprint, hasher fed with the fixed part of its cache key), memoized
-        #: by :mod:`plait.cache.signatures` (never copied into a key without a copy).
+        #: by :mod:`plait.engine.local.signatures` (never copied into a key without a copy).
         self.key_start: tuple[bytes, hashlib.blake2b] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -159,6 +162,46 @@ class Plan:
         return {name: values[slot] for name, slot in self.output_slots}
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one plan runs on one engine, decided once and read everywhere else."""
+
+    plan: Plan
+    #: Every step a plain sync call on the calling thread: a run never suspends,
+    #: so from sync code it runs without any event loop.
+    inline: bool
+    #: A map's items run one after another as such plain calls.
+    map_inline: bool
+    #: The executor plain sync nodes are submitted to (None: called inline).
+    executor: Executor | None = None
+    #: Nodes of a run in flight at once, sync ones on threads (``"async"`` node executor).
+    limit: int | None = None
+
+    @classmethod
+    def in_worker(cls, plan: Plan) -> Route:
+        """The route of a plan shipped to a worker: no executor of its own."""
+        inline = not plan.needs_loop
+        return cls(plan, inline, inline)
+
+
+_plans: weakref.WeakKeyDictionary[Graph, dict[Any, Plan]] = weakref.WeakKeyDictionary()
+_plans_lock = threading.Lock()
+
+
+def plan_for(graph: Graph, outputs: Sequence[str] | None, given: Collection[str]) -> Plan:
+    """The plan for ``outputs`` with inputs named ``given``: compiled once per graph,
+    output selection and set of input names, shared by every engine."""
+    key = (outputs if outputs is None else tuple(outputs), frozenset(given))
+    with _plans_lock:
+        plans = _plans.setdefault(graph, {})
+        plan = plans.get(key)
+    if plan is None:
+        plan = compile_plan(graph, outputs, given)
+        with _plans_lock:
+            plan = plans.setdefault(key, plan)
+    return plan
+
+
 def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[str]) -> Plan:
     """Compile the nodes needed for ``outputs`` (all when None), given input names ``given``.
 
@@ -221,8 +264,8 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
                 template.append(EMPTY)
             elif param not in given and param not in item.dep_defaults:
                 missing.setdefault(param, []).append(item.name)
-    if missing:
-        raise _missing_inputs_error(graph, missing)
+    if missing:  # the pipeline checks this first; kept for direct engine calls
+        raise missing_inputs_error(graph, missing)
 
     successors: list[list[int]] = [[] for _ in steps]
     for index in needed:
@@ -239,18 +282,3 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
         tuple((name, output_slot[name]) for name in selected),
         tuple(dep_slot.items()),
     )
-
-
-def _missing_inputs_error(graph: Graph, missing: dict[str, list[str]]) -> MissingInputsError:
-    lines = []
-    for param, needers in missing.items():
-        described = ", ".join(graph[n].describe() for n in needers)
-        lines.append(
-            f"  {param!r}, needed by {'node' if len(needers) == 1 else 'nodes'} {described}"
-        )
-    message = (
-        f"missing {plural(len(missing), 'required input')}: {quoted(missing)}\n"
-        + "\n".join(lines)
-        + "\nPass them in inputs={...} or bind them with pipeline.bind(...)."
-    )
-    return MissingInputsError(message, {p: tuple(n) for p, n in missing.items()})

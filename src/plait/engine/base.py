@@ -1,0 +1,149 @@
+"""Engine: the interface every way of running a pipeline implements.
+
+Engines orchestrate; executors only execute. An engine takes a pipeline (what
+to compute) and a request that :class:`~plait.Pipeline` has already checked,
+and runs it: once (:meth:`Engine.arun`) or once per item (:meth:`Engine.aimap`).
+Every public entry point (``run``, ``map``, ``imap``, their async forms, nested
+pipelines, ``batch``) reaches an engine through these two methods only.
+"""
+
+from __future__ import annotations
+
+import abc
+import traceback
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from plait._text import short_repr
+
+if TYPE_CHECKING:
+    from plait.cache.stores import CacheStore
+    from plait.graph import Graph
+
+MapMode = Literal["zip", "product"]
+OnError = Literal["raise", "collect"]
+
+
+class PipelineView(Protocol):
+    """What an engine reads of a pipeline (:class:`plait.Pipeline` provides it)."""
+
+    @property
+    def graph(self) -> Graph: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def cache(self) -> CacheStore | None: ...
+    @property
+    def callbacks(self) -> tuple[object, ...]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ItemError:
+    """A map item that failed, in its place in the results (``on_error="collect"``).
+
+    Attributes:
+        index: the item's position in the map.
+        inputs: the item's mapped inputs (broadcast inputs are the same for all).
+        exception: the exception the item raised (with plait's notes).
+        traceback: the formatted traceback, kept as text.
+    """
+
+    index: int
+    inputs: dict[str, Any]
+    exception: BaseException
+    traceback: str = field(repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        exc: BaseException,
+        index: int,
+        inputs: dict[str, Any],
+        formatted: str | None = None,
+    ) -> ItemError:
+        """The ItemError of item ``index``; its traceback formatted now unless given."""
+        if formatted is None:
+            formatted = "".join(traceback.format_exception(exc))
+        return cls(index, inputs, exc, formatted)
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemError(index={self.index}, inputs={short_repr(self.inputs)}, "
+            f"exception={self.exception!r})"
+        )
+
+
+#: What a map gives for one item: its outputs, or the ItemError it failed with.
+Outcome = dict[str, Any] | ItemError
+
+
+class Engine(abc.ABC):
+    """How pipelines run: subclass it and implement :meth:`arun` and :meth:`aimap`.
+
+    Before an engine is called, the pipeline has checked the request, the same
+    way for every engine: unknown outputs, missing inputs, inputs that are
+    outputs, unused inputs (a warning), ``map_over`` names, ``map_mode`` and
+    ``on_error`` values, iterable mapped inputs, and zip lengths where the inputs
+    know them. An engine receives ``inputs`` with the pipeline's bound inputs
+    merged in, and ``output_name`` as a tuple of output names or None (all).
+
+    ``plait.LocalEngine`` runs on this machine; see docs/engines.md for writing one.
+    """
+
+    @abc.abstractmethod
+    async def arun(
+        self,
+        pipeline: PipelineView,
+        inputs: Mapping[str, Any],
+        output_name: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``pipeline`` once on ``inputs``; return the selected outputs by name.
+
+        A node's exception propagates with its own type, with notes naming the node.
+        """
+
+    @abc.abstractmethod
+    def aimap(
+        self,
+        pipeline: PipelineView,
+        inputs: Mapping[str, Any],
+        map_over: tuple[str, ...],
+        *,
+        map_mode: MapMode = "zip",
+        output_name: tuple[str, ...] | None = None,
+        on_error: OnError = "raise",
+        ordered: bool = False,
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """Run ``pipeline`` once per item; yield ``(index, outcome)`` as items finish.
+
+        Args:
+            inputs: every input; those named in ``map_over`` are iterables of
+                per-item values, the others are the same for every item.
+            map_over: the mapped inputs. ``map_mode="zip"`` pairs their values
+                item by item; ``"product"`` takes every combination (in
+                ``itertools.product`` order). :func:`plait.engine.request.map_items`
+                yields the items.
+            output_name: the outputs each item returns (None: all).
+            on_error: ``"raise"``: the first failing item's exception propagates,
+                with a note naming the item, and the rest are cancelled;
+                ``"collect"``: a failing item yields an :class:`ItemError`.
+            ordered: yield in input order rather than as items finish.
+
+        Closing the iterator early (``aclose``) cancels the items in flight.
+        """
+
+    def close(self) -> None:  # noqa: B027 - an engine without resources needs nothing
+        """Release what the engine holds (worker pools, clusters); a no-op by default."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

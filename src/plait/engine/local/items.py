@@ -1,0 +1,228 @@
+"""One map item as one run of the plan: :class:`ItemRunner`, here and in workers.
+
+Each item is one run of the same scheduler with the item's mapped values
+written into a copy of the plan's slots (broadcast inputs are written once).
+The runner goes with the map wherever its items run: on the loop, on a thread,
+or pickled to a worker process (:meth:`ItemRunner.for_worker`).
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from collections.abc import Mapping, Sequence
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from plait.bridge import block_on, ensure_loop, loop_optional
+from plait.callbacks.remote import Event, Replayer, portable, recording
+from plait.engine.context import ENCLOSING, TOP, Enclosing
+from plait.engine.local.controls import NodeRuntime, worker_runtime
+from plait.engine.local.plan import Route
+from plait.engine.local.resources import run_with_deps
+from plait.engine.local.scheduler import run_inline, run_plan
+from plait.engine.request import annotate_item
+
+if TYPE_CHECKING:
+    from plait.engine.local.dep_scope import DepScope
+    from plait.engine.local.hooks import NodeHooks
+    from plait.engine.local.observe import Services
+    from plait.engine.local.signatures import CacheSetup
+
+#: One item's result: (index, outputs) or (index, exception, formatted traceback or None).
+Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
+#: What a worker sends back: one result per item run, and the events they emitted.
+Reply = tuple[list[Result], list[Event]]
+
+
+class ItemRunner:
+    """Turns one item's mapped values into a finished run of the plan."""
+
+    __slots__ = (
+        "base",
+        "enclosing",
+        "names",
+        "plan",
+        "route",
+        "runtime",
+        "services",
+        "setup",
+        "shared",
+        "slots",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        given: Mapping[str, Any],
+        names: Sequence[str],
+        runtime: NodeRuntime | None,
+    ) -> None:
+        self.route = route
+        self.plan = plan = route.plan
+        self.names = tuple(names)
+        self.runtime = runtime  # one set of node limits for the whole map
+        #: What code inside an item sees as its enclosing engine and map budget.
+        self.enclosing: Enclosing | None = None
+        inputs = plan.input_index
+        # Mapped inputs the selected outputs don't need have no slot: -1, skipped.
+        self.slots = tuple(inputs.get(n, -1) for n in names)
+        broadcast = {n: v for n, v in given.items() if n not in names}
+        self.base = plan.new_values(broadcast, partial=True)
+        #: The map's cache and callbacks, when any is in effect (see :meth:`observe`).
+        self.services: Services | None = None
+        self.setup: CacheSetup | None = None
+        #: The map's run-scoped deps, set up once for all items.
+        self.shared: DepScope | None = None
+
+    @property
+    def lean(self) -> bool:
+        """True when an inline item is a plain run: no cache, callbacks or deps."""
+        return self.services is None and not self.plan.deps
+
+    def observe(self, services: Services) -> None:
+        """Run items with this map's cache and callbacks."""
+        self.services = services
+        self.setup = services.setup(self.plan, varying=[s for s in self.slots if s >= 0])
+
+    def values(self, item: tuple[Any, ...]) -> list[Any]:
+        values = self.base.copy()
+        if len(item) == 1:
+            if self.slots[0] >= 0:
+                values[self.slots[0]] = item[0]
+            return values
+        for slot, value in zip(self.slots, item, strict=True):
+            if slot >= 0:
+                values[slot] = value
+        return values
+
+    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(self.names, item, strict=True))
+
+    def run_plain(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index`` as plain calls; only for lean items of an inline route."""
+        values = self.values(item)
+        plan = self.plan
+        enclosing = self.enclosing
+        token = ENCLOSING.set(enclosing) if enclosing else None
+        try:
+            run_inline(plan, values)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
+        return plan.outputs(values)
+
+    @loop_optional
+    async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index``: on this event loop, or without one when its route is inline."""
+        if not self.route.inline:
+            await ensure_loop()
+        values = self.values(item)
+        enclosing = self._enclosing(index)
+        token = ENCLOSING.set(enclosing) if enclosing else None
+        try:
+            plan = self.plan
+            if self.services is None and not plan.deps:
+                await run_plan(self.route, values, self.runtime)
+            else:
+                hooks, start = self._item_start(index)
+                try:
+                    run = partial(run_plan, self.route, values, self.runtime, hooks)
+                    await run_with_deps(plan, values, run, self.shared)
+                except BaseException as exc:
+                    self._item_end(index, hooks, start, exc)
+                    raise
+                self._item_end(index, hooks, start)
+        finally:
+            if token is not None:
+                ENCLOSING.reset(token)
+        return self.plan.outputs(values)
+
+    def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """Run item ``index`` to completion in a worker (a thread or a process)."""
+        if self.route.inline and self.lean:
+            return self.run_plain(index, item)
+        return block_on(self.arun(index, item))
+
+    def _enclosing(self, index: int) -> Enclosing:
+        """What code inside item ``index`` sees as its enclosing run."""
+        services = self.services
+        outer = self.enclosing or TOP
+        if services is None:
+            return outer
+        return Enclosing(
+            outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
+        )
+
+    def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
+        services = self.services
+        if services is None:
+            return None, 0.0
+        if services.scope is not None:
+            services.scope.emit("on_map_item_start", item=index)
+        return services.hooks(self.plan, self.setup, index), perf_counter()
+
+    def _item_end(
+        self, index: int, hooks: NodeHooks | None, start: float, error: BaseException | None = None
+    ) -> None:
+        scope = self.services.scope if self.services is not None else None
+        if scope is None or hooks is None:
+            return
+        duration = perf_counter() - start
+        if error is None and hooks.all_cached:
+            scope.emit("on_map_item_cached", item=index, duration=duration)
+        else:
+            scope.emit("on_map_item_end", item=index, duration=duration, error=error)
+
+    def replayer(self) -> Replayer | None:
+        """What replays, here, the events items of this map emit in other processes."""
+        scope = self.services.scope if self.services is not None else None
+        return None if scope is None else Replayer(scope)
+
+    def for_worker(self) -> ItemRunner:
+        """A copy to ship to another process: no executors, no limits of this process;
+        events are recorded there and replayed here (:mod:`plait.callbacks.remote`)."""
+        clone = copy.copy(self)
+        clone.route = Route.in_worker(self.plan)
+        clone.runtime = None
+        clone.enclosing = None  # a worker process is its own top level
+        clone.setup = None  # rebuilt there by attach_local_runtime
+        clone.shared = None  # resources do not cross processes: each item sets its own up
+        if self.services is not None:
+            clone.services = self.services.for_worker()
+        return clone
+
+    def attach_local_runtime(self) -> None:
+        """In a worker process: node limits of its own (limits do not span processes),
+        and the cache setup of this process."""
+        self.runtime = worker_runtime(self.plan)
+        if self.services is not None and self.setup is None:
+            self.observe(self.services)
+
+
+def run_items(
+    runner: ItemRunner, first: int, items: Sequence[tuple[Any, ...]], *, stop_on_error: bool
+) -> Reply:
+    """Run consecutive items in a worker process; exceptions come back as values with
+    their tracebacks, events as a list to replay."""
+    results: list[Result] = []
+    with recording() as events:
+        for offset, item in enumerate(items):
+            index = first + offset
+            try:
+                results.append((index, runner.run_blocking(index, item)))
+            except Exception as exc:
+                annotate_item(exc, index, runner.inputs(item))
+                formatted = "".join(traceback.format_exception(exc))
+                results.append((index, portable(exc), formatted))
+                if stop_on_error:
+                    break
+    return results, events
+
+
+def run_elsewhere(runner: ItemRunner, index: int, item: tuple[Any, ...]) -> Reply:
+    """One item on another executor's worker, with node limits of its own."""
+    if runner.runtime is None:
+        runner.attach_local_runtime()
+    return run_items(runner, index, [item], stop_on_error=True)

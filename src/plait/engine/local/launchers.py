@@ -1,0 +1,93 @@
+"""Launchers: how a map starts its items (as tasks, as executor jobs) and reads results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Future as JobFuture
+from typing import Any
+
+from plait.engine.local.async_executor import AsyncExecutor
+from plait.engine.local.inflight import InFlight
+from plait.engine.local.items import ItemRunner, Reply, Result, run_elsewhere
+
+Chunk = list[tuple[int, tuple[Any, ...]]]
+
+
+class Launcher:
+    """Starts chunks of items; turns a finished chunk's future into per-item results."""
+
+    chunk_size = 1
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        """A chunk of one item whose future holds its outputs or its exception."""
+        ((index, _),) = chunk
+        try:
+            return [(index, future.result())]
+        except Exception as exc:
+            return [(index, exc, None)]
+
+    async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
+        """Called after a failure, before everything in flight is cancelled."""
+
+    async def abort(self) -> None:
+        """Called after a failure, once everything in flight has been cancelled."""
+
+    def close(self) -> None:
+        """Called when the map ends, however it ends."""
+
+
+class TaskLauncher(Launcher):
+    """Each item a task on this event loop."""
+
+    def __init__(self, runner: ItemRunner) -> None:
+        self.runner = runner
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        ((index, item),) = chunk
+        inflight.start_task(self.runner.arun(index, item), chunk)
+
+
+class ExecutorLauncher(Launcher):
+    """Each item a job on an executor.
+
+    Threads share this process: they see the caller's contextvars and the map's
+    node limits. Any other executor (loky, dask ...) may run the job elsewhere, so
+    each job carries a self-contained runner (pickled by that executor).
+    """
+
+    def __init__(self, runner: ItemRunner, executor: Executor) -> None:
+        self.runner = runner
+        self.executor = executor
+        self.in_process = isinstance(executor, (ThreadPoolExecutor, AsyncExecutor))
+        self.remote = None if self.in_process else runner.for_worker()
+        self.replayer = None if self.in_process else runner.replayer()
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        ((index, item),) = chunk
+        job: JobFuture[Any]
+        if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
+            job = self.executor.submit(self.runner.arun, index, item)
+        elif self.in_process:
+            ctx = contextvars.copy_context()
+            job = self.executor.submit(ctx.run, self.runner.run_blocking, index, item)
+        else:
+            assert self.remote is not None
+            job = self.executor.submit(run_elsewhere, self.remote, index, item)
+        inflight.add_job(job, chunk)
+
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        if self.in_process:
+            return super().results(future, chunk)
+        try:
+            reply: Reply = future.result()
+            results, events = reply
+        except Exception as exc:  # the executor's own failure, not the item's
+            return [(chunk[0][0], exc, None)]
+        if self.replayer is not None:
+            self.replayer.replay(events)
+        return results

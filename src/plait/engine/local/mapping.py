@@ -1,0 +1,190 @@
+"""A map on the local engine: items through the scheduler, a bounded window in flight.
+
+How items run is decided once (:class:`~plait.engine.local.plan.Route`): a
+sequential map of an inline plan runs its items as plain calls, never
+suspending, so from sync code it needs no event loop; every other map runs
+items as tasks on the loop (``"sequential"``, ``"async"``) or as jobs on the
+map executor (threads, processes, any ``Executor``). The window bounds items in
+flight plus finished items waiting to be yielded in order, so streaming a
+million items keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from plait.bridge import ensure_loop, loop_optional
+from plait.engine.base import ItemError, OnError, Outcome
+from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.local.executors import worker_count
+from plait.engine.local.inflight import InFlight
+from plait.engine.local.items import ItemRunner
+from plait.engine.local.launchers import Chunk, ExecutorLauncher, Launcher, TaskLauncher
+from plait.engine.local.observe import observed_map
+from plait.engine.local.processes import ProcessLauncher
+from plait.engine.local.resources import around_map, map_scope
+from plait.engine.request import MapSpec, annotate_item
+
+if TYPE_CHECKING:
+    from plait.engine.local.engine import LocalEngine
+
+
+def map_items(
+    engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError, ordered: bool
+) -> AsyncIterator[tuple[int, Outcome]]:
+    """The stream of ``(index, outcome)`` of a map, with its deps and events around it."""
+    depth = ENCLOSING.get().map_depth + 1
+    inline = runner.route.map_inline
+    stream: AsyncGenerator[tuple[int, Outcome], None]
+    if inline:
+        runner.enclosing = Enclosing(engine.nested_for_items(depth, 1), depth, 1)
+        stream = _inline_items(runner, spec, on_error)
+    else:
+        stream = _scheduled_items(engine, runner, spec, depth, on_error, ordered)
+    plan = runner.plan
+    if plan.deps:
+        runner.shared = map_scope(plan, runner.base, spec.names)
+        if runner.shared is not None:
+            stream = around_map(runner.shared, plan, stream, inline)
+    services = runner.services
+    if services is not None and services.scope is not None:
+        stream = observed_map(services, spec.size_hint(), stream, inline)
+    return stream
+
+
+@loop_optional
+async def _inline_items(
+    runner: ItemRunner, spec: MapSpec, on_error: OnError
+) -> AsyncGenerator[tuple[int, Outcome], None]:
+    """Items one after another as plain calls: this never suspends."""
+    lean = runner.lean
+    for index, item in enumerate(spec.items()):
+        outcome: Outcome
+        try:
+            outcome = runner.run_plain(index, item) if lean else await runner.arun(index, item)
+        except Exception as exc:
+            inputs = runner.inputs(item)
+            annotate_item(exc, index, inputs)
+            if on_error == "raise":
+                raise
+            outcome = ItemError.of(exc, index, inputs)
+        yield index, outcome
+
+
+@loop_optional
+async def _scheduled_items(
+    engine: LocalEngine,
+    runner: ItemRunner,
+    spec: MapSpec,
+    depth: int,
+    on_error: OnError,
+    ordered: bool,
+) -> AsyncGenerator[tuple[int, Outcome], None]:
+    """Items as tasks on the loop or jobs on the map executor, ``window`` in flight."""
+    await ensure_loop()
+    launcher, window = _launcher(engine, runner, spec, on_error)
+    # Nested maps share the budget: see LocalEngine.nested_for_items.
+    runner.enclosing = Enclosing(engine.nested_for_items(depth, window), depth, window)
+    batches = iterate(
+        runner, spec.items(), launcher, window=window, on_error=on_error, ordered=ordered
+    )
+    try:
+        async for batch in batches:
+            for entry in batch:
+                yield entry
+    finally:
+        await batches.aclose()
+
+
+def _launcher(
+    engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError
+) -> tuple[Launcher, int]:
+    """How this map's items start, and how many may be in flight."""
+    executor = engine.map_pool()
+    if executor is None:
+        return TaskLauncher(runner), engine.map_window(None)
+    if isinstance(executor, ProcessPoolExecutor):
+        workers = worker_count(executor, engine.max_workers)
+        launcher = ProcessLauncher(
+            runner,
+            executor,
+            workers,
+            stop_on_error=on_error == "raise",
+            size_hint=spec.size_hint(),
+            on_abort=engine.discard_map_pool if engine.owns_map_pool() else None,
+        )
+        return launcher, 2 * workers * launcher.chunk_size
+    return ExecutorLauncher(runner, executor), engine.map_window(executor)
+
+
+async def iterate(
+    runner: ItemRunner,
+    items: Iterator[tuple[Any, ...]],
+    launcher: Launcher,
+    *,
+    window: int,
+    on_error: OnError,
+    ordered: bool,
+) -> AsyncGenerator[list[tuple[int, Outcome]], None]:
+    """Run every item; yield batches of ``(index, outcome)`` as items finish.
+
+    At most ``window`` items are in flight or waiting to be yielded in order. On
+    the first failure (``on_error="raise"``), or when the consumer stops early,
+    everything in flight is cancelled and awaited before this returns.
+    """
+    inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
+    numbered = enumerate(items)
+    size = launcher.chunk_size
+    waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
+    running = 0  # items in flight
+    next_index = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and running + len(waiting) < window:
+                chunk = list(itertools.islice(numbered, min(size, window - running - len(waiting))))
+                if not chunk:
+                    exhausted = True
+                    break
+                launcher.launch(inflight, chunk)
+                running += len(chunk)
+            if not inflight:
+                return
+            await inflight.wait_any()
+            batch: list[tuple[int, Outcome]] = []
+            while (done := inflight.pop_done()) is not None:
+                future, chunk = done
+                running -= len(chunk)
+                inputs = dict(chunk)
+                for result in launcher.results(future, chunk):
+                    index = result[0]
+                    outcome: Outcome
+                    if len(result) == 2:
+                        outcome = result[1]
+                    else:
+                        _, exc, formatted = result
+                        if formatted is None:  # raised here, not in another process
+                            annotate_item(exc, index, runner.inputs(inputs[index]))
+                        if on_error == "raise":
+                            raise exc
+                        outcome = ItemError.of(exc, index, runner.inputs(inputs[index]), formatted)
+                    if not ordered:
+                        batch.append((index, outcome))
+                        continue
+                    waiting[index] = outcome
+                    while next_index in waiting:
+                        batch.append((next_index, waiting.pop(next_index)))
+                        next_index += 1
+            if batch:
+                yield batch
+    except BaseException:
+        await launcher.before_cancel(inflight)
+        await inflight.cancel_all()
+        await launcher.abort()
+        raise
+    finally:
+        launcher.close()
