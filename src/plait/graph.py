@@ -54,52 +54,9 @@ class Graph:
         self._producer: dict[str, int] = {}
         for index, item in enumerate(self._nodes):
             self._register(index, item)
-
-        # Inputs: parameters no node produces, with the nodes consuming each.
-        self._consumers: dict[str, list[int]] = {}
-        preds: list[tuple[int, ...]] = []
-        succs: list[list[int]] = [[] for _ in self._nodes]
-        for index, item in enumerate(self._nodes):
-            distinct: dict[int, None] = {}
-            for param in item.inputs:
-                producer = self._producer.get(param)
-                if producer is None:
-                    self._consumers.setdefault(param, []).append(index)
-                elif producer not in distinct:
-                    distinct[producer] = None
-                    succs[producer].append(index)
-            preds.append(tuple(distinct))
-            for param in item.dep_inputs:
-                producer = self._producer.get(param)
-                if producer is not None:
-                    dep = next(d for d in all_deps(item.deps.values()) if param in d.params)
-                    raise GraphError(
-                        f"node {item.name!r}: {dep!r} takes {param!r}, which node "
-                        f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
-                        "pipeline inputs or other deps, since deps are set up before any node "
-                        "runs. Rename the parameter, or make the dep's work a node."
-                    )
-                consumers = self._consumers.setdefault(param, [])
-                if index not in consumers:
-                    consumers.append(index)
-        self._predecessors = tuple(preds)
-        self._successors = tuple(tuple(s) for s in succs)
+        self._link()
         self._order = self._topological_order()
-        # Present inputs and outputs in dataflow order, whatever order nodes came in.
-        rank = {index: position for position, index in enumerate(self._order)}
-        self._consumers = dict(
-            sorted(self._consumers.items(), key=lambda item: min(rank[i] for i in item[1]))
-        )
-        self._outputs = tuple(o for i in self._order for o in self._nodes[i].outputs)
-        self._inputs = tuple(self._consumers)
-        # An input is optional only if every node consuming it has a default for it.
-        optional = {
-            name
-            for name, consumers in self._consumers.items()
-            if all(_optional_for(self._nodes[i], name) for i in consumers)
-        }
-        self._optional = tuple(n for n in self._inputs if n in optional)
-        self._required = tuple(n for n in self._inputs if n not in optional)
+        self._list_names_in_order()
 
     def _register(self, index: int, item: object) -> None:
         if not isinstance(item, Node):
@@ -125,6 +82,54 @@ class Graph:
                     "one with output_name=..."
                 )
             self._producer[output] = index
+
+    def _link(self) -> None:
+        """Edges by name: each node's predecessors and successors, each input's consumers."""
+        # Inputs: parameters no node produces, with the nodes consuming each.
+        self._consumers: dict[str, list[int]] = {}
+        preds: list[tuple[int, ...]] = []
+        succs: list[list[int]] = [[] for _ in self._nodes]
+        for index, item in enumerate(self._nodes):
+            distinct: dict[int, None] = {}
+            for param in item.inputs:
+                producer = self._producer.get(param)
+                if producer is None:
+                    self._consumers.setdefault(param, []).append(index)
+                elif producer not in distinct:
+                    distinct[producer] = None
+                    succs[producer].append(index)
+            preds.append(tuple(distinct))
+            self._link_dep_inputs(index, item)
+        self._predecessors = tuple(preds)
+        self._successors = tuple(tuple(s) for s in succs)
+
+    def _link_dep_inputs(self, index: int, item: Node[..., Any]) -> None:
+        """Record node ``index`` as a consumer of the pipeline inputs its deps take."""
+        for param in item.dep_inputs:
+            producer = self._producer.get(param)
+            if producer is not None:
+                dep = next(d for d in all_deps(item.deps.values()) if param in d.params)
+                raise GraphError(
+                    f"node {item.name!r}: {dep!r} takes {param!r}, which node "
+                    f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
+                    "pipeline inputs or other deps, since deps are set up before any node "
+                    "runs. Rename the parameter, or make the dep's work a node."
+                )
+            consumers = self._consumers.setdefault(param, [])
+            if index not in consumers:
+                consumers.append(index)
+
+    def _list_names_in_order(self) -> None:
+        """Outputs and inputs in dataflow order, whatever order nodes came in."""
+        rank = {index: position for position, index in enumerate(self._order)}
+        self._consumers = dict(
+            sorted(self._consumers.items(), key=lambda item: min(rank[i] for i in item[1]))
+        )
+        self._outputs = tuple(o for i in self._order for o in self._nodes[i].outputs)
+        optional = _optional_inputs(self._nodes, self._consumers)
+        self._optional = tuple(n for n in self._consumers if n in optional)
+        self._required = tuple(n for n in self._consumers if n not in optional)
+        self._inputs = tuple(self._consumers)  # last: a Graph with inputs is complete
 
     def _topological_order(self) -> tuple[int, ...]:
         """Kahn's algorithm; stable (ties keep the order nodes were given in)."""
@@ -287,6 +292,17 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph: {len(self._nodes)} nodes, inputs {quoted(self._consumers) or 'none'}>"
+
+
+def _optional_inputs(
+    nodes: tuple[Node[..., Any], ...], consumers: dict[str, list[int]]
+) -> set[str]:
+    """The inputs every node consuming them has a default for."""
+    return {
+        name
+        for name, indices in consumers.items()
+        if all(_optional_for(nodes[i], name) for i in indices)
+    }
 
 
 def _optional_for(item: Node[..., Any], name: str) -> bool:
