@@ -76,6 +76,40 @@ def test_unknown_node_name_suggests() -> None:
         Graph([f, g])["gg"]
 
 
+@pytest.mark.parametrize("method", ["predecessors", "successors", "index_of"])
+def test_unknown_node_name_in_lookups(method: str) -> None:
+    graph = Graph([f, g])
+    with pytest.raises(KeyError) as info:
+        getattr(graph, method)("gg")
+    assert info.value.args[0] == "no node is named 'gg'. Did you mean 'g'? Nodes: 'f', 'g'"
+
+
+def test_repr() -> None:
+    assert repr(Graph([f, g, h])) == "<Graph: 3 nodes, inputs 'x', 'scale'>"
+    assert repr(Graph([g])) == "<Graph: 1 node, inputs 'y', 'scale'>"
+    constant = node(lambda: 1, output_name="one", name="constant")
+    assert repr(Graph([constant])) == "<Graph: 1 node, inputs none>"
+
+
+def _half_built(info: pytest.ExceptionInfo[BaseException]) -> Graph:
+    """The Graph whose construction raised ``info``, as a debugger would see it."""
+    for entry in info.traceback:
+        candidate = entry.frame.f_locals.get("self")
+        if isinstance(candidate, Graph):
+            return candidate
+    raise AssertionError("no Graph in the traceback")
+
+
+def test_repr_of_a_half_built_graph() -> None:
+    with pytest.raises(GraphError) as info:
+        Graph([])
+    assert repr(_half_built(info)) == "<Graph (incomplete): 0 nodes>"
+    with pytest.raises(DuplicateOutputError) as info:
+        Graph([f, node(g.func, output_name="y")])
+    assert repr(_half_built(info)) == "<Graph (incomplete): 2 nodes>"
+    assert repr(Graph.__new__(Graph)) == "<Graph (incomplete)>"
+
+
 def test_unknown_output_lists_available() -> None:
     with pytest.raises(
         UnknownOutputError, match=r"no node produces output 'zz'\. Did you mean 'z'"
@@ -140,6 +174,21 @@ def test_cycle_inside_a_larger_graph_reports_only_the_cycle() -> None:
     # Each step of the reported path is a real edge, in dataflow order.
     edges = {("c1", "c2"), ("c2", "c3"), ("c3", "c1")}
     assert set(itertools.pairwise(cycle)) == edges
+
+
+def test_cycle_after_its_root_is_found() -> None:
+    # Listed root first: the search for the cycle must skip the root, which has no
+    # predecessor left (a search starting there would find nothing to walk).
+    start = node(lambda x: x, output_name="s", name="start")
+    c1 = node(lambda s, c2_out: s, output_name="c1_out", name="c1")
+    c2 = node(lambda c1_out: c1_out, output_name="c2_out", name="c2")
+    with pytest.raises(CycleError) as info:
+        Graph([start, c1, c2])
+    assert info.value.cycle in (("c1", "c2", "c1"), ("c2", "c1", "c2"))
+    message = str(info.value)
+    assert "'c2' consumes 'c1_out' from 'c1'" in message
+    assert "'c1' consumes 'c2_out' from 'c2'" in message
+    assert "break the cycle by renaming an input or output" in message
 
 
 def test_non_node_items_are_rejected() -> None:

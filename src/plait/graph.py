@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from plait._text import did_you_mean, quoted
+from plait._text import did_you_mean, plural, quoted
 from plait.deps import all_deps
 from plait.errors import (
     CycleError,
@@ -291,7 +291,14 @@ class Graph:
         return index
 
     def __repr__(self) -> str:
-        return f"<Graph: {len(self._nodes)} nodes, inputs {quoted(self._consumers) or 'none'}>"
+        # Also for a Graph whose construction failed or is under way (debuggers, tracebacks).
+        nodes: tuple[Node[..., Any], ...] | None = getattr(self, "_nodes", None)
+        inputs: tuple[str, ...] | None = getattr(self, "_inputs", None)
+        if nodes is None:
+            return "<Graph (incomplete)>"
+        if inputs is None:
+            return f"<Graph (incomplete): {plural(len(nodes), 'node')}>"
+        return f"<Graph: {plural(len(nodes), 'node')}, inputs {quoted(inputs) or 'none'}>"
 
 
 def _optional_inputs(
