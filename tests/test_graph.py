@@ -131,9 +131,73 @@ def test_duplicate_output_names_both_nodes() -> None:
 
 
 def test_duplicate_node_names() -> None:
+    f1 = node(f.func, output_name="y", name="f")
+    f2 = node(f.func, output_name="y2", name="f")
+    with pytest.raises(DuplicateNodeNameError) as info:
+        Graph([f1, f2])
+    message = str(info.value)
+    assert "two nodes are named 'f': f(x) → y and f(x) → y2" in message
+    assert "give one a distinct name with node(..., name=...)" in message
+
+
+def test_colliding_default_names_are_told_apart_by_outputs() -> None:
+    # f is named after its function; f2 too: neither name was chosen.
     f2 = node(f.func, output_name="y2")
-    with pytest.raises(DuplicateNodeNameError, match=r"two nodes are named 'f': f\(x\) → y and"):
-        Graph([f, f2])
+    graph = Graph([f, f2, g])
+    assert [n.name for n in graph] == ["f[y]", "f[y2]", "g"]
+    assert graph["f[y]"].outputs == ("y",)
+    assert graph.predecessors("g") == (graph["f[y]"],)
+    assert graph.input_consumers["x"] == ("f[y]", "f[y2]")
+    # The nodes given are not changed; the graph holds renamed copies.
+    assert (f.name, f2.name) == ("f", "f")
+    assert graph["f[y]"].func is f.func
+    assert graph["g"] is g
+
+
+def test_a_chosen_name_keeps_it_and_a_default_name_gives_way() -> None:
+    chosen = node(f.func, output_name="y2", name="f")
+    graph = Graph([f, chosen])
+    assert [n.name for n in graph] == ["f[y]", "f"]
+    assert graph["f"] is chosen
+
+
+def test_tuple_outputs_in_a_disambiguated_name() -> None:
+    split = node(lambda x: (x, x), output_name=("a", "b"))
+    other = node(lambda x: x, output_name="c")
+    assert [n.name for n in Graph([split, other])] == ["<lambda>[a, b]", "<lambda>[c]"]
+
+
+def test_same_default_name_and_same_output_is_a_duplicate_output() -> None:
+    with pytest.raises(DuplicateOutputError, match="output 'y' is produced by two nodes"):
+        Graph([f, node(f.func, output_name="y")])
+
+
+def test_lambdas_and_a_function_used_twice_share_a_pipeline() -> None:
+    pipeline = Pipeline(
+        [node(lambda v: v + 1, output_name="b"), node(lambda b: b * 2, output_name="c")]
+    )
+    assert [n.name for n in pipeline.nodes] == ["<lambda>[b]", "<lambda>[c]"]
+    assert pipeline.run(inputs={"v": 1}) == {"b": 2, "c": 4}
+
+    def fetch(url):
+        if url == "bad":
+            raise ValueError("unreachable")
+        return url.upper()
+
+    pipeline = Pipeline([node(fetch, output_name="a"), node(fetch, output_name="b")])
+    assert [n.name for n in pipeline.nodes] == ["fetch[a]", "fetch[b]"]
+    assert pipeline.run(inputs={"url": "x"}) == {"a": "X", "b": "X"}
+    with pytest.raises(ValueError, match="unreachable") as info:
+        pipeline.run(inputs={"url": "bad"}, output_name="b")
+    assert any("node 'fetch[b]'" in note for note in info.value.__notes__)
+
+
+def test_a_disambiguated_name_taken_by_a_chosen_name_is_an_error() -> None:
+    taken = node(g.func, output_name="z", name="f[y]")
+    with pytest.raises(DuplicateNodeNameError) as info:
+        Graph([f, node(f.func, output_name="y2"), taken])
+    message = str(info.value)
+    assert "two nodes are named 'f[y]': f[y](x) → y and f[y](y, scale=2) → z" in message
 
 
 def test_same_node_twice() -> None:

@@ -6,7 +6,7 @@ chain never touches the recursion limit.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +30,8 @@ class Graph:
     parameters is named ``y``. Parameters that no node produces are the graph's
     inputs. Construction raises :class:`~plait.errors.GraphError` subclasses for
     duplicate outputs, duplicate node names and cycles (with the cycle's path).
+    Nodes sharing a name they did not choose get their outputs added to it:
+    ``fetch[a]``, ``fetch[b]``.
     """
 
     __slots__ = (
@@ -50,10 +52,10 @@ class Graph:
         self._nodes: tuple[Node[..., Any], ...] = tuple(nodes)
         if not self._nodes:
             raise GraphError("a pipeline needs at least one node; got an empty list")
-        self._by_name: dict[str, int] = {}
         self._producer: dict[str, int] = {}
         for index, item in enumerate(self._nodes):
             self._register(index, item)
+        self._name_nodes()
         self._link()
         self._order = self._topological_order()
         self._list_names_in_order()
@@ -64,24 +66,37 @@ class Graph:
                 f"item {index} of nodes is {item!r}, not a Node; decorate the function with "
                 "@node or wrap it: node(fn, output_name=...)"
             )
-        other = self._by_name.get(item.name)
-        if other is not None:
-            if self._nodes[other] is item:
-                raise DuplicateNodeNameError(f"node {item.name!r} is listed twice in nodes")
-            raise DuplicateNodeNameError(
-                f"two nodes are named {item.name!r}: {self._nodes[other].describe()} and "
-                f"{item.describe()}; give one a distinct name with node(..., name=...)"
-            )
-        self._by_name[item.name] = index
         for output in item.outputs:
             first = self._producer.get(output)
             if first is not None:
+                if self._nodes[first] is item:
+                    raise DuplicateNodeNameError(f"node {item.name!r} is listed twice in nodes")
                 raise DuplicateOutputError(
                     f"output {output!r} is produced by two nodes: {self._nodes[first].name!r} "
                     f"and {item.name!r}; each output name must come from one node, so rename "
                     "one with output_name=..."
                 )
             self._producer[output] = index
+
+    def _name_nodes(self) -> None:
+        """Index the nodes by name. Nodes sharing a name they did not choose (two lambdas,
+        one function used twice) are told apart by their outputs: ``fetch[a]``, ``fetch[b]``."""
+        counts = Counter(item.name for item in self._nodes)
+        self._nodes = tuple(
+            item
+            if item.name_given or counts[item.name] == 1
+            else item.renamed(f"{item.name}[{', '.join(item.outputs)}]")
+            for item in self._nodes
+        )
+        self._by_name: dict[str, int] = {}
+        for index, item in enumerate(self._nodes):
+            other = self._by_name.get(item.name)
+            if other is not None:
+                raise DuplicateNodeNameError(
+                    f"two nodes are named {item.name!r}: {self._nodes[other].describe()} and "
+                    f"{item.describe()}; give one a distinct name with node(..., name=...)"
+                )
+            self._by_name[item.name] = index
 
     def _link(self) -> None:
         """Edges by name: each node's predecessors and successors, each input's consumers."""
