@@ -238,3 +238,21 @@ def test_a_node_made_from_a_module_level_node_pickles() -> None:
     again = node(bare, output_name="again")
     unpickled = pickle.loads(pickle.dumps(again))
     assert (unpickled.name, unpickled.outputs, unpickled(1)) == ("bare", ("again",), 3)
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        pytest.param(lambda x: x, id="lambda"),
+        pytest.param(functools.partial(lambda x, y: x, 1), id="partial-of-lambda"),
+    ],
+)
+def test_a_lambda_needs_an_output_name(func: Any) -> None:
+    with pytest.raises(NodeDefinitionError) as info:
+        node(func)
+    assert str(info.value) == (
+        "node '<lambda>' needs output_name: its output would take the function's name, "
+        "'<lambda>', which no parameter can consume; name it, e.g. "
+        "node(fn, output_name='y')"
+    )
+    assert node(func, output_name="y").outputs == ("y",)

@@ -79,7 +79,8 @@ class Node(Generic[P, R]):
         self.name = _check_name(name if name is not None else default_name)
         self.name_given = name is not None
         self.output_name, self.outputs = _check_output_name(
-            output_name if output_name is not None else default_name, self.name
+            output_name if output_name is not None else _default_output(default_name, self.name),
+            self.name,
         )
         self.is_async = _node_is_async(func)
         self.cache = cache
@@ -234,6 +235,17 @@ def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise NodeDefinitionError(f"a node name must be a non-empty string, got {name!r}")
     return name
+
+
+def _default_output(func_name: str, node_name: str) -> str:
+    """The output named after the function, when its name can be a parameter's."""
+    if not func_name.isidentifier():
+        raise NodeDefinitionError(
+            f"node {node_name!r} needs output_name: its output would take the function's "
+            f"name, {func_name!r}, which no parameter can consume; name it, e.g. "
+            "node(fn, output_name='y')"
+        )
+    return func_name
 
 
 def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName, tuple[str, ...]]:
