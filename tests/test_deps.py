@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pytest
 
 from plait.bridge import drive_inline
-from plait.deps import Dep, all_deps, find_deps
+from plait.deps import Dep, DepKind, all_deps, find_deps
 from plait.engine.local.dep_scope import DepScope
 from plait.errors import DepDefinitionError, DepError, InputError, MissingInputsError
 
@@ -118,9 +118,49 @@ def test_dep_params_deps_defaults_and_is_async() -> None:
     assert Dep(on_top).is_async  # needs the loop through the dep it uses
 
 
+def test_dep_name_kind_and_inner_kind() -> None:
+    def gen() -> Iterator[int]:
+        yield 1
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    async def coro() -> int:
+        return 1
+
+    kinds = {
+        f: (Dep(f).kind, Dep(f).inner_kind)
+        for f in (make_config, coro, gen, agen, contextlib.contextmanager(gen))
+    }
+    assert list(kinds.values()) == [
+        (DepKind.SYNC, DepKind.SYNC),
+        (DepKind.ASYNC, DepKind.ASYNC),
+        (DepKind.GEN, DepKind.GEN),
+        (DepKind.AGEN, DepKind.AGEN),
+        (DepKind.SYNC, DepKind.GEN),  # a generator under @contextmanager
+    ]
+    assert Dep(functools.partial(make_conn)).name == "make_conn"
+
+
+def test_dep_arguments_take_deps_then_inputs_then_defaults() -> None:
+    def make(a: int, /, b: int = 2, *, c: int = 3, conn: str = Dep(make_conn)) -> None: ...
+
+    dep = Dep(make)
+    assert dep.arguments({"conn": "x"}, {"a": 1, "c": 30, "conn": "ignored"}) == (
+        [1],
+        {"c": 30, "conn": "x"},
+    )
+
+    # A positional-only parameter keeps its place: its default is passed.
+    def pos(a: int = 1, b: int = 2, /) -> None: ...
+
+    assert Dep(pos).arguments({}, {"b": 20}) == ([1, 20], {})
+
+
 def test_dep_survives_pickling() -> None:
     dep = pickle.loads(pickle.dumps(Dep(make_conn)))
     assert dep == Dep(make_conn)
+    assert (dep.name, dep.kind, dep.inner_kind) == ("make_conn", DepKind.SYNC, DepKind.SYNC)
     assert dep.deps == {"config": Dep(make_config)}
 
 

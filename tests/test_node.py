@@ -213,3 +213,46 @@ def test_other_nodes_pickle_by_value() -> None:
     copy = pickle.loads(pickle.dumps(n))
     assert copy is not n
     assert (copy.name, copy.outputs, copy(2, 3)) == ("adder", ("s",), 5)
+
+
+def test_name_given_tells_a_chosen_name_from_the_function_name() -> None:
+    assert (bare.name_given, double.name_given) == (False, True)
+    assert node(operator.add, output_name="s").name_given is False
+    assert node(operator.add, output_name="s", name="add").name_given is True
+
+
+def test_renamed_is_a_copy_under_another_name() -> None:
+    copy = bare.renamed("bare[bare]")
+    assert copy is not bare
+    assert bare.name == "bare"
+    assert (copy.name, copy.name_given, copy.func) == ("bare[bare]", False, bare.func)
+    assert (copy.inputs, copy.outputs, copy.options) == (bare.inputs, bare.outputs, bare.options)
+    assert copy(1) == 3
+    unpickled = pickle.loads(pickle.dumps(copy))
+    assert (unpickled.name, unpickled.name_given) == ("bare[bare]", False)
+    assert double.renamed("twice").name_given is True
+
+
+def test_a_node_made_from_a_module_level_node_pickles() -> None:
+    # Its function is reachable by name only through the decorated Node.
+    again = node(bare, output_name="again")
+    unpickled = pickle.loads(pickle.dumps(again))
+    assert (unpickled.name, unpickled.outputs, unpickled(1)) == ("bare", ("again",), 3)
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        pytest.param(lambda x: x, id="lambda"),
+        pytest.param(functools.partial(lambda x, y: x, 1), id="partial-of-lambda"),
+    ],
+)
+def test_a_lambda_needs_an_output_name(func: Any) -> None:
+    with pytest.raises(NodeDefinitionError) as info:
+        node(func)
+    assert str(info.value) == (
+        "node '<lambda>' needs output_name: its output would take the function's name, "
+        "'<lambda>', which no parameter can consume; name it, e.g. "
+        "node(fn, output_name='y')"
+    )
+    assert node(func, output_name="y").outputs == ("y",)

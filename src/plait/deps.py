@@ -35,6 +35,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
@@ -46,11 +47,17 @@ T = TypeVar("T")
 Scope = Literal["run", "item"]
 _SCOPES: Final = ("run", "item")
 
-# How a dep function produces its value.
-_SYNC: Final = "sync"  # a plain call
-_ASYNC: Final = "async"  # async def: await the call
-_GEN: Final = "gen"  # sync generator: next() once; resuming it is the teardown
-_AGEN: Final = "agen"  # async generator: the same, awaited
+
+class DepKind(Enum):
+    """How a dep function produces its value (:attr:`Dep.kind`)."""
+
+    SYNC = "sync"  # a plain call
+    ASYNC = "async"  # async def: await the call
+    GEN = "gen"  # sync generator: next() once; resuming it is the teardown
+    AGEN = "agen"  # async generator: the same, awaited
+
+
+_AWAITED: Final = (DepKind.ASYNC, DepKind.AGEN)
 
 # The dep functions whose Dep is being built in this thread: a function seen
 # twice means the deps form a cycle (possible with string annotations).
@@ -87,6 +94,13 @@ class Dep(Generic[T]):
     deps: Mapping[str, Dep[Any]]
     #: Whether setting it up needs an event loop: ``func`` or a dep it uses is async.
     is_async: bool
+    #: The function's name, as messages show it.
+    name: str
+    #: How ``func`` produces the resource.
+    kind: DepKind
+    #: How the function under ``func``'s decorators produces it (a generator under
+    #: ``@contextmanager``, say); :attr:`kind` otherwise.
+    inner_kind: DepKind
 
     @overload
     def __init__(
@@ -123,10 +137,9 @@ class Dep(Generic[T]):
             ) from None
         self.func = func
         self.scope = scope
-        self._name = name
-        self._kind = _kind_of(func, wrapped=False)
-        # What a decorator wraps: a generator function under @contextmanager, say.
-        self._inner_kind = _kind_of(func, wrapped=True)
+        self.name = name
+        self.kind = _kind_of(func, wrapped=False)
+        self.inner_kind = _kind_of(func, wrapped=True)
         self._signature = _read_signature(func, f"Dep({name})")
         for param in self._signature.parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -142,7 +155,7 @@ class Dep(Generic[T]):
                 raise DepDefinitionError(
                     f"{self!r} is run-scoped but its parameter {param_name!r} is {sub!r}: a "
                     "resource shared by the whole run cannot use one made per map item. Make "
-                    f"it Dep({name}, scope='item'), or make {sub._name} run-scoped."
+                    f"it Dep({name}, scope='item'), or make {sub.name} run-scoped."
                 )
         self.deps = MappingProxyType(deps)
         self.params = tuple(p for p in self._signature.parameters if p not in deps)
@@ -154,8 +167,8 @@ class Dep(Generic[T]):
             }
         )
         self.is_async = (
-            self._kind in (_ASYNC, _AGEN)
-            or self._inner_kind in (_ASYNC, _AGEN)
+            self.kind in _AWAITED
+            or self.inner_kind in _AWAITED
             or any(d.is_async for d in deps.values())
         )
         # (name, positional-only, default) per parameter, for building the call.
@@ -175,12 +188,12 @@ class Dep(Generic[T]):
     def __cache_key__(self) -> tuple[str, str, str]:
         # As a node's default value: which resource, not its value (see docs/deps.md).
         func = self.func
-        where = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', self._name)}"
+        where = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', self.name)}"
         return ("plait.Dep", where, self.scope)
 
     def __repr__(self) -> str:
         scope = "" if self.scope == "run" else f", scope={self.scope!r}"
-        return f"Dep({self._name}{scope})"
+        return f"Dep({self.name}{scope})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -196,10 +209,12 @@ class Dep(Generic[T]):
         self._hash = hash((self.func, self.scope))  # hashes of str differ across processes
         self._signature = inspect.signature(self.func)
 
-    def _arguments(
+    def arguments(
         self, values: Mapping[str, Any], inputs: Mapping[str, Any]
     ) -> tuple[list[Any], dict[str, Any]]:
-        """The call's arguments: dep values, then inputs, then (positional-only) defaults."""
+        """``(args, kwargs)`` to call :attr:`func` with: each parameter takes the value of
+        the dep it names (``values``), else the pipeline input (``inputs``), else its default.
+        """
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for name, positional, default in self._layout:
@@ -395,15 +410,15 @@ def _unwrap(func: Callable[..., Any], *, wrapped: bool) -> Any:
     return inner
 
 
-def _kind_of(func: Callable[..., Any], *, wrapped: bool) -> str:
+def _kind_of(func: Callable[..., Any], *, wrapped: bool) -> DepKind:
     inner = _unwrap(func, wrapped=wrapped)
     if inspect.isasyncgenfunction(inner):
-        return _AGEN
+        return DepKind.AGEN
     if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(func):
-        return _ASYNC
+        return DepKind.ASYNC
     if inspect.isgeneratorfunction(inner):
-        return _GEN
-    return _SYNC
+        return DepKind.GEN
+    return DepKind.SYNC
 
 
 def _globals_of(func: Callable[..., Any]) -> dict[str, Any]:

@@ -28,7 +28,11 @@ class DuplicateOutputError(GraphError):
 
 
 class DuplicateNodeNameError(GraphError):
-    """Two nodes share one name; names identify nodes in errors and results."""
+    """Two nodes share one name; names identify nodes in errors and results.
+
+    Only names given with ``name=`` can clash: nodes sharing a name taken from their
+    function are told apart by their outputs (``fetch[a]``, ``fetch[b]``).
+    """
 
 
 class CycleError(GraphError):

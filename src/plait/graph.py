@@ -6,12 +6,12 @@ chain never touches the recursion limit.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from plait._text import did_you_mean, quoted
+from plait._text import did_you_mean, plural, quoted
 from plait.deps import all_deps
 from plait.errors import (
     CycleError,
@@ -30,6 +30,8 @@ class Graph:
     parameters is named ``y``. Parameters that no node produces are the graph's
     inputs. Construction raises :class:`~plait.errors.GraphError` subclasses for
     duplicate outputs, duplicate node names and cycles (with the cycle's path).
+    Nodes sharing a name they did not choose get their outputs added to it:
+    ``fetch[a]``, ``fetch[b]``.
     """
 
     __slots__ = (
@@ -51,11 +53,54 @@ class Graph:
         self._nodes: tuple[Node[..., Any], ...] = tuple(nodes)
         if not self._nodes:
             raise GraphError("a pipeline needs at least one node; got an empty list")
-        self._by_name: dict[str, int] = {}
         self._producer: dict[str, int] = {}
         for index, item in enumerate(self._nodes):
             self._register(index, item)
+        self._name_nodes()
+        self._link()
+        self._order = self._topological_order()
+        self._list_names_in_order()
 
+    def _register(self, index: int, item: object) -> None:
+        if not isinstance(item, Node):
+            raise GraphError(
+                f"item {index} of nodes is {item!r}, not a Node; decorate the function with "
+                "@node or wrap it: node(fn, output_name=...)"
+            )
+        for output in item.outputs:
+            first = self._producer.get(output)
+            if first is not None:
+                if self._nodes[first] is item:
+                    raise DuplicateNodeNameError(f"node {item.name!r} is listed twice in nodes")
+                raise DuplicateOutputError(
+                    f"output {output!r} is produced by two nodes: {self._nodes[first].name!r} "
+                    f"and {item.name!r}; each output name must come from one node, so rename "
+                    "one with output_name=..."
+                )
+            self._producer[output] = index
+
+    def _name_nodes(self) -> None:
+        """Index the nodes by name. Nodes sharing a name they did not choose (two lambdas,
+        one function used twice) are told apart by their outputs: ``fetch[a]``, ``fetch[b]``."""
+        counts = Counter(item.name for item in self._nodes)
+        self._nodes = tuple(
+            item
+            if item.name_given or counts[item.name] == 1
+            else item.renamed(f"{item.name}[{', '.join(item.outputs)}]")
+            for item in self._nodes
+        )
+        self._by_name: dict[str, int] = {}
+        for index, item in enumerate(self._nodes):
+            other = self._by_name.get(item.name)
+            if other is not None:
+                raise DuplicateNodeNameError(
+                    f"two nodes are named {item.name!r}: {self._nodes[other].describe()} and "
+                    f"{item.describe()}; give one a distinct name with node(..., name=...)"
+                )
+            self._by_name[item.name] = index
+
+    def _link(self) -> None:
+        """Edges by name: each node's predecessors and successors, each input's consumers."""
         # Inputs: parameters no node produces, with the nodes consuming each.
         self._consumers: dict[str, list[int]] = {}
         preds: list[tuple[int, ...]] = []
@@ -70,62 +115,37 @@ class Graph:
                     distinct[producer] = None
                     succs[producer].append(index)
             preds.append(tuple(distinct))
-            for param in item.dep_inputs:
-                producer = self._producer.get(param)
-                if producer is not None:
-                    dep = next(d for d in all_deps(item.deps.values()) if param in d.params)
-                    raise GraphError(
-                        f"node {item.name!r}: {dep!r} takes {param!r}, which node "
-                        f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
-                        "pipeline inputs or other deps, since deps are set up before any node "
-                        "runs. Rename the parameter, or make the dep's work a node."
-                    )
-                consumers = self._consumers.setdefault(param, [])
-                if index not in consumers:
-                    consumers.append(index)
+            self._link_dep_inputs(index, item)
         self._predecessors = tuple(preds)
         self._successors = tuple(tuple(s) for s in succs)
-        self._order = self._topological_order()
-        # Present inputs and outputs in dataflow order, whatever order nodes came in.
+
+    def _link_dep_inputs(self, index: int, item: Node[..., Any]) -> None:
+        """Record node ``index`` as a consumer of the pipeline inputs its deps take."""
+        for param in item.dep_inputs:
+            producer = self._producer.get(param)
+            if producer is not None:
+                dep = next(d for d in all_deps(item.deps.values()) if param in d.params)
+                raise GraphError(
+                    f"node {item.name!r}: {dep!r} takes {param!r}, which node "
+                    f"{self._nodes[producer].name!r} produces; a dep's parameters must be "
+                    "pipeline inputs or other deps, since deps are set up before any node "
+                    "runs. Rename the parameter, or make the dep's work a node."
+                )
+            consumers = self._consumers.setdefault(param, [])
+            if index not in consumers:
+                consumers.append(index)
+
+    def _list_names_in_order(self) -> None:
+        """Outputs and inputs in dataflow order, whatever order nodes came in."""
         rank = {index: position for position, index in enumerate(self._order)}
         self._consumers = dict(
             sorted(self._consumers.items(), key=lambda item: min(rank[i] for i in item[1]))
         )
         self._outputs = tuple(o for i in self._order for o in self._nodes[i].outputs)
-        self._inputs = tuple(self._consumers)
-        # An input is optional only if every node consuming it has a default for it.
-        optional = {
-            name
-            for name, consumers in self._consumers.items()
-            if all(_optional_for(self._nodes[i], name) for i in consumers)
-        }
-        self._optional = tuple(n for n in self._inputs if n in optional)
-        self._required = tuple(n for n in self._inputs if n not in optional)
-
-    def _register(self, index: int, item: object) -> None:
-        if not isinstance(item, Node):
-            raise GraphError(
-                f"item {index} of nodes is {item!r}, not a Node; decorate the function with "
-                "@node or wrap it: node(fn, output_name=...)"
-            )
-        other = self._by_name.get(item.name)
-        if other is not None:
-            if self._nodes[other] is item:
-                raise DuplicateNodeNameError(f"node {item.name!r} is listed twice in nodes")
-            raise DuplicateNodeNameError(
-                f"two nodes are named {item.name!r}: {self._nodes[other].describe()} and "
-                f"{item.describe()}; give one a distinct name with node(..., name=...)"
-            )
-        self._by_name[item.name] = index
-        for output in item.outputs:
-            first = self._producer.get(output)
-            if first is not None:
-                raise DuplicateOutputError(
-                    f"output {output!r} is produced by two nodes: {self._nodes[first].name!r} "
-                    f"and {item.name!r}; each output name must come from one node, so rename "
-                    "one with output_name=..."
-                )
-            self._producer[output] = index
+        optional = _optional_inputs(self._nodes, self._consumers)
+        self._optional = tuple(n for n in self._consumers if n in optional)
+        self._required = tuple(n for n in self._consumers if n not in optional)
+        self._inputs = tuple(self._consumers)  # last: a Graph with inputs is complete
 
     def _topological_order(self) -> tuple[int, ...]:
         """Kahn's algorithm; stable (ties keep the order nodes were given in)."""
@@ -287,7 +307,25 @@ class Graph:
         return index
 
     def __repr__(self) -> str:
-        return f"<Graph: {len(self._nodes)} nodes, inputs {quoted(self._consumers) or 'none'}>"
+        # Also for a Graph whose construction failed or is under way (debuggers, tracebacks).
+        nodes: tuple[Node[..., Any], ...] | None = getattr(self, "_nodes", None)
+        inputs: tuple[str, ...] | None = getattr(self, "_inputs", None)
+        if nodes is None:
+            return "<Graph (incomplete)>"
+        if inputs is None:
+            return f"<Graph (incomplete): {plural(len(nodes), 'node')}>"
+        return f"<Graph: {plural(len(nodes), 'node')}, inputs {quoted(inputs) or 'none'}>"
+
+
+def _optional_inputs(
+    nodes: tuple[Node[..., Any], ...], consumers: dict[str, list[int]]
+) -> set[str]:
+    """The inputs every node consuming them has a default for."""
+    return {
+        name
+        for name, indices in consumers.items()
+        if all(_optional_for(nodes[i], name) for i in indices)
+    }
 
 
 def _optional_for(item: Node[..., Any], name: str) -> bool:

@@ -47,6 +47,8 @@ class Node(Generic[P, R]):
 
     func: Callable[P, R]
     name: str
+    #: Whether :attr:`name` was chosen (``name=...``) rather than taken from the function.
+    name_given: bool
     output_name: OutputName
     outputs: tuple[str, ...]
     is_async: bool
@@ -76,8 +78,10 @@ class Node(Generic[P, R]):
         default_name = callable_name(func)
         self.func = func
         self.name = _check_name(name if name is not None else default_name)
+        self.name_given = name is not None
         self.output_name, self.outputs = _check_output_name(
-            output_name if output_name is not None else default_name, self.name
+            output_name if output_name is not None else _default_output(default_name, self.name),
+            self.name,
         )
         self.is_async = _node_is_async(func)
         self.cache = cache
@@ -127,6 +131,16 @@ class Node(Generic[P, R]):
         outs = self.outputs[0] if single else f"({', '.join(self.outputs)})"
         return f"{self.name}({params}) → {outs}"
 
+    def renamed(self, name: str) -> Node[P, R]:
+        """A copy of this node called ``name``; :attr:`name_given` stays as it was.
+
+        :class:`~plait.Graph` uses it to tell apart nodes whose default names collide.
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.name = _check_name(name)
+        return copy
+
     def __repr__(self) -> str:
         return f"Node({self.describe()})"
 
@@ -134,16 +148,29 @@ class Node(Generic[P, R]):
         # A decorated module-level function is reachable by name as this Node:
         # pickle it by reference, as pickle does for plain functions.
         qualname: str = getattr(self, "__qualname__", "")
-        if _lookup(getattr(self, "__module__", None), qualname) is self:
+        found = _lookup(getattr(self, "__module__", None), qualname)
+        if found is self:
             return qualname
-        return (_rebuild, (self.func, self.output_name, self.name, self.cache, self.options))
+        # A copy of such a Node (renamed, or node(decorated, ...)): its function is
+        # reachable only through that Node, which rebuilding unwraps.
+        func = found if isinstance(found, Node) and found.func is self.func else self.func
+        return (
+            _rebuild,
+            (func, self.output_name, self.name, self.cache, self.options, self.name_given),
+        )
 
 
 def _rebuild(
-    func: Callable[..., Any], output_name: OutputName, name: str, cache: bool, options: NodeOptions
+    func: Callable[..., Any],
+    output_name: OutputName,
+    name: str,
+    cache: bool,
+    options: NodeOptions,
+    name_given: bool = True,
 ) -> Node[..., Any]:
     rebuilt = Node(func, output_name=output_name, name=name, cache=cache)
     rebuilt.options = options
+    rebuilt.name_given = name_given
     return rebuilt
 
 
@@ -209,6 +236,17 @@ def _check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise NodeDefinitionError(f"a node name must be a non-empty string, got {name!r}")
     return name
+
+
+def _default_output(func_name: str, node_name: str) -> str:
+    """The output named after the function, when its name can be a parameter's."""
+    if not func_name.isidentifier():
+        raise NodeDefinitionError(
+            f"node {node_name!r} needs output_name: its output would take the function's "
+            f"name, {func_name!r}, which no parameter can consume; name it, e.g. "
+            "node(fn, output_name='y')"
+        )
+    return func_name
 
 
 def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName, tuple[str, ...]]:

@@ -70,49 +70,13 @@ _PLAIN = NodeOptions()
 
 def make_options(node_name: str, **given: Any) -> NodeOptions:
     """Validate ``@node(...)`` control arguments; errors name the node."""
-    executor = given["executor"]
-    if executor is not None and not isinstance(executor, Executor):  # noqa: SIM102
-        if executor not in NODE_EXECUTOR_ALIASES:
-            raise NodeDefinitionError(
-                f"node {node_name!r}: executor must be one of "
-                f"{', '.join(repr(a) for a in NODE_EXECUTOR_ALIASES)} or a "
-                f"concurrent.futures.Executor, got {executor!r}"
-            )
-    max_concurrent = given["max_concurrent"]
-    if max_concurrent is not None:
-        _positive_int(node_name, "max_concurrent", max_concurrent)
-    retries = given["retries"]
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise NodeDefinitionError(
-            f"node {node_name!r}: retries must be an int >= 0, got {retries!r}"
-        )
-    retry_on = given["retry_on"]
-    retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    if not retry_on or not all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
-    ):
-        raise NodeDefinitionError(
-            f"node {node_name!r}: retry_on must be an exception class or a tuple of them, "
-            f"got {given['retry_on']!r}"
-        )
-    backoff = given["backoff"]
-    if not callable(backoff) and not (_is_number(backoff) and backoff >= 0):
-        raise NodeDefinitionError(
-            f"node {node_name!r}: backoff must be seconds >= 0 or a function attempt -> seconds, "
-            f"got {backoff!r}"
-        )
-    timeout = given["timeout"]
-    if timeout is not None and not (_is_number(timeout) and timeout > 0):
-        raise NodeDefinitionError(
-            f"node {node_name!r}: timeout must be seconds > 0, got {timeout!r}"
-        )
     return NodeOptions(
-        executor=executor,
-        max_concurrent=max_concurrent,
-        retries=retries,
-        retry_on=retry_on,
-        backoff=backoff,
-        timeout=None if timeout is None else float(timeout),
+        executor=_check_executor(node_name, given["executor"]),
+        max_concurrent=_check_max_concurrent(node_name, given["max_concurrent"]),
+        retries=_check_retries(node_name, given["retries"]),
+        retry_on=_check_retry_on(node_name, given["retry_on"]),
+        backoff=_check_backoff(node_name, given["backoff"]),
+        timeout=_check_timeout(node_name, given["timeout"]),
         rate_limit=parse_rate(node_name, given["rate_limit"]),
     )
 
@@ -123,17 +87,80 @@ def parse_rate(node_name: str, rate: object) -> float | None:
         return None
     if isinstance(rate, (int, float)) and _is_number(rate) and rate > 0:
         return float(rate)
-    if isinstance(rate, str):
-        match = _RATE.match(rate.lower())
-        if match:
-            count, multiple, unit = match.groups()
-            period = _PERIODS.get(unit.rstrip("s") if unit not in _PERIODS else unit)
-            if period is not None and float(count) > 0:
-                return float(count) / (period * (float(multiple) if multiple else 1.0))
+    per_second = _parse_rate_text(rate) if isinstance(rate, str) else None
+    if per_second is None:
+        raise NodeDefinitionError(
+            f"node {node_name!r}: rate_limit must look like '20/s', '100/min', '5/10s' or "
+            f"'1000/h', or be calls per second > 0; got {rate!r}"
+        )
+    return per_second
+
+
+def _parse_rate_text(rate: str) -> float | None:
+    """Calls per second for ``"count/[multiple]unit"``, or None when it does not parse."""
+    match = _RATE.match(rate.lower())
+    if not match:
+        return None
+    count, multiple, unit = match.groups()
+    period = _PERIODS.get(unit.rstrip("s") if unit not in _PERIODS else unit)
+    if period is None or float(count) <= 0:
+        return None
+    return float(count) / (period * (float(multiple) if multiple else 1.0))
+
+
+def _check_executor(node_name: str, executor: str | Executor | None) -> str | Executor | None:
+    if executor is None or isinstance(executor, Executor) or executor in NODE_EXECUTOR_ALIASES:
+        return executor
     raise NodeDefinitionError(
-        f"node {node_name!r}: rate_limit must look like '20/s', '100/min', '5/10s' or '1000/h', "
-        f"or be calls per second > 0; got {rate!r}"
+        f"node {node_name!r}: executor must be one of "
+        f"{', '.join(repr(a) for a in NODE_EXECUTOR_ALIASES)} or a "
+        f"concurrent.futures.Executor, got {executor!r}"
     )
+
+
+def _check_max_concurrent(node_name: str, max_concurrent: int | None) -> int | None:
+    if max_concurrent is not None:
+        _positive_int(node_name, "max_concurrent", max_concurrent)
+    return max_concurrent
+
+
+def _check_retries(node_name: str, retries: Any) -> int:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise NodeDefinitionError(
+            f"node {node_name!r}: retries must be an int >= 0, got {retries!r}"
+        )
+    return retries
+
+
+def _check_retry_on(node_name: str, given: Any) -> tuple[type[BaseException], ...]:
+    retry_on = given if isinstance(given, tuple) else (given,)
+    if not retry_on or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+    ):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: retry_on must be an exception class or a tuple of them, "
+            f"got {given!r}"
+        )
+    return retry_on
+
+
+def _check_backoff(node_name: str, backoff: Backoff) -> Backoff:
+    if not callable(backoff) and not (_is_number(backoff) and backoff >= 0):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: backoff must be seconds >= 0 or a function attempt -> seconds, "
+            f"got {backoff!r}"
+        )
+    return backoff
+
+
+def _check_timeout(node_name: str, timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if not (_is_number(timeout) and timeout > 0):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: timeout must be seconds > 0, got {timeout!r}"
+        )
+    return float(timeout)
 
 
 def _positive_int(node_name: str, option: str, value: object) -> None:

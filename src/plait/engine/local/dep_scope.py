@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from plait.deps import _AGEN, _ASYNC, _GEN, Dep
+from plait.deps import Dep, DepKind
 from plait.errors import DepError, MissingInputsError
 
 T = TypeVar("T")
@@ -181,14 +181,14 @@ class DepScope:
     def _enter_now(self, setup: _Setup, result: Any) -> bool:
         """Get the value from what the dep function returned, if that needs no awaiting."""
         dep = setup.dep
-        wraps_generator = dep._inner_kind == _GEN
-        wraps_async_generator = dep._inner_kind == _AGEN
-        if dep._kind == _GEN or (wraps_generator and isinstance(result, Generator)):
+        wraps_generator = dep.inner_kind is DepKind.GEN
+        wraps_async_generator = dep.inner_kind is DepKind.AGEN
+        if dep.kind is DepKind.GEN or (wraps_generator and isinstance(result, Generator)):
             self._finish(setup, _enter_generator(dep, result), result)
         elif wraps_generator and isinstance(result, AbstractContextManager):
             self._finish(setup, _noted_call(dep, result.__enter__), result)  # @contextmanager
         elif (
-            dep._kind in (_ASYNC, _AGEN)
+            dep.kind in (DepKind.ASYNC, DepKind.AGEN)
             or inspect.isawaitable(result)
             # an async generator under a decorator (@asynccontextmanager, say)
             or (wraps_async_generator and isinstance(result, AsyncGenerator))
@@ -224,7 +224,7 @@ class DepScope:
             self._finished.append(setup)
 
     def _call(self, dep: Dep[Any], subs: Mapping[str, _Setup]) -> Any:
-        args, kwargs = dep._arguments({n: s.value for n, s in subs.items()}, self.inputs)
+        args, kwargs = dep.arguments({n: s.value for n, s in subs.items()}, self.inputs)
         try:
             return dep.func(*args, **kwargs)
         except Exception as exc:
@@ -239,7 +239,7 @@ class DepScope:
         given = ", ".join(f"{p!r}: ..." for p in missing)
         what = "a parameter" if len(missing) == 1 else "parameters"
         raise MissingInputsError(
-            f"{dep!r} needs {names}, {what} of {dep._name}(), but no such pipeline input was "
+            f"{dep!r} needs {names}, {what} of {dep.name}(), but no such pipeline input was "
             f"given. Pass it as a pipeline input: inputs={{{given}}}",
             {p: (repr(dep),) for p in missing},
         )
@@ -375,7 +375,7 @@ async def _teardown(setup: _Setup, exc: BaseException | None) -> BaseException |
             error.add_note(f"plait: raised while tearing down {setup.dep!r}")
         return error
     twice = DepError(
-        f"{setup.dep!r}: {setup.dep._name}() yielded more than once; a dep generator must "
+        f"{setup.dep!r}: {setup.dep.name}() yielded more than once; a dep generator must "
         "yield exactly once (the code after its yield is the teardown)"
     )
     try:
@@ -390,7 +390,7 @@ async def _teardown(setup: _Setup, exc: BaseException | None) -> BaseException |
 
 def _no_yield(dep: Dep[Any]) -> str:
     return (
-        f"{dep!r}: {dep._name}() finished without yielding; a dep generator must yield the "
+        f"{dep!r}: {dep.name}() finished without yielding; a dep generator must yield the "
         "resource exactly once (the code after its yield is the teardown)"
     )
 
