@@ -208,28 +208,46 @@ class _Walk:
         while isinstance(obj, Node):
             obj = obj.func
         if isinstance(obj, types.FunctionType):
-            if not is_user_module(obj.__module__) and _named(obj):
-                return b"n" + text(qualified_name(obj))  # library code: by name
-            self.visit(obj)  # the user's, or a closure a library made: by content
-            return b"F" + code_digest(obj.__code__)[0] + _captured_constants(obj)
+            return self.function_ref(obj)
         if isinstance(obj, types.MethodType):
             owner = self.value(obj.__self__, f"{qualified_name(obj.__func__)}.__self__")
             return b"M" + self.ref(obj.__func__) + owner
         if isinstance(obj, functools.partial):
-            name = f"partial({qualified_name(obj.func)})"
-            args = self.value(obj.args, f"{name}.args")
-            return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
+            return self.partial_ref(obj)
         if isinstance(obj, _BUILTINS):
-            out = b"B" + text(qualified_name(obj))
-            bound = getattr(obj, "__self__", None)
-            if bound is not None and not isinstance(bound, (types.ModuleType, type)):
-                out += self.value(bound, f"{qualified_name(obj)}.__self__")
-            return out
+            return self.builtin_ref(obj)
         if isinstance(obj, type):
-            if is_user_module(obj.__module__):
-                self.visit(obj)
-                return b"Y" + text(qualified_name(obj))
-            return b"N" + text(qualified_name(obj))
+            return self.class_ref(obj)
+        return self.object_ref(obj)
+
+    def function_ref(self, func: types.FunctionType) -> bytes:
+        """Library functions by name; the user's (and closures a library made) by content."""
+        if not is_user_module(func.__module__) and _named(func):
+            return b"n" + text(qualified_name(func))
+        self.visit(func)
+        return b"F" + code_digest(func.__code__)[0] + _captured_constants(func)
+
+    def partial_ref(self, obj: functools.partial[Any]) -> bytes:
+        name = f"partial({qualified_name(obj.func)})"
+        args = self.value(obj.args, f"{name}.args")
+        return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
+
+    def builtin_ref(self, obj: Any) -> bytes:
+        """A builtin function or method by name, and the object it is bound to."""
+        out = b"B" + text(qualified_name(obj))
+        bound = getattr(obj, "__self__", None)
+        if bound is not None and not isinstance(bound, (types.ModuleType, type)):
+            out += self.value(bound, f"{qualified_name(obj)}.__self__")
+        return out
+
+    def class_ref(self, cls: type) -> bytes:
+        if is_user_module(cls.__module__):
+            self.visit(cls)
+            return b"Y" + text(qualified_name(cls))
+        return b"N" + text(qualified_name(cls))
+
+    def object_ref(self, obj: Any) -> bytes:
+        """A callable object: by ``__cache_key__``, by name, or by its (user) class."""
         cls = type(obj)
         if getattr(cls, "__cache_key__", None) is not None:
             self.guard = None  # the key may change at any time
@@ -238,19 +256,23 @@ class _Walk:
         if not callable(obj):
             raise Failure(obj, "it is not callable")
         if not all(is_user_module(k.__module__) for k in cls.__mro__[:-1]):
-            try:
-                wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
-            except Exception:  # a proxy object may raise anything from __getattr__
-                wrapped = None
-            if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
-                return b"w" + text(qualified_name(cls)) + self.ref(wrapped)
-            if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
-                return b"n" + text(qualified_name(obj))
-            raise Failure(obj, "it is a callable object whose state plait cannot read")
+            return self.library_object_ref(obj)
         state = _instance_state(obj)
         if state:
             raise Failure(obj, f"it is a callable object with instance state ({quoted(state)})")
         return b"O" + self.ref(cls)
+
+    def library_object_ref(self, obj: Any) -> bytes:
+        """A callable object of a library class: a wrapper of user code, or a named one."""
+        try:
+            wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
+        except Exception:  # a proxy object may raise anything from __getattr__
+            wrapped = None
+        if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
+            return b"w" + text(qualified_name(type(obj))) + self.ref(wrapped)
+        if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
+            return b"n" + text(qualified_name(obj))
+        raise Failure(obj, "it is a callable object whose state plait cannot read")
 
     def global_ref(self, value: Any, modules: list[types.ModuleType]) -> bytes:
         """A global a function reads: code as :meth:`ref`, modules by name, values by value."""
