@@ -32,7 +32,7 @@ import pydantic
 import pytest
 
 import plait
-from plait import node
+from plait import MemoryCache, Pipeline, node
 from plait.cache import fingerprint_code, fingerprint_value
 from plait.cache.fingerprint import MAX_DEPTH, cache_key
 from plait.errors import Unfingerprintable
@@ -500,12 +500,66 @@ def test_closure_values_count() -> None:
     def make(config: Any) -> Callable[[], Any]:
         return lambda: config["depth"]
 
-    assert fingerprint_code(make({"depth": 1})) == fingerprint_code(make({"depth": 1}))
-    assert fingerprint_code(make({"depth": 1})) != fingerprint_code(make({"depth": 2}))
-    with pytest.raises(Unfingerprintable) as info:
-        fingerprint_code(make(threading.Lock()), where="node 'n'")
-    assert "closure variable 'config'" in str(info.value)
-    assert info.value.path[0] == "node 'n'"
+    frozen = fingerprint_code(make((("depth", 1),)))
+    assert frozen == fingerprint_code(make((("depth", 1),)))
+    assert frozen != fingerprint_code(make((("depth", 2),)))  # immutable: by value
+    assert fingerprint_code(make(Settings(1))) != fingerprint_code(make(Settings(2)))
+
+
+def test_closure_variables_follow_the_rule_of_globals() -> None:
+    """Mutable closure variables count by type, as mutable globals do: a node that
+    appends to a list it closes over keeps its key."""
+
+    def make(state: Any) -> Callable[[int], int]:
+        def step(x: int) -> int:
+            state.append(x) if isinstance(state, list) else None
+            return x
+
+        return step
+
+    log: list[int] = []
+    step = make(log)
+    before = fingerprint_code(step)
+    step(1)
+    log.append(2)
+    assert fingerprint_code(step) == before  # mutated in place: same key
+    assert fingerprint_code(make([9, 9])) == before  # another list: same type
+    assert fingerprint_code(make({})) != before  # another type
+    # Objects without a fingerprint count by type too, as globals do (no error).
+    with_lock = fingerprint_code(make(threading.Lock()))
+    assert with_lock == fingerprint_code(make(threading.Lock()))
+    assert with_lock != before
+
+    # The same shared rule: a closure and a global over the same values agree on what
+    # counts (by type for the list, by value for the tuple).
+    namespace: dict[str, Any] = {"STATE": [1]}
+    exec("def uses_global(x):\n    return STATE, x\n", namespace)
+    first = fingerprint_code(namespace["uses_global"])
+    namespace["STATE"].append(2)
+    assert fingerprint_code(namespace["uses_global"]) == first
+
+
+def test_objects_with_a_cache_key_count_by_their_key_in_closures_and_globals() -> None:
+    class Scorer:
+        def __init__(self, weight: int) -> None:
+            self.weight = weight
+
+        def __cache_key__(self) -> tuple[int]:
+            return (self.weight,)
+
+    scorer = Scorer(2)
+
+    def score(x: int) -> int:
+        return scorer.weight * x
+
+    before = fingerprint_code(score)
+    scorer.weight = 3
+    assert fingerprint_code(score) != before
+    namespace: dict[str, Any] = {"SCORER": Scorer(2)}
+    exec("def uses_global(x):\n    return SCORER.weight * x\n", namespace)
+    first = fingerprint_code(namespace["uses_global"])
+    namespace["SCORER"].weight = 5
+    assert fingerprint_code(namespace["uses_global"]) != first
 
 
 def test_closures_of_one_code_in_swapped_positions_differ() -> None:
@@ -757,12 +811,28 @@ def test_remembered_code_digest_follows_every_change_it_depends_on() -> None:
     assert fingerprint_code(outer) != third
 
 
-def test_mutable_captures_are_rehashed_every_time() -> None:
-    settings = {"mode": "a"}
-
-    def uses_settings(x):
+def test_mutable_defaults_are_rehashed_every_time() -> None:
+    def uses_settings(x, settings={"mode": "a"}):  # noqa: B006
         return settings["mode"], x
 
     before = fingerprint_code(uses_settings)
-    settings["mode"] = "b"  # mutated in place: same object, new value
+    uses_settings.__defaults__[0]["mode"] = "b"  # type: ignore[index]
     assert fingerprint_code(uses_settings) != before
+
+
+def test_a_node_appending_to_a_list_it_closes_over_hits_the_cache() -> None:
+    calls: list[int] = []
+    seen: dict[str, int] = {}
+
+    @node(output_name="doubled")
+    def double(x: int) -> int:
+        calls.append(x)
+        seen[str(x)] = seen.get(str(x), 0) + 1
+        return 2 * x
+
+    pipeline = Pipeline([double], cache=MemoryCache())
+    assert pipeline.run(inputs={"x": 3}) == {"doubled": 6}
+    assert pipeline.run(inputs={"x": 3}) == {"doubled": 6}
+    assert calls == [3]  # the second run was a hit
+    assert pipeline.run(inputs={"x": 4}) == {"doubled": 8}
+    assert calls == [3, 4]

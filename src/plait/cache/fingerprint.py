@@ -132,7 +132,7 @@ class Encoder:
     """Feeds the canonical encoding of values into hashers.
 
     ``code`` is the code walk in progress when the values belong to a function
-    (defaults, closure cells): callables met there join that walk instead of
+    (defaults, partial arguments): callables met there join that walk instead of
     starting a new one, which keeps mutually referring functions finite.
     """
 
