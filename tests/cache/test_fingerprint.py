@@ -18,6 +18,7 @@ import operator
 import os
 import pathlib
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -223,6 +224,56 @@ def test_numpy_arrays() -> None:
     assert fp(grid[:, ::2]) == fp(np.ascontiguousarray(grid[:, ::2]))  # views: their values
     assert fp(grid.T) == fp(grid.T.copy())
     assert fp(grid.T) != fp(grid)
+
+
+NAN = float("nan")
+NEG_NAN = -NAN
+#: A quiet NaN with another payload (bits 0x7ff8000000000001).
+PAYLOAD_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000001))[0]
+
+
+def test_nan_signs_and_payloads_differ() -> None:
+    assert math.copysign(1, NEG_NAN) == -1.0  # the values behave differently
+    assert all_distinct([NAN, NEG_NAN, PAYLOAD_NAN, 0.0, -0.0, math.inf, -math.inf])
+    assert fp(NAN) == fp(float("nan"))  # the same bits agree
+    assert fp(struct.unpack("<d", struct.pack("<d", NEG_NAN))[0]) == fp(NEG_NAN)
+    assert fp([NAN]) != fp([NEG_NAN])
+    assert all_distinct(
+        [complex(NAN, 0), complex(NEG_NAN, 0), complex(0, NAN), complex(0, NEG_NAN)]
+    )
+    assert all_distinct([complex(0.0, 0.0), complex(-0.0, 0.0), complex(0.0, -0.0)])
+    assert fp(decimal.Decimal("NaN")) != fp(decimal.Decimal("-NaN"))
+
+
+def test_nan_signs_differ_in_numpy_and_pandas() -> None:
+    for dtype in ("f2", "f4", "f8", "c8", "c16"):
+        assert fp(np.array([NAN], dtype=dtype)) != fp(np.array([NEG_NAN], dtype=dtype)), dtype
+        assert fp(np.array([0.0], dtype=dtype)) != fp(np.array([-0.0], dtype=dtype)), dtype
+        scalar = np.dtype(dtype).type
+        assert fp(scalar(NAN)) != fp(scalar(NEG_NAN)), dtype
+    assert fp(np.array([PAYLOAD_NAN])) != fp(np.array([NAN]))
+    assert fp(np.array([NAN], dtype=object)) != fp(np.array([NEG_NAN], dtype=object))
+    assert fp(pd.Series([NAN])) != fp(pd.Series([NEG_NAN]))
+    assert fp(pd.Index([NAN])) != fp(pd.Index([NEG_NAN]))
+    # Nullable and sparse floats: pandas' own hashing equates -0.0 and 0.0.
+    for dtype in ("Float64", "Float32", "Sparse[float64]"):
+        assert fp(pd.Series([-0.0, 1.0], dtype=dtype)) != fp(pd.Series([0.0, 1.0], dtype=dtype))
+        assert fp(pd.Series([-0.0, 1.0], dtype=dtype)) == fp(pd.Series([-0.0, 1.0], dtype=dtype))
+    nan = pd.arrays.FloatingArray(np.array([NAN, 1.0]), np.array([False, False]))
+    neg = pd.arrays.FloatingArray(np.array([NEG_NAN, 1.0]), np.array([False, False]))
+    missing = pd.arrays.FloatingArray(np.array([NAN, 1.0]), np.array([True, False]))
+    assert all_distinct([pd.Series(nan), pd.Series(neg), pd.Series(missing)])
+
+
+def test_negative_nan_never_gets_the_cached_result_of_nan() -> None:
+    @node(output_name="sign")
+    def sign(x: float) -> float:
+        return math.copysign(1, x)
+
+    pipeline = Pipeline([sign], cache=MemoryCache())
+    assert pipeline.run(inputs={"x": NAN}) == {"sign": 1.0}
+    assert pipeline.run(inputs={"x": NEG_NAN}) == {"sign": -1.0}
+    assert pipeline.run(inputs={"x": complex(NEG_NAN, 0).real}) == {"sign": -1.0}
 
 
 def test_numpy_scalars_dtypes_and_object_arrays() -> None:
