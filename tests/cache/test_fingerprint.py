@@ -24,6 +24,7 @@ import sys
 import textwrap
 import threading
 import uuid
+import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -149,6 +150,75 @@ class Color(enum.Enum):
 
 class Shade(enum.Enum):
     RED = 1
+
+
+def test_times_with_and_without_a_timezone_differ() -> None:
+    utc, plus_one = dt.UTC, dt.timezone(dt.timedelta(hours=1))
+    assert fp(dt.time(12)) != fp(dt.time(12, tzinfo=utc))
+    assert all_distinct(
+        [
+            dt.time(12),
+            dt.time(12, tzinfo=utc),
+            dt.time(12, tzinfo=plus_one),
+            dt.time(12, tzinfo=zoneinfo.ZoneInfo("UTC")),
+            dt.time(12, fold=1),
+            dt.time(12, 0, 0, 1),
+        ]
+    )
+    assert all_distinct(
+        [
+            dt.datetime(2024, 1, 1, 12),
+            dt.datetime(2024, 1, 1, 12, tzinfo=utc),
+            dt.datetime(2024, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo("UTC")),
+            dt.datetime(2024, 1, 1, 13, tzinfo=plus_one),  # the same instant as 12:00 UTC
+        ]
+    )
+    same_utc = dt.timezone(dt.timedelta(0), "UTC")
+    assert fp(dt.time(12, tzinfo=utc)) == fp(dt.time(12, tzinfo=same_utc))
+
+
+class A:
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        depth: int
+
+        def scaled(self, x: int) -> int:
+            return x * self.depth
+
+    class Mode(enum.Enum):
+        FAST = 1
+
+
+class B:
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        depth: int
+
+        def scaled(self, x: int) -> int:
+            return x * self.depth
+
+    class Mode(enum.Enum):
+        FAST = 1
+
+
+def test_nested_classes_of_one_name_differ_as_values() -> None:
+    assert A.Cfg.__name__ == B.Cfg.__name__
+    assert fp(A.Cfg(1)) != fp(B.Cfg(1))
+    assert fp(A.Mode.FAST) != fp(B.Mode.FAST)
+    assert fp([A.Cfg(1)]) != fp([B.Cfg(1)])
+
+
+def test_nested_classes_of_one_name_differ_as_code_references() -> None:
+    def make(cls: Any) -> Callable[[int], Any]:
+        return lambda x: cls(x)
+
+    assert fingerprint_code(A.Cfg) != fingerprint_code(B.Cfg)
+    assert fingerprint_code(make(A.Cfg)) != fingerprint_code(make(B.Cfg))
+    assert fingerprint_code(make(A.Cfg)) == fingerprint_code(make(A.Cfg))
+    assert fingerprint_code(A.Cfg(2).scaled) != fingerprint_code(B.Cfg(2).scaled)
+    # The plain functions have one code and compute the same thing: one fingerprint.
+    assert fingerprint_code(A.Cfg.scaled) == fingerprint_code(B.Cfg.scaled)
+    assert fingerprint_code(make(A.Mode)) != fingerprint_code(make(B.Mode))
 
 
 def test_enums() -> None:
@@ -412,6 +482,58 @@ def test_depth_limit() -> None:
     message = str(info.value)
     assert "Define __cache_key__" not in message  # the shape is the problem, not the type
     assert message.endswith("Opt the node out of caching with @node(cache=False).")
+
+
+def levels(n: int, make: Callable[[Any], Any] = lambda inner: [inner]) -> Any:
+    """``n`` containers nested in one another (``make`` wraps one level)."""
+    value: Any = 0
+    for _ in range(n):
+        value = make(value)
+    return value
+
+
+def test_depth_limit_exactly_at_its_boundary() -> None:
+    assert isinstance(fp(levels(MAX_DEPTH)), bytes)  # MAX_DEPTH levels: allowed
+    with pytest.raises(Unfingerprintable, match=f"nested more than {MAX_DEPTH} levels deep"):
+        fp(levels(MAX_DEPTH + 1))
+    for make in (tuple_of, dict_of, frozenset_of):
+        assert isinstance(fp(levels(MAX_DEPTH, make)), bytes)
+        with pytest.raises(Unfingerprintable, match="levels deep"):
+            fp(levels(MAX_DEPTH + 1, make))
+
+
+def tuple_of(inner: Any) -> Any:
+    return (inner,)
+
+
+def dict_of(inner: Any) -> Any:
+    return {"k": inner}
+
+
+def frozenset_of(inner: Any) -> Any:
+    return frozenset([inner])
+
+
+def test_depth_limit_after_sibling_containers() -> None:
+    """Leaving a container gives its level back: siblings never add up."""
+    siblings: list[Any] = [[], (), {}, {1}, frozenset([2]), [[[]]], Settings(1, ("a",))]
+    # The outer list is one level, so the last item may have MAX_DEPTH - 1.
+    assert isinstance(fp([*siblings, levels(MAX_DEPTH - 1)]), bytes)
+    assert isinstance(fp({"s": siblings, "deep": levels(MAX_DEPTH - 1)}), bytes)
+    assert isinstance(fp((levels(MAX_DEPTH - 1), levels(MAX_DEPTH - 1))), bytes)
+    assert isinstance(fp(frozenset([levels(MAX_DEPTH - 1, tuple_of), ()])), bytes)
+    # Siblings at every level of a deep value.
+    wide = levels(MAX_DEPTH - 1, lambda inner: [[], {}, (1,), inner])
+    assert isinstance(fp(wide), bytes)
+    with pytest.raises(Unfingerprintable, match="levels deep"):
+        fp([*siblings, levels(MAX_DEPTH)])
+    with pytest.raises(Unfingerprintable, match="levels deep"):
+        fp(levels(MAX_DEPTH, lambda inner: [[], {}, (1,), inner]))
+    # A failed attempt elsewhere leaves no level behind either.
+    failing = {"lock": threading.Lock()}
+    with pytest.raises(Unfingerprintable):
+        fp([failing, levels(MAX_DEPTH - 1)])
+    assert isinstance(fp([levels(MAX_DEPTH - 1)]), bytes)
 
 
 def test_cycles() -> None:
