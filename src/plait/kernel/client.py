@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Literal
 
-import plait
 from plait.errors import PlaitError
 from plait.kernel.protocol import Message, MessageWriter, ProtocolError, decode, message
 
@@ -530,10 +529,14 @@ def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
             proc.stdin.close()
 
 
+#: The directory holding this plait package (src/ in a checkout, site-packages installed).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _kernel_env(env: dict[str, str] | None) -> dict[str, str]:
     """The kernel's environment, with this plait importable (it may come from sys.path)."""
     result = dict(os.environ if env is None else env)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(plait.__file__)))
+    package_root = _PACKAGE_ROOT
     paths = [package_root, *filter(None, result.get("PYTHONPATH", "").split(os.pathsep))]
     result["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return result

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-import plait
 from plait.kernel.protocol import (
     PROTOCOL_VERSION,
     Message,
@@ -43,6 +42,7 @@ from plait.kernel.protocol import (
     ProtocolError,
     decode,
     message,
+    plait_version,
 )
 from plait.session import AsyncSession, CellResult, capture
 
@@ -141,7 +141,7 @@ class _Output:
     def install(self) -> None:
         """Route sys.stdout and sys.stderr through this (after the session's own routing)."""
         capture.acquire()  # counted: the session's later acquire/release keep ours in place
-        real_stdout, real_stderr = _real(sys.stdout), _real(sys.stderr)
+        real_stdout, real_stderr = capture.unwrap(sys.stdout), capture.unwrap(sys.stderr)
         sys.stdout = _OrderedStream("stdout", real_stdout, self)
         sys.stderr = _OrderedStream("stderr", real_stderr, self)
         self._thread.start()
@@ -219,26 +219,15 @@ class _Output:
             self._drained.set()
 
 
-def _real(stream: Any) -> Any:
-    """The stream under the session's routing proxy."""
-    return stream._target if isinstance(stream, capture._StreamProxy) else stream
-
-
-class _OrderedStream(capture._StreamProxy):
+class _OrderedStream(capture.StreamProxy):
     """sys.stdout/sys.stderr in the kernel: the session's per-cell routing, kept in order."""
 
-    def __init__(self, name: str, target: Any, output: _Output) -> None:
-        super().__init__(name, target)
+    def __init__(self, channel: str, target: Any, output: _Output) -> None:
+        super().__init__(channel, target)
         self._output = output
 
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        cell = capture.current_cell.get()
-        if cell is None:
-            return int(self._target.write(text))
-        self._output.write(cell, self._name, text)
-        return len(text)
+    def write_to_cell(self, cell: capture.CellIO, text: str) -> None:
+        self._output.write(cell, self.channel, text)
 
 
 class _MainThreadJob:
@@ -405,7 +394,7 @@ class _Kernel:
             "protocol_version": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
-            "plait_version": plait.__version__,
+            "plait_version": plait_version(),
         }
         self._send(message("kernel_ready", info))
         self._runner.serve_forever()
