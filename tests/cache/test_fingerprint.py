@@ -18,11 +18,13 @@ import operator
 import os
 import pathlib
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
+import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +34,7 @@ import pydantic
 import pytest
 
 import plait
-from plait import node
+from plait import MemoryCache, Pipeline, node
 from plait.cache import fingerprint_code, fingerprint_value
 from plait.cache.fingerprint import MAX_DEPTH, cache_key
 from plait.errors import Unfingerprintable
@@ -150,6 +152,75 @@ class Shade(enum.Enum):
     RED = 1
 
 
+def test_times_with_and_without_a_timezone_differ() -> None:
+    utc, plus_one = dt.UTC, dt.timezone(dt.timedelta(hours=1))
+    assert fp(dt.time(12)) != fp(dt.time(12, tzinfo=utc))
+    assert all_distinct(
+        [
+            dt.time(12),
+            dt.time(12, tzinfo=utc),
+            dt.time(12, tzinfo=plus_one),
+            dt.time(12, tzinfo=zoneinfo.ZoneInfo("UTC")),
+            dt.time(12, fold=1),
+            dt.time(12, 0, 0, 1),
+        ]
+    )
+    assert all_distinct(
+        [
+            dt.datetime(2024, 1, 1, 12),
+            dt.datetime(2024, 1, 1, 12, tzinfo=utc),
+            dt.datetime(2024, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo("UTC")),
+            dt.datetime(2024, 1, 1, 13, tzinfo=plus_one),  # the same instant as 12:00 UTC
+        ]
+    )
+    same_utc = dt.timezone(dt.timedelta(0), "UTC")
+    assert fp(dt.time(12, tzinfo=utc)) == fp(dt.time(12, tzinfo=same_utc))
+
+
+class A:
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        depth: int
+
+        def scaled(self, x: int) -> int:
+            return x * self.depth
+
+    class Mode(enum.Enum):
+        FAST = 1
+
+
+class B:
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        depth: int
+
+        def scaled(self, x: int) -> int:
+            return x * self.depth
+
+    class Mode(enum.Enum):
+        FAST = 1
+
+
+def test_nested_classes_of_one_name_differ_as_values() -> None:
+    assert A.Cfg.__name__ == B.Cfg.__name__
+    assert fp(A.Cfg(1)) != fp(B.Cfg(1))
+    assert fp(A.Mode.FAST) != fp(B.Mode.FAST)
+    assert fp([A.Cfg(1)]) != fp([B.Cfg(1)])
+
+
+def test_nested_classes_of_one_name_differ_as_code_references() -> None:
+    def make(cls: Any) -> Callable[[int], Any]:
+        return lambda x: cls(x)
+
+    assert fingerprint_code(A.Cfg) != fingerprint_code(B.Cfg)
+    assert fingerprint_code(make(A.Cfg)) != fingerprint_code(make(B.Cfg))
+    assert fingerprint_code(make(A.Cfg)) == fingerprint_code(make(A.Cfg))
+    assert fingerprint_code(A.Cfg(2).scaled) != fingerprint_code(B.Cfg(2).scaled)
+    # The plain functions have one code and compute the same thing: one fingerprint.
+    assert fingerprint_code(A.Cfg.scaled) == fingerprint_code(B.Cfg.scaled)
+    assert fingerprint_code(make(A.Mode)) != fingerprint_code(make(B.Mode))
+
+
 def test_enums() -> None:
     assert fp(Color.RED) == fp(Color.RED)
     assert all_distinct([Color.RED, Color.BLUE, Shade.RED, 1])
@@ -223,6 +294,56 @@ def test_numpy_arrays() -> None:
     assert fp(grid[:, ::2]) == fp(np.ascontiguousarray(grid[:, ::2]))  # views: their values
     assert fp(grid.T) == fp(grid.T.copy())
     assert fp(grid.T) != fp(grid)
+
+
+NAN = float("nan")
+NEG_NAN = -NAN
+#: A quiet NaN with another payload (bits 0x7ff8000000000001).
+PAYLOAD_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF8000000000001))[0]
+
+
+def test_nan_signs_and_payloads_differ() -> None:
+    assert math.copysign(1, NEG_NAN) == -1.0  # the values behave differently
+    assert all_distinct([NAN, NEG_NAN, PAYLOAD_NAN, 0.0, -0.0, math.inf, -math.inf])
+    assert fp(NAN) == fp(float("nan"))  # the same bits agree
+    assert fp(struct.unpack("<d", struct.pack("<d", NEG_NAN))[0]) == fp(NEG_NAN)
+    assert fp([NAN]) != fp([NEG_NAN])
+    assert all_distinct(
+        [complex(NAN, 0), complex(NEG_NAN, 0), complex(0, NAN), complex(0, NEG_NAN)]
+    )
+    assert all_distinct([complex(0.0, 0.0), complex(-0.0, 0.0), complex(0.0, -0.0)])
+    assert fp(decimal.Decimal("NaN")) != fp(decimal.Decimal("-NaN"))
+
+
+def test_nan_signs_differ_in_numpy_and_pandas() -> None:
+    for dtype in ("f2", "f4", "f8", "c8", "c16"):
+        assert fp(np.array([NAN], dtype=dtype)) != fp(np.array([NEG_NAN], dtype=dtype)), dtype
+        assert fp(np.array([0.0], dtype=dtype)) != fp(np.array([-0.0], dtype=dtype)), dtype
+        scalar = np.dtype(dtype).type
+        assert fp(scalar(NAN)) != fp(scalar(NEG_NAN)), dtype
+    assert fp(np.array([PAYLOAD_NAN])) != fp(np.array([NAN]))
+    assert fp(np.array([NAN], dtype=object)) != fp(np.array([NEG_NAN], dtype=object))
+    assert fp(pd.Series([NAN])) != fp(pd.Series([NEG_NAN]))
+    assert fp(pd.Index([NAN])) != fp(pd.Index([NEG_NAN]))
+    # Nullable and sparse floats: pandas' own hashing equates -0.0 and 0.0.
+    for dtype in ("Float64", "Float32", "Sparse[float64]"):
+        assert fp(pd.Series([-0.0, 1.0], dtype=dtype)) != fp(pd.Series([0.0, 1.0], dtype=dtype))
+        assert fp(pd.Series([-0.0, 1.0], dtype=dtype)) == fp(pd.Series([-0.0, 1.0], dtype=dtype))
+    nan = pd.arrays.FloatingArray(np.array([NAN, 1.0]), np.array([False, False]))
+    neg = pd.arrays.FloatingArray(np.array([NEG_NAN, 1.0]), np.array([False, False]))
+    missing = pd.arrays.FloatingArray(np.array([NAN, 1.0]), np.array([True, False]))
+    assert all_distinct([pd.Series(nan), pd.Series(neg), pd.Series(missing)])
+
+
+def test_negative_nan_never_gets_the_cached_result_of_nan() -> None:
+    @node(output_name="sign")
+    def sign(x: float) -> float:
+        return math.copysign(1, x)
+
+    pipeline = Pipeline([sign], cache=MemoryCache())
+    assert pipeline.run(inputs={"x": NAN}) == {"sign": 1.0}
+    assert pipeline.run(inputs={"x": NEG_NAN}) == {"sign": -1.0}
+    assert pipeline.run(inputs={"x": complex(NEG_NAN, 0).real}) == {"sign": -1.0}
 
 
 def test_numpy_scalars_dtypes_and_object_arrays() -> None:
@@ -363,6 +484,58 @@ def test_depth_limit() -> None:
     assert message.endswith("Opt the node out of caching with @node(cache=False).")
 
 
+def levels(n: int, make: Callable[[Any], Any] = lambda inner: [inner]) -> Any:
+    """``n`` containers nested in one another (``make`` wraps one level)."""
+    value: Any = 0
+    for _ in range(n):
+        value = make(value)
+    return value
+
+
+def test_depth_limit_exactly_at_its_boundary() -> None:
+    assert isinstance(fp(levels(MAX_DEPTH)), bytes)  # MAX_DEPTH levels: allowed
+    with pytest.raises(Unfingerprintable, match=f"nested more than {MAX_DEPTH} levels deep"):
+        fp(levels(MAX_DEPTH + 1))
+    for make in (tuple_of, dict_of, frozenset_of):
+        assert isinstance(fp(levels(MAX_DEPTH, make)), bytes)
+        with pytest.raises(Unfingerprintable, match="levels deep"):
+            fp(levels(MAX_DEPTH + 1, make))
+
+
+def tuple_of(inner: Any) -> Any:
+    return (inner,)
+
+
+def dict_of(inner: Any) -> Any:
+    return {"k": inner}
+
+
+def frozenset_of(inner: Any) -> Any:
+    return frozenset([inner])
+
+
+def test_depth_limit_after_sibling_containers() -> None:
+    """Leaving a container gives its level back: siblings never add up."""
+    siblings: list[Any] = [[], (), {}, {1}, frozenset([2]), [[[]]], Settings(1, ("a",))]
+    # The outer list is one level, so the last item may have MAX_DEPTH - 1.
+    assert isinstance(fp([*siblings, levels(MAX_DEPTH - 1)]), bytes)
+    assert isinstance(fp({"s": siblings, "deep": levels(MAX_DEPTH - 1)}), bytes)
+    assert isinstance(fp((levels(MAX_DEPTH - 1), levels(MAX_DEPTH - 1))), bytes)
+    assert isinstance(fp(frozenset([levels(MAX_DEPTH - 1, tuple_of), ()])), bytes)
+    # Siblings at every level of a deep value.
+    wide = levels(MAX_DEPTH - 1, lambda inner: [[], {}, (1,), inner])
+    assert isinstance(fp(wide), bytes)
+    with pytest.raises(Unfingerprintable, match="levels deep"):
+        fp([*siblings, levels(MAX_DEPTH)])
+    with pytest.raises(Unfingerprintable, match="levels deep"):
+        fp(levels(MAX_DEPTH, lambda inner: [[], {}, (1,), inner]))
+    # A failed attempt elsewhere leaves no level behind either.
+    failing = {"lock": threading.Lock()}
+    with pytest.raises(Unfingerprintable):
+        fp([failing, levels(MAX_DEPTH - 1)])
+    assert isinstance(fp([levels(MAX_DEPTH - 1)]), bytes)
+
+
 def test_cycles() -> None:
     loop: list[Any] = [1]
     loop.append({"back": loop})
@@ -500,12 +673,66 @@ def test_closure_values_count() -> None:
     def make(config: Any) -> Callable[[], Any]:
         return lambda: config["depth"]
 
-    assert fingerprint_code(make({"depth": 1})) == fingerprint_code(make({"depth": 1}))
-    assert fingerprint_code(make({"depth": 1})) != fingerprint_code(make({"depth": 2}))
-    with pytest.raises(Unfingerprintable) as info:
-        fingerprint_code(make(threading.Lock()), where="node 'n'")
-    assert "closure variable 'config'" in str(info.value)
-    assert info.value.path[0] == "node 'n'"
+    frozen = fingerprint_code(make((("depth", 1),)))
+    assert frozen == fingerprint_code(make((("depth", 1),)))
+    assert frozen != fingerprint_code(make((("depth", 2),)))  # immutable: by value
+    assert fingerprint_code(make(Settings(1))) != fingerprint_code(make(Settings(2)))
+
+
+def test_closure_variables_follow_the_rule_of_globals() -> None:
+    """Mutable closure variables count by type, as mutable globals do: a node that
+    appends to a list it closes over keeps its key."""
+
+    def make(state: Any) -> Callable[[int], int]:
+        def step(x: int) -> int:
+            state.append(x) if isinstance(state, list) else None
+            return x
+
+        return step
+
+    log: list[int] = []
+    step = make(log)
+    before = fingerprint_code(step)
+    step(1)
+    log.append(2)
+    assert fingerprint_code(step) == before  # mutated in place: same key
+    assert fingerprint_code(make([9, 9])) == before  # another list: same type
+    assert fingerprint_code(make({})) != before  # another type
+    # Objects without a fingerprint count by type too, as globals do (no error).
+    with_lock = fingerprint_code(make(threading.Lock()))
+    assert with_lock == fingerprint_code(make(threading.Lock()))
+    assert with_lock != before
+
+    # The same shared rule: a closure and a global over the same values agree on what
+    # counts (by type for the list, by value for the tuple).
+    namespace: dict[str, Any] = {"STATE": [1]}
+    exec("def uses_global(x):\n    return STATE, x\n", namespace)
+    first = fingerprint_code(namespace["uses_global"])
+    namespace["STATE"].append(2)
+    assert fingerprint_code(namespace["uses_global"]) == first
+
+
+def test_objects_with_a_cache_key_count_by_their_key_in_closures_and_globals() -> None:
+    class Scorer:
+        def __init__(self, weight: int) -> None:
+            self.weight = weight
+
+        def __cache_key__(self) -> tuple[int]:
+            return (self.weight,)
+
+    scorer = Scorer(2)
+
+    def score(x: int) -> int:
+        return scorer.weight * x
+
+    before = fingerprint_code(score)
+    scorer.weight = 3
+    assert fingerprint_code(score) != before
+    namespace: dict[str, Any] = {"SCORER": Scorer(2)}
+    exec("def uses_global(x):\n    return SCORER.weight * x\n", namespace)
+    first = fingerprint_code(namespace["uses_global"])
+    namespace["SCORER"].weight = 5
+    assert fingerprint_code(namespace["uses_global"]) != first
 
 
 def test_closures_of_one_code_in_swapped_positions_differ() -> None:
@@ -757,12 +984,28 @@ def test_remembered_code_digest_follows_every_change_it_depends_on() -> None:
     assert fingerprint_code(outer) != third
 
 
-def test_mutable_captures_are_rehashed_every_time() -> None:
-    settings = {"mode": "a"}
-
-    def uses_settings(x):
+def test_mutable_defaults_are_rehashed_every_time() -> None:
+    def uses_settings(x, settings={"mode": "a"}):  # noqa: B006
         return settings["mode"], x
 
     before = fingerprint_code(uses_settings)
-    settings["mode"] = "b"  # mutated in place: same object, new value
+    uses_settings.__defaults__[0]["mode"] = "b"  # type: ignore[index]
     assert fingerprint_code(uses_settings) != before
+
+
+def test_a_node_appending_to_a_list_it_closes_over_hits_the_cache() -> None:
+    calls: list[int] = []
+    seen: dict[str, int] = {}
+
+    @node(output_name="doubled")
+    def double(x: int) -> int:
+        calls.append(x)
+        seen[str(x)] = seen.get(str(x), 0) + 1
+        return 2 * x
+
+    pipeline = Pipeline([double], cache=MemoryCache())
+    assert pipeline.run(inputs={"x": 3}) == {"doubled": 6}
+    assert pipeline.run(inputs={"x": 3}) == {"doubled": 6}
+    assert calls == [3]  # the second run was a hit
+    assert pipeline.run(inputs={"x": 4}) == {"doubled": 8}
+    assert calls == [3, 4]

@@ -632,3 +632,159 @@ def test_cli_help_and_usage_errors() -> None:
     bad = subprocess.run([sys.executable, "-m", "plait"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
     assert "required: COMMAND" in bad.stderr
+
+
+# --- a client that dies, and the end of input ------------------------------------------
+
+#: A regex that backtracks for hours inside the re module's C code, holding the GIL.
+CATASTROPHIC_REGEX = "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')"
+
+CLIENT = """
+import sys
+from plait.kernel import KernelClient
+
+client = KernelClient().start()
+print(client.pid, flush=True)
+client.execute(sys.argv[1])
+"""
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [CATASTROPHIC_REGEX, "import time\ntime.sleep(1000)", "while True:\n    pass"],
+    ids=["regex-holding-the-gil", "sleep", "busy-loop"],
+)
+def test_a_sigkilled_client_takes_its_kernel_within_10_s(cell: str) -> None:
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, cell],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert client.stdout is not None
+    kernel = int(client.stdout.readline())
+    try:
+        if "sleep" not in cell:  # the cell runs once the kernel burns CPU
+            start = cpu_seconds(kernel)
+            assert wait_until(lambda: cpu_seconds(kernel) > start + 0.3, 30)
+        else:
+            time.sleep(0.5)
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        killed = time.monotonic()
+        assert wait_until(lambda: not alive(kernel), 10.0), "the kernel outlived its client"
+        assert time.monotonic() - killed < 10.0
+    finally:
+        if alive(kernel):
+            os.kill(kernel, signal.SIGKILL)
+        client.stdout.close()
+
+
+def test_no_watchdog_outlives_its_kernel() -> None:
+    with KernelClient() as kernel:
+        pid = kernel.pid
+        assert pid is not None
+        children = children_of(pid)
+        assert len(children) == 1  # the watchdog
+    assert wait_until(lambda: not any(alive(child) for child in children), 5)
+
+
+def children_of(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def test_requests_piped_into_the_kernel_all_run_then_it_exits() -> None:
+    """``printf '...' | plait kernel``: the end of stdin is the end of requests."""
+    requests = [
+        message("execute_request", {"code": "import time\ntime.sleep(0.3)\nx = 20"}),
+        message("execute_request", {"code": "print('hi')\nx * 2 + 2"}),
+        message("execute_request", {"code": "input('name? ')"}),
+        message("execute_request", {"code": "1 / 0"}),
+        message("execute_request", {"code": "x"}),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "plait", "kernel"],
+        input=b"".join(encode(r) for r in requests),
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    messages = [decode(line) for line in proc.stdout.splitlines()]
+    assert messages[0]["type"] == "kernel_ready"
+    replies = [m for m in messages if m["type"] == "execute_reply"]
+    assert [r["parent_id"] for r in replies] == [r["id"] for r in requests]
+    assert [r["content"]["status"] for r in replies] == ["ok", "ok", "error", "error", "ok"]
+    assert replies[2]["content"]["ename"] == "EOFError"  # nobody can answer input()
+    assert replies[3]["content"]["ename"] == "ZeroDivisionError"
+    results = {
+        m["parent_id"]: m["content"]["repr"] for m in messages if m["type"] == "execute_result"
+    }
+    assert results == {requests[1]["id"]: "42", requests[4]["id"]: "20"}
+    streams = [m for m in messages if m["type"] == "stream"]
+    assert "".join(m["content"]["text"] for m in streams) == "hi\n"
+
+
+def test_piped_requests_through_a_shell_pipe() -> None:
+    line = encode(message("execute_request", {"code": "6 * 7"})).decode()
+    proc = subprocess.run(
+        ["sh", "-c", f"printf '%s' '{line}' | {sys.executable} -m plait kernel"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    kinds = [decode(line)["type"] for line in proc.stdout.splitlines()]
+    assert kinds == ["kernel_ready", "execute_result", "execute_reply"]
+    assert b'"repr":"42"' in proc.stdout
+
+
+def test_end_of_input_with_nobody_reading_aborts_the_queue() -> None:
+    """The client is gone (stdin ends and nobody reads stdout): queued cells are aborted,
+    the running one interrupted, and the kernel exits promptly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait", "kernel"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert decode(proc.stdout.readline())["type"] == "kernel_ready"
+    for code in ("import time\ntime.sleep(100)", "time.sleep(100)"):
+        proc.stdin.write(encode(message("execute_request", {"code": code})))
+    proc.stdin.flush()
+    time.sleep(0.3)
+    proc.stdout.close()
+    proc.stdin.close()
+    start = time.monotonic()
+    proc.wait(10)
+    assert time.monotonic() - start < 5

@@ -1,16 +1,17 @@
 """Code fingerprints: what a callable computes, stable across processes and runs.
 
 A function's fingerprint covers its code object (bytecode, constants, names; never
-line numbers or file names), its defaults, its closure cells, and the globals its code
-reads. Functions and classes from the user's own modules are walked in turn; library
-functions and callables that their module and qualified name identify (``json.dumps``,
-``numpy.sum``, ``operator.add``) count by that name; modules by name; immutable
-globals and class attributes (numbers, strings, tuples, frozen dataclasses, enums) by
-value; mutable ones (a dict, a list, an array) and objects without a fingerprint (a
-logger, a client) by their type only, since functions often mutate module-level state
-and that must not turn every run into a miss. The walk collects every reachable user
-function and class once and hashes the sorted set of their digests, so recursive
-helpers terminate and the result does not depend on the order they were met in.
+line numbers or file names), its defaults, and the values it reads from outside: its
+closure cells and the globals its code reads. Functions and classes from the user's
+own modules are walked in turn; library functions and callables that their module and
+qualified name identify (``json.dumps``, ``numpy.sum``, ``operator.add``) count by
+that name; modules by name. Every other value read from outside (a global, a closure
+variable, a class attribute) follows one rule, :meth:`_Walk.by_value` (docs/cache.md,
+"Values read from outside"): immutable values by value, ``__cache_key__`` objects by
+their key, mutable ones and objects without a fingerprint by their type only. The
+walk collects every reachable user function and class once and hashes the sorted set
+of their digests, so recursive helpers terminate and the result does not depend on
+the order they were met in.
 
 Only the digest of a code object is memoized (code objects are immutable); the walk
 over globals is redone on every call, so a helper redefined in a notebook is seen.
@@ -208,28 +209,46 @@ class _Walk:
         while isinstance(obj, Node):
             obj = obj.func
         if isinstance(obj, types.FunctionType):
-            if not is_user_module(obj.__module__) and _named(obj):
-                return b"n" + text(qualified_name(obj))  # library code: by name
-            self.visit(obj)  # the user's, or a closure a library made: by content
-            return b"F" + code_digest(obj.__code__)[0] + _captured_constants(obj)
+            return self.function_ref(obj)
         if isinstance(obj, types.MethodType):
             owner = self.value(obj.__self__, f"{qualified_name(obj.__func__)}.__self__")
             return b"M" + self.ref(obj.__func__) + owner
         if isinstance(obj, functools.partial):
-            name = f"partial({qualified_name(obj.func)})"
-            args = self.value(obj.args, f"{name}.args")
-            return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
+            return self.partial_ref(obj)
         if isinstance(obj, _BUILTINS):
-            out = b"B" + text(qualified_name(obj))
-            bound = getattr(obj, "__self__", None)
-            if bound is not None and not isinstance(bound, (types.ModuleType, type)):
-                out += self.value(bound, f"{qualified_name(obj)}.__self__")
-            return out
+            return self.builtin_ref(obj)
         if isinstance(obj, type):
-            if is_user_module(obj.__module__):
-                self.visit(obj)
-                return b"Y" + text(qualified_name(obj))
-            return b"N" + text(qualified_name(obj))
+            return self.class_ref(obj)
+        return self.object_ref(obj)
+
+    def function_ref(self, func: types.FunctionType) -> bytes:
+        """Library functions by name; the user's (and closures a library made) by content."""
+        if not is_user_module(func.__module__) and _named(func):
+            return b"n" + text(qualified_name(func))
+        self.visit(func)
+        return b"F" + code_digest(func.__code__)[0] + _captured_constants(func)
+
+    def partial_ref(self, obj: functools.partial[Any]) -> bytes:
+        name = f"partial({qualified_name(obj.func)})"
+        args = self.value(obj.args, f"{name}.args")
+        return b"P" + self.ref(obj.func) + args + self.value(obj.keywords, f"{name}.keywords")
+
+    def builtin_ref(self, obj: Any) -> bytes:
+        """A builtin function or method by name, and the object it is bound to."""
+        out = b"B" + text(qualified_name(obj))
+        bound = getattr(obj, "__self__", None)
+        if bound is not None and not isinstance(bound, (types.ModuleType, type)):
+            out += self.value(bound, f"{qualified_name(obj)}.__self__")
+        return out
+
+    def class_ref(self, cls: type) -> bytes:
+        if is_user_module(cls.__module__):
+            self.visit(cls)
+            return b"Y" + text(qualified_name(cls))
+        return b"N" + text(qualified_name(cls))
+
+    def object_ref(self, obj: Any) -> bytes:
+        """A callable object: by ``__cache_key__``, by name, or by its (user) class."""
         cls = type(obj)
         if getattr(cls, "__cache_key__", None) is not None:
             self.guard = None  # the key may change at any time
@@ -238,22 +257,28 @@ class _Walk:
         if not callable(obj):
             raise Failure(obj, "it is not callable")
         if not all(is_user_module(k.__module__) for k in cls.__mro__[:-1]):
-            try:
-                wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
-            except Exception:  # a proxy object may raise anything from __getattr__
-                wrapped = None
-            if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
-                return b"w" + text(qualified_name(cls)) + self.ref(wrapped)
-            if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
-                return b"n" + text(qualified_name(obj))
-            raise Failure(obj, "it is a callable object whose state plait cannot read")
+            return self.library_object_ref(obj)
         state = _instance_state(obj)
         if state:
             raise Failure(obj, f"it is a callable object with instance state ({quoted(state)})")
         return b"O" + self.ref(cls)
 
-    def global_ref(self, value: Any, modules: list[types.ModuleType]) -> bytes:
-        """A global a function reads: code as :meth:`ref`, modules by name, values by value."""
+    def library_object_ref(self, obj: Any) -> bytes:
+        """A callable object of a library class: a wrapper of user code, or a named one."""
+        try:
+            wrapped = getattr(obj, "__wrapped__", None)  # lru_cache and similar wrappers
+        except Exception:  # a proxy object may raise anything from __getattr__
+            wrapped = None
+        if isinstance(wrapped, types.FunctionType) and is_user_module(wrapped.__module__):
+            return b"w" + text(qualified_name(type(obj))) + self.ref(wrapped)
+        if _named(obj):  # a library's module-level callable (numpy.sum, a ufunc)
+            return b"n" + text(qualified_name(obj))
+        raise Failure(obj, "it is a callable object whose state plait cannot read")
+
+    def outside_ref(self, value: Any, modules: list[types.ModuleType], where: str) -> bytes:
+        """A value code reads from outside itself: a global, a closure variable, an
+        attribute of a user module or a base class. Code as :meth:`ref` names it, modules
+        by name, anything else as :meth:`by_value` says."""
         while isinstance(value, Node):
             value = value.func
         if isinstance(value, (types.FunctionType, type)):
@@ -262,14 +287,17 @@ class _Walk:
             if is_user_module(value.__name__):
                 modules.append(value)  # its attributes the code names count too
             return b"m" + text(value.__name__)
-        return self.by_value(value)
+        return self.by_value(value, where)
 
-    def by_value(self, value: Any) -> bytes:
-        """A global or class attribute that is not a function, class or module.
+    def by_value(self, value: Any, where: str) -> bytes:
+        """The rule for a value code reads from outside (see :meth:`outside_ref`) that is
+        not a function, class or module: one rule for globals, closure variables and
+        class attributes.
 
         Immutable values (numbers, strings, tuples, frozen dataclasses, enums ...) count
-        by value, callables as :meth:`ref` names them (``numpy.sum``), anything else by
-        its type only: functions often mutate module-level state (a counter, a memo
+        by value, objects with ``__cache_key__`` by their key, callables as :meth:`ref`
+        names them (``numpy.sum``), anything else by its type only: functions often
+        mutate state they close over or share with their module (a counter, a memo
         dict, a list of results), and hashing that would make every run a miss; and an
         object without a fingerprint (a logger, a client) must not make every function
         reading it uncacheable.
@@ -281,6 +309,12 @@ class _Walk:
                 return b"v" + Encoder(self).digest(value)  # fresh: this may fail halfway
             except Failure:
                 pass
+        elif _has_cache_key(value):
+            self.guard = None  # the key may change at any time
+            try:
+                return b"K" + Encoder(self).digest(value)
+            except Failure as fail:
+                raise step(fail, where) from None
         elif callable(value):
             depth, active = self.enc.depth, set(self.enc.active)
             try:
@@ -308,6 +342,7 @@ class _Walk:
         h.update(b"f" + own)
         h.update(self.value(func.__defaults__, f"default values of {name}"))
         h.update(self.value(func.__kwdefaults__, f"keyword-only defaults of {name}"))
+        modules: list[types.ModuleType] = []
         for var, cell in zip(code.co_freevars, func.__closure__ or (), strict=True):
             try:
                 contents = cell.cell_contents
@@ -316,15 +351,16 @@ class _Walk:
                 h.update(text(var) + b"-")
                 continue
             read("cell", cell, contents)
-            h.update(text(var) + self.value(contents, f"closure variable {var!r} of {name}"))
-        modules: list[types.ModuleType] = []
+            where = f"closure variable {var!r} of {name}"
+            h.update(text(var) + self.outside_ref(contents, modules, where))
         namespace = func.__globals__
         ordered = sorted(names)
         for global_name in ordered:
             found = namespace.get(global_name, _ABSENT)
             read("item", namespace, global_name, found)
             if found is not _ABSENT:
-                h.update(b"g" + text(global_name) + self.global_ref(found, modules))
+                where = f"global {global_name!r} of {name}"
+                h.update(b"g" + text(global_name) + self.outside_ref(found, modules, where))
         done: set[str] = set()
         while modules:  # ``import helpers; helpers.clean(x)``: look the names up there too
             module = modules.pop()
@@ -337,7 +373,8 @@ class _Walk:
                 read("item", members, attr, member)
                 if member is not _ABSENT:
                     h.update(b"a" + text(module.__name__) + text(attr))
-                    h.update(self.global_ref(member, modules))
+                    where = f"{module.__name__}.{attr}"
+                    h.update(self.outside_ref(member, modules, where))
         return h.digest()
 
     def klass(self, cls: type) -> bytes:
@@ -348,16 +385,16 @@ class _Walk:
         for member_name, member in cls.__dict__.items():
             self.read("item", cls.__dict__, member_name, member)
         for base in cls.__bases__:
-            h.update(self.global_ref(base, []))
+            h.update(self.outside_ref(base, [], f"base of {qualified_name(cls)}"))
         if type(cls) is not type:
-            h.update(b"M" + self.global_ref(type(cls), []))
+            h.update(b"M" + self.outside_ref(type(cls), [], f"metaclass of {qualified_name(cls)}"))
         members = vars(cls)
         for name in sorted(members):
             if name not in _SKIP:
-                h.update(text(name) + self.member(members[name]))
+                h.update(text(name) + self.member(members[name], f"{qualified_name(cls)}.{name}"))
         return h.digest()
 
-    def member(self, attr: Any) -> bytes:
+    def member(self, attr: Any, where: str) -> bytes:
         if isinstance(attr, types.FunctionType):
             return self.ref(attr)
         if isinstance(attr, staticmethod):
@@ -370,8 +407,8 @@ class _Walk:
         if isinstance(attr, functools.cached_property):
             return b"q" + self.ref(attr.func)
         if isinstance(attr, type):
-            return self.global_ref(attr, [])
-        return self.by_value(attr)
+            return self.outside_ref(attr, [], where)
+        return self.by_value(attr, where)
 
 
 def _is_constant(value: object) -> bool:
@@ -383,6 +420,11 @@ def _is_constant(value: object) -> bool:
         items: Any = value
         return len(items) <= _MAX_CONSTANT_ITEMS and all(type(x) in _SCALARS for x in items)
     return False
+
+
+def _has_cache_key(value: object) -> bool:
+    """Whether ``value`` says what identifies it (an instance with ``__cache_key__``)."""
+    return getattr(type(value), "__cache_key__", None) is not None and not isinstance(value, type)
 
 
 def _captured_constants(func: types.FunctionType) -> bytes:

@@ -121,9 +121,11 @@ def _values(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
     """The values of a Series or Index, with their dtype.
 
     numpy-backed dtypes hash their raw bytes; object columns element by element (so
-    ``1`` and ``"1"`` differ, which pandas' own hashing does not guarantee); extension
-    dtypes (categorical, nullable, string, tz-aware ...) via ``hash_pandas_object``,
-    64 bits per element with a fixed key, stable across processes.
+    ``1`` and ``"1"`` differ, which pandas' own hashing does not guarantee); float
+    and complex extension dtypes (nullable ``Float64``, sparse) their missing mask and
+    the raw bytes of the rest (``hash_pandas_object`` equates ``-0.0`` and ``0.0``);
+    other extension dtypes (categorical, nullable integers, string, tz-aware ...) via
+    ``hash_pandas_object``, 64 bits per element with a fixed key, stable across processes.
     """
     np = sys.modules["numpy"]
     pd = sys.modules["pandas"]
@@ -136,8 +138,23 @@ def _values(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
         else:
             array(enc, h, b"n", value.to_numpy())
         return
+    inner = _float_dtype(dtype)
+    if inner is not None:  # exact bits: hash_pandas_object equates -0.0 and 0.0
+        array(enc, h, b"m", np.asarray(value.isna(), dtype=bool))
+        array(enc, h, b"n", value.to_numpy(dtype=inner, na_value=0))
+        return
     if isinstance(dtype, pd.CategoricalDtype):  # unused categories and order count too
         _index(enc, h, dtype.categories)
         h.update(b"o" if dtype.ordered else b"u")
     hashes = pd.util.hash_pandas_object(value, index=False).to_numpy()
     array(enc, h, b"h", hashes)
+
+
+def _float_dtype(dtype: Any) -> Any:
+    """The numpy float or complex dtype under an extension dtype (nullable, sparse, arrow)."""
+    np = sys.modules["numpy"]
+    for attr in ("numpy_dtype", "subtype"):
+        inner = getattr(dtype, attr, None)
+        if isinstance(inner, np.dtype) and inner.kind in "fc":
+            return inner
+    return None

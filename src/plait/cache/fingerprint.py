@@ -33,10 +33,11 @@ DIGEST_SIZE: Final = 16
 #: Deepest nesting of containers a value may have.
 MAX_DEPTH: Final = 200
 #: Salt of :func:`cache_key`; bump it when the encoding changes so old entries miss.
-KEY_VERSION: Final = b"plait-cache-1"
+KEY_VERSION: Final = b"plait-cache-2"
 
 _blake2b = hashlib.blake2b
 _u64 = struct.Struct("<Q").pack
+_f64 = struct.Struct("<d").pack
 
 # Default reason of an Unfingerprintable error.
 _UNSUPPORTED = (
@@ -132,7 +133,7 @@ class Encoder:
     """Feeds the canonical encoding of values into hashers.
 
     ``code`` is the code walk in progress when the values belong to a function
-    (defaults, closure cells): callables met there join that walk instead of
+    (defaults, partial arguments): callables met there join that walk instead of
     starting a new one, which keeps mutually referring functions finite.
     """
 
@@ -249,12 +250,13 @@ def _int(enc: Encoder, h: hashlib.blake2b, value: int) -> None:
 
 
 def _float(enc: Encoder, h: hashlib.blake2b, value: float) -> None:
-    # repr round-trips exactly and spells nan, inf and -0.0 distinctly.
-    h.update(b"f" + text(float.__repr__(value)))
+    # The IEEE 754 bits: -0.0 and 0.0 differ, and so do NaNs of another sign or payload
+    # (repr spells every NaN "nan", and math.copysign(1, -nan) is -1.0).
+    h.update(b"f" + _f64(value))
 
 
 def _complex(enc: Encoder, h: hashlib.blake2b, value: complex) -> None:
-    h.update(b"c" + text(float.__repr__(value.real)) + text(float.__repr__(value.imag)))
+    h.update(b"c" + _f64(value.real) + _f64(value.imag))
 
 
 def _str(enc: Encoder, h: hashlib.blake2b, value: str) -> None:

@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from types import TracebackType
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
@@ -155,6 +156,111 @@ DISKCACHE_SETTINGS: Final[dict[str, Any]] = {
 }
 
 
+class _Connections:
+    """The sqlite connections one cache opened, in every thread, with the thread each
+    belongs to; kept apart from the cache so a finalizer can close them."""
+
+    __slots__ = ("generation", "lock", "opened")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.opened: list[tuple[sqlite3.Connection, weakref.ref[threading.Thread]]] = []
+        #: Bumped by close(): a thread's connection of an older generation is closed.
+        self.generation = 0
+
+    def add(self, con: sqlite3.Connection) -> int:
+        """Record a new connection of this thread; close those of finished threads."""
+        finished: list[tuple[sqlite3.Connection, Any]] = []
+        with self.lock:
+            alive: list[tuple[sqlite3.Connection, weakref.ref[threading.Thread]]] = []
+            for entry in self.opened:
+                thread = entry[1]()
+                (alive if thread is not None and thread.is_alive() else finished).append(entry)
+            alive.append((con, weakref.ref(threading.current_thread())))
+            self.opened = alive
+            generation = self.generation
+        _close_all(finished)
+        return generation
+
+    def close(self) -> None:
+        with self.lock:
+            opened, self.opened = self.opened, []
+            self.generation += 1
+        _close_all(opened)
+
+
+def _close_all(opened: list[tuple[sqlite3.Connection, Any]]) -> None:
+    for con, _ in opened:
+        with contextlib.suppress(sqlite3.Error):
+            con.close()
+
+
+class _Cache(diskcache.Cache):  # type: ignore[misc]
+    """A diskcache.Cache that can close every connection it opened.
+
+    diskcache keeps one sqlite connection per thread (in a ``threading.local``) and
+    its ``close()`` closes the calling thread's only: the connections of other
+    threads (an engine's worker threads, the bridge's loop thread) were closed by
+    nobody, and Python 3.13 warns when one is garbage-collected (``ResourceWarning:
+    unclosed database``). Here each connection is recorded with its thread, opened
+    with ``check_same_thread=False`` so that another thread may close it (each is
+    still used by its own thread only); :meth:`close` closes them all, a new
+    connection closes those of finished threads, and a finalizer closes what is
+    left when the cache is garbage-collected. A thread whose connection was closed
+    by :meth:`close` opens a new one when it uses the cache again.
+    """
+
+    def __init__(self, directory: str, **settings: Any) -> None:
+        self._connections = connections = _Connections()
+        self._pid = os.getpid()
+        weakref.finalize(self, connections.close)
+        super().__init__(directory, **settings)
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        local = self._local
+        con: sqlite3.Connection | None = getattr(local, "con", None)
+        if (
+            con is None
+            or local.generation != self._connections.generation
+            or local.pid != os.getpid()
+        ):
+            con = self._connect()
+        return con
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection for this thread, set up as diskcache sets up its own."""
+        pid = os.getpid()
+        if pid != self._pid:  # a forked child: the parent's connections are not ours
+            self._pid, self._connections.opened = pid, []
+        con = sqlite3.connect(
+            os.path.join(self._directory, diskcache.core.DBNAME),
+            timeout=self._timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        local = self._local
+        local.con, local.pid = con, pid
+        local.generation = self._connections.add(con)
+        # Some pragmas are per connection: apply the ones stored in the Settings table
+        # (which does not exist yet while the cache is being created).
+        try:
+            settings = con.execute("SELECT key, value FROM Settings").fetchall()
+        except sqlite3.OperationalError:
+            pass
+        else:
+            for key, value in settings:
+                if key.startswith("sqlite_"):
+                    self.reset(key, value, update=False)
+        return con
+
+    def close(self) -> None:
+        """Close every connection of this cache, in every thread."""
+        self._connections.close()
+        with contextlib.suppress(AttributeError):
+            del self._local.con
+
+
 class DiskCache:
     """Results in a directory, shared by threads and by several processes.
 
@@ -176,6 +282,9 @@ class DiskCache:
 
     A DiskCache pickles as its path, so one sent to a worker process reopens the same
     directory there and the workers' results land in the same cache.
+
+    :meth:`close` (or ``with DiskCache(path) as cache:``) closes the sqlite connections
+    of every thread that used it; a closed cache reopens lazily if used again.
     """
 
     __slots__ = ("_cache", "_path")
@@ -191,7 +300,7 @@ class DiskCache:
         self._path = path
         _private_directory(path)
         try:
-            self._cache = diskcache.Cache(str(path), timeout=SQLITE_TIMEOUT, **DISKCACHE_SETTINGS)
+            self._cache = _Cache(str(path), timeout=SQLITE_TIMEOUT, **DISKCACHE_SETTINGS)
         except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             raise CacheError(
                 f"cannot open a cache in directory '{path}': {error or type(error).__name__}. "
@@ -253,7 +362,13 @@ class DiskCache:
         self._cache.clear(retry=True)
 
     def close(self) -> None:
-        """Close this thread's connection; the cache reopens it if used again."""
+        """Close the connections this cache opened, in every thread.
+
+        Closing twice is fine. A closed cache is not dead: used again, it opens new
+        connections (close it again when done). ``with DiskCache(path) as cache:``
+        closes it at the end of the block; a cache garbage-collected unclosed closes
+        its connections then.
+        """
         self._cache.close()
 
     def __enter__(self) -> DiskCache:

@@ -30,9 +30,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Literal
 
-import plait
 from plait.errors import PlaitError
-from plait.kernel.protocol import Message, MessageWriter, ProtocolError, decode, message
+from plait.kernel.protocol import (
+    Message,
+    MessageWriter,
+    ProtocolError,
+    decode,
+    encode,
+    message,
+)
 
 StreamCallback = Callable[[str, str], None]
 """``on_stream(name, text)``: ``name`` is ``"stdout"`` or ``"stderr"``."""
@@ -43,6 +49,8 @@ InputCallback = Callable[[str], "str | Awaitable[str]"]
 _INTERRUPT_WAIT_SECONDS = 2.0
 _STDERR_TAIL_LINES = 40
 _SIGNAL_CHECK_SECONDS = 0.2
+#: A kernel whose client was garbage-collected is killed if it has not exited after this.
+_ABANDONED_KILL_SECONDS = 10.0
 
 
 class KernelDiedError(PlaitError, RuntimeError):
@@ -339,8 +347,8 @@ class KernelClient:
                 start_new_session=True,
             )
             conn = self._conn = _Connection(proc, self.on_stray_output)
-            # A client dropped without shutdown(): close the kernel's stdin and it exits.
-            weakref.finalize(self, _close_stdin, proc)
+            # A client dropped without shutdown(): ask the kernel to exit.
+            weakref.finalize(self, _abandon, proc)
             if not conn.ready.wait(self.startup_timeout):
                 proc.kill()
                 conn.close()
@@ -524,16 +532,41 @@ class KernelClient:
         await self.ashutdown()
 
 
-def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
-    if proc.stdin is not None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    """A KernelClient was garbage-collected without shutdown(): shut its kernel down.
+
+    A shutdown_request (the end of input alone would let queued cells finish), the
+    end of input, and a kill if the kernel has not exited after
+    :data:`_ABANDONED_KILL_SECONDS` (a cell holding the GIL in C code cannot be
+    interrupted).
+    """
+    if proc.stdin is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fd = proc.stdin.fileno()
+        os.set_blocking(fd, False)  # never wait on a kernel that reads nothing
+        os.write(fd, encode(message("shutdown_request")))
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    with contextlib.suppress(RuntimeError):  # at interpreter exit: no new threads
+        threading.Thread(target=_kill_if_stuck, args=(proc,), daemon=True).start()
+
+
+def _kill_if_stuck(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(_ABANDONED_KILL_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+#: The directory holding this plait package (src/ in a checkout, site-packages installed).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _kernel_env(env: dict[str, str] | None) -> dict[str, str]:
     """The kernel's environment, with this plait importable (it may come from sys.path)."""
     result = dict(os.environ if env is None else env)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(plait.__file__)))
+    package_root = _PACKAGE_ROOT
     paths = [package_root, *filter(None, result.get("PYTHONPATH", "").split(os.pathsep))]
     result["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return result

@@ -9,6 +9,8 @@ always exactly one message. See docs/kernel.md for every message type.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import os
 import threading
@@ -18,6 +20,17 @@ from typing import Any, Final, Literal, TypedDict
 from plait.errors import PlaitError
 
 PROTOCOL_VERSION: Final = 1
+
+
+@functools.cache
+def plait_version() -> str:
+    """The installed plait's version, read from its metadata (``"unknown"`` when plait
+    runs from a source tree without being installed); imports nothing of plait."""
+    try:
+        return importlib.metadata.version("plait")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 
 MessageType = Literal[
     "kernel_ready",

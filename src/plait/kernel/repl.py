@@ -16,8 +16,8 @@ import signal
 import sys
 from types import FrameType
 
-import plait
 from plait.kernel.client import KernelClient, KernelDiedError
+from plait.kernel.protocol import plait_version
 
 HISTORY_FILE = "~/.plait_history"
 _HISTORY_LENGTH = 1000
@@ -123,7 +123,7 @@ def run_repl() -> int:
     with KernelClient(on_stray_output=_write_stream) as client:
         info = client.kernel_info
         banner = (
-            f"plait {plait.__version__} repl, kernel pid {client.pid} "
+            f"plait {plait_version()} repl, kernel pid {client.pid} "
             f"(Python {info.get('python', '?')}).\n"
             "Top-level await works. Ctrl-C interrupts the running cell; Ctrl-D exits."
         )

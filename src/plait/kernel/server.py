@@ -12,6 +12,9 @@ Threads of the kernel process:
 * **watcher** wakes the loop when fds 1 and 2 (pipes) have output, which goes
   out as ``stream`` messages.
 
+Beside them a forked **watchdog process** SIGKILLs the kernel if its client dies
+and the kernel does not exit (a cell holding the GIL in C code stops every thread).
+
 See docs/kernel.md for the protocol and the fd layout.
 """
 
@@ -27,6 +30,7 @@ import os
 import queue
 import select
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -35,7 +39,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
-import plait
 from plait.kernel.protocol import (
     PROTOCOL_VERSION,
     Message,
@@ -43,6 +46,7 @@ from plait.kernel.protocol import (
     ProtocolError,
     decode,
     message,
+    plait_version,
 )
 from plait.session import AsyncSession, CellResult, capture
 
@@ -53,7 +57,11 @@ _SHUTDOWN_GRACE_SECONDS = 3.0
 #: How long output on fds 1 and 2 waits for the loop thread before it is sent without it.
 _LOOP_DRAIN_PATIENCE_SECONDS = 0.1
 #: A kernel whose client is gone exits after this even if a cell blocks its shutdown.
-_ORPHAN_EXIT_SECONDS = 10.0
+_ORPHAN_EXIT_SECONDS = 5.0
+#: ... and the watchdog process kills it after this, if a cell holds the GIL in C code.
+_ORPHAN_KILL_SECONDS = 6.0
+#: While queued cells finish after the end of input, how often to check for the client.
+_CLIENT_CHECK_SECONDS = 0.5
 #: After shutdown, threads a cell left running may hold the exit this long at most.
 _EXIT_WATCHDOG_SECONDS = 5.0
 
@@ -64,8 +72,61 @@ def serve() -> int:
     Takes over the process's standard fds (see docs/kernel.md), so call it only
     in a process made for it: ``python -m plait kernel``.
     """
+    _start_watchdog()
     fds = _take_over_fds()
     return _Kernel(fds).run()
+
+
+def _start_watchdog() -> None:
+    """Fork a process that kills this kernel if its client dies and it does not exit.
+
+    The kernel's own threads notice a vanished client and shut it down, but none of
+    them runs while a cell holds the GIL in C code (a catastrophic regex, say): a
+    separate process does not need the GIL. It watches the protocol output (fd 1,
+    still the original stdout here): when the pipe or socket has no reader any more,
+    the client is gone, and if this process has not ended :data:`_ORPHAN_KILL_SECONDS`
+    later, the watchdog sends SIGKILL. It ends as soon as the kernel ends (the write
+    end of a pipe only the kernel holds closes). Forked before any thread starts; not
+    started when stdout is a file or a terminal, which no client death closes.
+    """
+    mode = os.fstat(1).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) or threading.active_count() > 1:
+        return
+    alive_read, alive_write = os.pipe()  # non-inheritable: cells' subprocesses never hold it
+    kernel = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the watchdog
+        try:
+            os.close(alive_write)
+            _watchdog(kernel, alive_read)
+        finally:
+            os._exit(0)
+    os.close(alive_read)
+    # alive_write stays open until this process ends.
+
+
+def _watchdog(kernel: int, alive: int) -> None:
+    """In the watchdog process: wait for the client to go, then for the kernel to end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the group is the kernel's
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 2):  # hold no pipe of the client's but the one watched
+        os.dup2(devnull, fd)
+    os.closerange(3, alive)
+    os.closerange(alive + 1, os.sysconf("SC_OPEN_MAX"))
+    poller = select.poll()
+    poller.register(1, 0)  # POLLERR (pipe) or POLLHUP (socket): no reader any more
+    poller.register(alive, select.POLLIN)  # EOF: the kernel has ended
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if alive in ready:
+            return
+        if 1 in ready:
+            break
+    os.close(1)
+    waiting = select.poll()
+    waiting.register(alive, select.POLLIN)
+    if not waiting.poll(int(_ORPHAN_KILL_SECONDS * 1000)) and os.getppid() == kernel:
+        os.kill(kernel, signal.SIGKILL)
 
 
 class _Fds:
@@ -141,7 +202,7 @@ class _Output:
     def install(self) -> None:
         """Route sys.stdout and sys.stderr through this (after the session's own routing)."""
         capture.acquire()  # counted: the session's later acquire/release keep ours in place
-        real_stdout, real_stderr = _real(sys.stdout), _real(sys.stderr)
+        real_stdout, real_stderr = capture.unwrap(sys.stdout), capture.unwrap(sys.stderr)
         sys.stdout = _OrderedStream("stdout", real_stdout, self)
         sys.stderr = _OrderedStream("stderr", real_stderr, self)
         self._thread.start()
@@ -219,26 +280,15 @@ class _Output:
             self._drained.set()
 
 
-def _real(stream: Any) -> Any:
-    """The stream under the session's routing proxy."""
-    return stream._target if isinstance(stream, capture._StreamProxy) else stream
-
-
-class _OrderedStream(capture._StreamProxy):
+class _OrderedStream(capture.StreamProxy):
     """sys.stdout/sys.stderr in the kernel: the session's per-cell routing, kept in order."""
 
-    def __init__(self, name: str, target: Any, output: _Output) -> None:
-        super().__init__(name, target)
+    def __init__(self, channel: str, target: Any, output: _Output) -> None:
+        super().__init__(channel, target)
         self._output = output
 
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        cell = capture.current_cell.get()
-        if cell is None:
-            return int(self._target.write(text))
-        self._output.write(cell, self._name, text)
-        return len(text)
+    def write_to_cell(self, cell: capture.CellIO, text: str) -> None:
+        self._output.write(cell, self.channel, text)
 
 
 class _MainThreadJob:
@@ -386,6 +436,7 @@ class _Kernel:
         self._current: str | None = None  # id of the execute_request being run
         self._inputs: dict[str, concurrent.futures.Future[Message]] = {}
         self._inputs_lock = threading.Lock()
+        self._input_closed = False  # stdin ended: input() in a cell gets EOFError
         self._closing = False
         self._disconnected = False
         self._stopped = threading.Event()  # serve_forever has returned
@@ -405,7 +456,7 @@ class _Kernel:
             "protocol_version": PROTOCOL_VERSION,
             "pid": os.getpid(),
             "python": sys.version.split()[0],
-            "plait_version": plait.__version__,
+            "plait_version": plait_version(),
         }
         self._send(message("kernel_ready", info))
         self._runner.serve_forever()
@@ -435,6 +486,15 @@ class _Kernel:
         self._session = AsyncSession(input=self._input, run_blocking=self._runner.run_blocking)
         self._worker = self._loop.create_task(self._serve_requests())
 
+    async def _finish(self) -> None:
+        """The end of input with the client listening: run the queued cells, then stop."""
+        if self._closing:
+            return
+        self._requests.put_nowait(None)  # after every request dispatched before the end
+        if self._worker is not None:
+            await asyncio.wait([self._worker])
+        await self._shutdown(None)
+
     async def _shutdown(self, request: Message | None) -> None:
         """Abort queued cells, interrupt the running one, close the session, stop."""
         if self._closing:
@@ -458,7 +518,7 @@ class _Kernel:
     # --- requests ----------------------------------------------------------
 
     def _read_requests(self) -> None:
-        """Reader thread: dispatch requests; EOF (the client is gone) shuts the kernel down."""
+        """Reader thread: dispatch requests until the end of input (see :meth:`_end_of_input`)."""
         _block_sigint()
         with open(self._fds.proto_in, "rb", closefd=False) as stream:
             for line in stream:
@@ -470,11 +530,47 @@ class _Kernel:
                     self._log(f"plait kernel: ignored a bad request line: {exc}")
                     continue
                 self._dispatch(request)
+        self._end_of_input()
+
+    def _end_of_input(self) -> None:
+        """Stdin is closed: no more requests.
+
+        If the client still reads the protocol output, the queued cells run, their
+        replies are sent, and the kernel exits (``printf '...' | plait kernel``); an
+        ``input()`` gets EOFError. If nobody reads it (the client is gone), or the
+        client goes meanwhile, queued cells are aborted and the running one is
+        interrupted, as for a shutdown; if a cell blocks that, the kernel exits
+        anyway after :data:`_ORPHAN_EXIT_SECONDS` (and the watchdog process kills
+        it a little later if it cannot even do that).
+        """
+        with self._inputs_lock:
+            self._input_closed = True
+            waiting, self._inputs = list(self._inputs.values()), {}
+        for future in waiting:
+            if not future.done():
+                future.set_exception(EOFError("EOF when reading a line (the client closed stdin)"))
+        if not self._client_gone():
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                asyncio.run_coroutine_threadsafe(self._finish(), self._loop)
+            while not self._stopped.wait(_CLIENT_CHECK_SECONDS):
+                if self._client_gone():
+                    break
+            else:
+                return
         self._schedule_shutdown(None)
         # Nobody can use this kernel any more: if a cell blocks the shutdown, exit anyway.
         if not self._stopped.wait(_ORPHAN_EXIT_SECONDS):
             self._log("plait kernel: the client is gone and the kernel is stuck; exiting")
             os._exit(1)
+
+    def _client_gone(self) -> bool:
+        """Whether nobody reads the protocol output any more (a pipe or socket without
+        a reader); never for a file."""
+        if self._disconnected:
+            return True
+        poller = select.poll()
+        poller.register(self._fds.proto_out, 0)  # only POLLERR, POLLHUP, POLLNVAL come back
+        return bool(poller.poll(0))
 
     def _dispatch(self, request: Message) -> None:
         kind = request["type"]
@@ -604,6 +700,8 @@ class _Kernel:
         request = message("input_request", {"prompt": str(prompt)}, parent_id=self._current)
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         with self._inputs_lock:
+            if self._input_closed:
+                raise EOFError("EOF when reading a line (the client closed stdin)")
             self._inputs[request["id"]] = future
         if threading.current_thread() is self._loop_thread:
             self._ask(request)

@@ -127,12 +127,28 @@ class CellIO:
         return "".join(buffers["stdout"]), "".join(buffers["stderr"])
 
 
-class _StreamProxy:
-    """Stands in for ``sys.stdout``/``sys.stderr``; routes each write by context."""
+class StreamProxy:
+    """Stands in for ``sys.stdout``/``sys.stderr``; routes each write by context.
 
-    def __init__(self, name: str, target: TextIO) -> None:
-        self._name = name
+    ``channel`` is ``"stdout"`` or ``"stderr"``, ``target`` the stream it stands in
+    front of (where writes outside any cell go). A host that needs to do more with a
+    cell's writes (the kernel keeps them in order with bytes written to fd 1) overrides
+    :meth:`write_to_cell`. Other attributes are the target's.
+    """
+
+    def __init__(self, channel: str, target: TextIO) -> None:
+        self._channel = channel
         self._target = target
+
+    @property
+    def channel(self) -> str:
+        """``"stdout"`` or ``"stderr"``."""
+        return self._channel
+
+    @property
+    def target(self) -> TextIO:
+        """The stream this proxy stands in front of."""
+        return self._target
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
@@ -140,8 +156,12 @@ class _StreamProxy:
         cell = current_cell.get()
         if cell is None:
             return self._target.write(text)
-        cell.write(self._name, text)
+        self.write_to_cell(cell, text)
         return len(text)
+
+    def write_to_cell(self, cell: CellIO, text: str) -> None:
+        """Deliver a write made for ``cell`` (the default: into the cell's output)."""
+        cell.write(self._channel, text)
 
     def writelines(self, lines: list[str]) -> None:
         for line in lines:
@@ -156,6 +176,11 @@ class _StreamProxy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
+
+
+def unwrap(stream: Any) -> Any:
+    """The stream under a :class:`StreamProxy` (``stream`` itself if it is none)."""
+    return stream.target if isinstance(stream, StreamProxy) else stream
 
 
 def _routed_input(prompt: object = "") -> str:
@@ -186,10 +211,10 @@ def ensure_installed() -> None:
     """
     global _saved_input
     with _install_lock:
-        if not isinstance(sys.stdout, _StreamProxy):
-            sys.stdout = _StreamProxy("stdout", sys.stdout)
-        if not isinstance(sys.stderr, _StreamProxy):
-            sys.stderr = _StreamProxy("stderr", sys.stderr)
+        if not isinstance(sys.stdout, StreamProxy):
+            sys.stdout = StreamProxy("stdout", sys.stdout)
+        if not isinstance(sys.stderr, StreamProxy):
+            sys.stderr = StreamProxy("stderr", sys.stderr)
         if builtins.input is not _routed_input:
             _saved_input = builtins.input
             builtins.input = _routed_input
@@ -202,19 +227,15 @@ def release() -> None:
         _users = max(_users - 1, 0)
         if _users:
             return
-        if isinstance(sys.stdout, _StreamProxy):
-            sys.stdout = sys.stdout._target
-        if isinstance(sys.stderr, _StreamProxy):
-            sys.stderr = sys.stderr._target
+        sys.stdout = unwrap(sys.stdout)
+        sys.stderr = unwrap(sys.stderr)
         if builtins.input is _routed_input:
             builtins.input = _saved_input  # type: ignore[assignment]
 
 
 def _real_stream(name: str) -> TextIO:
     """The stream a proxy writes to for code outside any cell."""
-    stream = sys.stdout if name == "stdout" else sys.stderr
-    if isinstance(stream, _StreamProxy):
-        return stream._target
+    stream: TextIO = unwrap(sys.stdout if name == "stdout" else sys.stderr)
     return stream
 
 
