@@ -170,9 +170,9 @@ def main() -> None:
         with LocalEngine(node_executor="threaded", max_workers=4) as engine:
             threaded = blocking_shop.with_engine(engine)
             timed("blocking sync nodes, threaded engine", lambda: threaded.run(inputs={"api": api}))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, DiskCache(Path(tmp) / "cache") as cache:
             counter = CountCached()
-            cached = shop.with_cache(DiskCache(Path(tmp) / "cache")).with_callbacks([counter])
+            cached = shop.with_cache(cache).with_callbacks([counter])
             timed("with a DiskCache, first run", lambda: cached.run(inputs={"api": api}))
             timed("with a DiskCache, second run", lambda: cached.run(inputs={"api": api}))
             print(f"  (the second run took all {counter.cached} nodes from the cache)")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import plait
 from plait import (
     InputError,
     LocalEngine,
@@ -287,3 +288,9 @@ def test_many_inputs_bind_and_run_in_linear_time() -> None:
     # Linear work is ~0.2 s here; the quadratic membership test this guards against took ~8 s.
     assert time.perf_counter() - start < 3.0
     assert result["o19999"] == 19_999
+
+
+def test_engine_is_an_interface_that_points_to_local_engine() -> None:
+    with pytest.raises(TypeError, match=r"use plait.LocalEngine\(...\)"):
+        plait.Engine(node_executor="threaded")  # type: ignore[abstract,call-arg]
+    assert isinstance(LocalEngine(), plait.Engine)

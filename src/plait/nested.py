@@ -121,7 +121,9 @@ def as_node(
     )
     outputs = [exposed[o] for o in selected]
     output_name = outputs[0] if len(outputs) == 1 else tuple(outputs)
-    return Node(call, output_name=output_name, name=node_name)
+    # Only a name given here is the user's choice; the default (the pipeline's name, or
+    # "nested") gives way to distinct names when two such nodes meet (see Graph).
+    return Node(call, output_name=output_name, name=name)
 
 
 class _NestedCall:

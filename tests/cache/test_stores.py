@@ -612,7 +612,7 @@ def test_a_threaded_pipeline_run_leaves_no_connection_open(tmp_path: pathlib.Pat
 
     with no_unclosed_databases():
         with DiskCache(path) as cache:
-            engine = plait.Engine(node_executor="threaded")
+            engine = plait.LocalEngine(node_executor="threaded")
             pipeline = plait.Pipeline([double, triple], cache=cache, engine=engine)
             assert pipeline.run(inputs={"x": 2}) == {"doubled": 4, "tripled": 6}
             assert pipeline.run(inputs={"x": 2}) == {"doubled": 4, "tripled": 6}

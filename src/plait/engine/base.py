@@ -92,6 +92,15 @@ class Engine(abc.ABC):
     ``plait.LocalEngine`` runs on this machine; see docs/engines.md for writing one.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Engine:
+        if cls is Engine:
+            raise TypeError(
+                "plait.Engine is the interface engines implement; to run pipelines on this "
+                "machine use plait.LocalEngine(...) (it takes node_executor, map_executor, "
+                "max_workers, max_concurrent, cache and callbacks)"
+            )
+        return super().__new__(cls)
+
     @abc.abstractmethod
     async def arun(
         self,

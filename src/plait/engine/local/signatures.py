@@ -23,7 +23,7 @@ from plait.engine.local.plan import Plan, Step
 from plait.errors import CacheWarning, Unfingerprintable
 
 #: Bumped when the key layout changes, so old entries are never misread.
-_KEY_VERSION = b"plait-node-1"
+_KEY_VERSION = b"plait-node-2"  # 2: floats by their bits, closures like globals
 
 
 #: How a step's argument enters its key (see :meth:`Signer.key`).
