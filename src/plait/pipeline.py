@@ -443,15 +443,22 @@ async def _collect(stream: AsyncIterator[tuple[int, Outcome]]) -> list[Outcome]:
     """Every outcome of a map, in input order. Needs an event loop only if the stream does."""
     if not bridge.is_loop_optional(stream):
         await bridge.ensure_loop()
-    found: dict[int, Outcome] = {}
+    results: list[Outcome] = []  # in order so far
+    later: dict[int, Outcome] = {}  # arrived before an earlier item
     try:
         async for index, outcome in stream:
-            found[index] = outcome
+            if index == len(results):
+                results.append(outcome)
+            else:
+                later[index] = outcome
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
-    return [found[i] for i in range(len(found))]
+    if later:
+        later.update(enumerate(results))
+        return [later[i] for i in range(len(later))]
+    return results
 
 
 def _rebuild_pipeline(

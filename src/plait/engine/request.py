@@ -150,6 +150,8 @@ class MapSpec:
         """The mapped values of each item, in order."""
         if self.mode == "product":
             return itertools.product(*self.columns)
+        if len(self.columns) == 1:
+            return zip(self.columns[0])
         return _strict_zip(self.names, self.columns)
 
     def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
@@ -247,9 +249,6 @@ def _strict_zip(
     names: Sequence[str], columns: Sequence[Iterable[Any]]
 ) -> Iterator[tuple[Any, ...]]:
     """zip(), but running out of one input before the others is an error naming both."""
-    if len(columns) == 1:
-        yield from zip(columns[0])
-        return
     count = 0
     try:
         for row in zip(*columns, strict=True):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional
 from plait.engine.base import ItemError, OnError, Outcome
-from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.context import ENCLOSING, TOP, Enclosing
 from plait.engine.local.executors import worker_count
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner
@@ -27,6 +27,7 @@ from plait.engine.local.launchers import Chunk, ExecutorLauncher, Launcher, Task
 from plait.engine.local.observe import observed_map
 from plait.engine.local.processes import ProcessLauncher
 from plait.engine.local.resources import around_map, map_scope
+from plait.engine.local.scheduler import run_inline
 from plait.engine.request import MapSpec, annotate_item
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def map_items(
     stream: AsyncGenerator[tuple[int, Outcome], None]
     if inline:
         runner.enclosing = Enclosing(engine.nested_for_items(depth, 1), depth, 1)
-        stream = _inline_items(runner, spec, on_error)
+        items = _lean_items if runner.lean else _inline_items
+        stream = items(runner, spec, on_error)
     else:
         stream = _scheduled_items(engine, runner, spec, depth, on_error, ordered)
     plan = runner.plan
@@ -61,11 +63,10 @@ async def _inline_items(
     runner: ItemRunner, spec: MapSpec, on_error: OnError
 ) -> AsyncGenerator[tuple[int, Outcome], None]:
     """Items one after another as plain calls: this never suspends."""
-    lean = runner.lean
     for index, item in enumerate(spec.items()):
         outcome: Outcome
         try:
-            outcome = runner.run_plain(index, item) if lean else await runner.arun(index, item)
+            outcome = await runner.arun(index, item)
         except Exception as exc:
             inputs = runner.inputs(item)
             annotate_item(exc, index, inputs)
@@ -73,6 +74,39 @@ async def _inline_items(
                 raise
             outcome = ItemError.of(exc, index, inputs)
         yield index, outcome
+
+
+@loop_optional
+async def _lean_items(
+    runner: ItemRunner, spec: MapSpec, on_error: OnError
+) -> AsyncGenerator[tuple[int, Outcome], None]:
+    """:func:`_inline_items` without cache, callbacks or deps: the hot loop of a plain
+    sequential map, written out (no call per item beyond the nodes' own; the twin of
+    :meth:`ItemRunner.run_plain`)."""
+    plan = runner.plan
+    base, slots, enclosing = runner.base, runner.slots, runner.enclosing or TOP
+    output_slots = plan.output_slots
+    one = slots[0] if len(slots) == 1 else -1
+    set_enclosing, reset_enclosing = ENCLOSING.set, ENCLOSING.reset
+    for index, item in enumerate(spec.items()):
+        if one >= 0:
+            values = base.copy()
+            values[one] = item[0]
+        else:
+            values = runner.values(item)
+        token = set_enclosing(enclosing)
+        try:
+            run_inline(plan, values)
+        except Exception as exc:
+            inputs = runner.inputs(item)
+            annotate_item(exc, index, inputs)
+            if on_error == "raise":
+                raise
+            yield index, ItemError.of(exc, index, inputs)
+            continue
+        finally:
+            reset_enclosing(token)
+        yield index, {name: values[slot] for name, slot in output_slots}
 
 
 @loop_optional

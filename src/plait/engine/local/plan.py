@@ -39,6 +39,7 @@ class Step:
         "out_slots",
         "payload",
         "positional",
+        "single_slot",
         "successors",
     )
 
@@ -61,6 +62,8 @@ class Step:
             itemgetter(*positional) if len(positional) > 1 else None
         )
         self.out_slots = out_slots
+        #: The slot of a plain single output (stored as returned), else -1 (unpacked).
+        self.single_slot = out_slots[0] if len(out_slots) == 1 else -1
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()

@@ -60,7 +60,11 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
     """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
     if hooks is None:
         for step in plan.steps:
-            _store(step, values, _call(step, values))
+            result = _call(step, values)
+            if step.single_slot >= 0:  # the common case, without a call
+                values[step.single_slot] = result
+            else:
+                _store(step, values, result)
         return
     for index, step in enumerate(plan.steps):
         result = hooks.before(index, values)
