@@ -32,11 +32,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plait import LocalEngine, Node, Pipeline, RunningLoopWarning, node
+from plait import Engine, LocalEngine, Node, Pipeline, RunningLoopWarning, node
+from tests.engine.test_custom_engine import logging_engine_class
 
 INPUTS = ("x0", "x1", "x2", "x3")
 MODULUS = 1_000_003
-ENGINE_NAMES = ("sequential", "threaded", "instance")
+ENGINE_NAMES = ("sequential", "threaded", "instance", "delegating")
 
 SETTINGS = settings(
     max_examples=30,
@@ -295,13 +296,15 @@ def shared_pool() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture(scope="module")
-def engines(shared_pool: ThreadPoolExecutor) -> Iterator[dict[str, LocalEngine]]:
+def engines(shared_pool: ThreadPoolExecutor) -> Iterator[dict[str, Engine]]:
     threaded = LocalEngine(node_executor="threaded", max_workers=4)
     try:
         yield {
             "sequential": LocalEngine(),
             "threaded": threaded,
             "instance": LocalEngine(node_executor=shared_pool),
+            # A third-party engine (docs/engines.md) that delegates to the local one.
+            "delegating": logging_engine_class()(LocalEngine(node_executor="threaded")),
         }
     finally:
         threaded.close()
@@ -333,7 +336,7 @@ def run_pipeline(
 @SETTINGS
 @given(case=dags_with_inputs())
 def test_every_executor_matches_the_reference(
-    engines: dict[str, LocalEngine], case: tuple[Dag, dict[str, int]]
+    engines: dict[str, Engine], case: tuple[Dag, dict[str, int]]
 ) -> None:
     dag, inputs = case
     rec = Recorder()
@@ -359,7 +362,7 @@ def test_every_executor_matches_the_reference(
 @SETTINGS
 @given(dag=dags(), data=st.data())
 def test_output_selection_runs_only_the_needed_nodes(
-    engines: dict[str, LocalEngine], dag: Dag, data: st.DataObject
+    engines: dict[str, Engine], dag: Dag, data: st.DataObject
 ) -> None:
     wanted = data.draw(st.lists(st.sampled_from(dag.outputs), min_size=1, max_size=4), "wanted")
     output_name: str | list[str] = (
@@ -392,7 +395,7 @@ def test_output_selection_runs_only_the_needed_nodes(
 @SETTINGS
 @given(dag=dags(), data=st.data())
 def test_a_failing_node_raises_its_own_error_with_a_note(
-    engines: dict[str, LocalEngine], dag: Dag, data: st.DataObject
+    engines: dict[str, Engine], dag: Dag, data: st.DataObject
 ) -> None:
     failing = data.draw(st.integers(0, len(dag.nodes) - 1), "failing node")
     where = data.draw(st.sampled_from(["before", "after"]), "raises where")
@@ -450,7 +453,7 @@ def callers() -> Iterator[ThreadPoolExecutor]:
 @SETTINGS
 @given(dag=dags(max_nodes=12), data=st.data())
 def test_concurrent_runs_of_one_pipeline_are_independent(
-    engines: dict[str, LocalEngine], callers: ThreadPoolExecutor, dag: Dag, data: st.DataObject
+    engines: dict[str, Engine], callers: ThreadPoolExecutor, dag: Dag, data: st.DataObject
 ) -> None:
     many_inputs = data.draw(
         st.lists(inputs_for(dag, dag.required_inputs()), min_size=2, max_size=3), "inputs"
