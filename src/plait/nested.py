@@ -70,45 +70,12 @@ def as_node(
 ) -> Node[..., Any]:
     """Build the node that runs ``pipeline``; see :meth:`Pipeline.as_node`."""
     node_name = name or pipeline.name or "nested"
-    inner_inputs = [n for n in pipeline.input_names if n not in pipeline.bound_inputs]
-    to_inner = dict(input_mapping or {})
-    for outer, inner in to_inner.items():
-        if inner not in inner_inputs:
-            raise InputError(
-                f"as_node {node_name!r}: input_mapping maps {outer!r} to {inner!r}, which is "
-                f"not an unbound input of the pipeline.{did_you_mean(inner, inner_inputs)} "
-                f"Inputs: {quoted(inner_inputs) or 'none'}"
-            )
-    to_outer = {inner: outer for outer, inner in to_inner.items()}
-    params = {to_outer.get(n, n): n for n in inner_inputs}  # outer parameter -> inner input
-
-    if output_mapping is None:
-        exposed = {o: o for o in pipeline.output_names}
-    else:
-        for inner in output_mapping:
-            if inner not in pipeline.output_names:
-                raise UnknownOutputError(
-                    f"as_node {node_name!r}: output_mapping names {inner!r}, which the pipeline "
-                    f"does not produce.{did_you_mean(inner, pipeline.output_names)} "
-                    f"Outputs: {quoted(pipeline.output_names)}"
-                )
-        exposed = dict(output_mapping)
-    if not exposed:
-        raise NodeDefinitionError(f"as_node {node_name!r}: output_mapping exposes no output")
+    params = _parameters(pipeline, node_name, input_mapping)
+    exposed = _exposed_outputs(pipeline, node_name, output_mapping)
     selected = list(exposed)
-
-    mapped: tuple[str, ...] = ()
-    if map_over is not None:
-        mapped = (map_over,) if isinstance(map_over, str) else tuple(map_over)
-        for outer in mapped:
-            if outer not in params:
-                raise InputError(
-                    f"as_node {node_name!r}: map_over names {outer!r}, which is not an input "
-                    f"of the node.{did_you_mean(outer, params)} Inputs: {quoted(params)}"
-                )
-
-    optional = set(pipeline.optional_inputs)
+    mapped = _mapped_inputs(node_name, params, map_over)
     call = _NestedCall(pipeline, params, selected, mapped, map_mode, node_name)
+    optional = set(pipeline.optional_inputs)
     call.__signature__ = inspect.Signature(
         [
             inspect.Parameter(
@@ -124,6 +91,59 @@ def as_node(
     # Only a name given here is the user's choice; the default (the pipeline's name, or
     # "nested") gives way to distinct names when two such nodes meet (see Graph).
     return Node(call, output_name=output_name, name=name)
+
+
+def _parameters(
+    pipeline: Nestable, node_name: str, input_mapping: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The node's parameters: outer name -> the unbound inner input it feeds."""
+    inner_inputs = [n for n in pipeline.input_names if n not in pipeline.bound_inputs]
+    to_inner = dict(input_mapping or {})
+    for outer, inner in to_inner.items():
+        if inner not in inner_inputs:
+            raise InputError(
+                f"as_node {node_name!r}: input_mapping maps {outer!r} to {inner!r}, which is "
+                f"not an unbound input of the pipeline.{did_you_mean(inner, inner_inputs)} "
+                f"Inputs: {quoted(inner_inputs) or 'none'}"
+            )
+    to_outer = {inner: outer for outer, inner in to_inner.items()}
+    return {to_outer.get(n, n): n for n in inner_inputs}
+
+
+def _exposed_outputs(
+    pipeline: Nestable, node_name: str, output_mapping: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The inner outputs the node returns: inner name -> outer name."""
+    if output_mapping is None:
+        exposed = {o: o for o in pipeline.output_names}
+    else:
+        for inner in output_mapping:
+            if inner not in pipeline.output_names:
+                raise UnknownOutputError(
+                    f"as_node {node_name!r}: output_mapping names {inner!r}, which the pipeline "
+                    f"does not produce.{did_you_mean(inner, pipeline.output_names)} "
+                    f"Outputs: {quoted(pipeline.output_names)}"
+                )
+        exposed = dict(output_mapping)
+    if not exposed:
+        raise NodeDefinitionError(f"as_node {node_name!r}: output_mapping exposes no output")
+    return exposed
+
+
+def _mapped_inputs(
+    node_name: str, params: Mapping[str, str], map_over: str | Sequence[str] | None
+) -> tuple[str, ...]:
+    """The node parameters it maps the pipeline over (none: it runs once)."""
+    if map_over is None:
+        return ()
+    mapped = (map_over,) if isinstance(map_over, str) else tuple(map_over)
+    for outer in mapped:
+        if outer not in params:
+            raise InputError(
+                f"as_node {node_name!r}: map_over names {outer!r}, which is not an input "
+                f"of the node.{did_you_mean(outer, params)} Inputs: {quoted(params)}"
+            )
+    return mapped
 
 
 class _NestedCall:

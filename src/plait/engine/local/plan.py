@@ -216,59 +216,14 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     else:
         wanted = graph.needed_for(outputs)
         needed = tuple(i for i in graph.order if i in wanted)
-    nodes = graph.nodes
-
-    # One slot list holds inputs, defaults and outputs alike. Nodes come in
-    # topological order, so a name not yet in output_slot is a pipeline input.
-    template: list[Any] = []
-    output_slot: dict[str, int] = {}
-    input_slot: dict[str, int] = {}
-    missing: dict[str, list[str]] = {}
-
-    dep_slot: dict[Dep[Any], int] = {}
-
-    def source(param: str, item: Node[..., Any]) -> int:
-        dep = item.deps.get(param)
-        if dep is not None:  # filled when the run sets its deps up
-            slot = dep_slot.get(dep)
-            if slot is None:
-                slot = dep_slot[dep] = len(template)
-                template.append(EMPTY)
-            return slot
-        slot = output_slot.get(param)
-        if slot is None:
-            slot = input_slot.get(param)
-        if slot is None:
-            if param in given:
-                slot = input_slot[param] = len(template)
-                template.append(EMPTY)
-            elif param in item.defaults:  # nobody gave it: this node's own default
-                slot = len(template)
-                template.append(item.defaults[param])
-            else:
-                missing.setdefault(param, []).append(item.name)
-                return -1
-        return slot
-
+    layout = _Layout(given)
     step_of: dict[int, int] = {}
     steps: list[Step] = []
     for index in needed:
-        item = nodes[index]
-        positional = tuple(source(p, item) for p in item.positional)
-        keyword = tuple((p, source(p, item)) for p in item.keyword)
-        outs = tuple(range(len(template), len(template) + len(item.outputs)))
-        template.extend(EMPTY for _ in outs)
-        output_slot.update(zip(item.outputs, outs, strict=True))
         step_of[index] = len(steps)
-        steps.append(Step(item, positional, keyword, outs))
-        for param in item.dep_inputs:
-            if param in given and param not in input_slot:
-                input_slot[param] = len(template)
-                template.append(EMPTY)
-            elif param not in given and param not in item.dep_defaults:
-                missing.setdefault(param, []).append(item.name)
-    if missing:  # the pipeline checks this first; kept for direct engine calls
-        raise missing_inputs_error(graph, missing)
+        steps.append(layout.step(graph.nodes[index]))
+    if layout.missing:  # the pipeline checks this first; kept for direct engine calls
+        raise missing_inputs_error(graph, layout.missing)
 
     successors: list[list[int]] = [[] for _ in steps]
     for index in needed:
@@ -280,8 +235,60 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     selected = [o for step in steps for o in step.node.outputs] if outputs is None else outputs
     return Plan(
         tuple(steps),
-        tuple(template),
-        tuple(input_slot.items()),
-        tuple((name, output_slot[name]) for name in selected),
-        tuple(dep_slot.items()),
+        tuple(layout.template),
+        tuple(layout.input_slot.items()),
+        tuple((name, layout.output_slot[name]) for name in selected),
+        tuple(layout.dep_slot.items()),
     )
+
+
+class _Layout:
+    """The slots of a plan being compiled: one list holds inputs, defaults, dep values
+    and outputs alike. Nodes come in topological order, so a name not yet among the
+    outputs is a pipeline input."""
+
+    def __init__(self, given: Collection[str]) -> None:
+        self.given = given
+        self.template: list[Any] = []
+        self.output_slot: dict[str, int] = {}
+        self.input_slot: dict[str, int] = {}
+        self.dep_slot: dict[Dep[Any], int] = {}
+        self.missing: dict[str, list[str]] = {}
+
+    def new_slot(self, value: Any = EMPTY) -> int:
+        self.template.append(value)
+        return len(self.template) - 1
+
+    def step(self, item: Node[..., Any]) -> Step:
+        """The step of ``item``, with slots for its arguments and its outputs."""
+        positional = tuple(self.source(p, item) for p in item.positional)
+        keyword = tuple((p, self.source(p, item)) for p in item.keyword)
+        outs = tuple(self.new_slot() for _ in item.outputs)
+        self.output_slot.update(zip(item.outputs, outs, strict=True))
+        for param in item.dep_inputs:  # what its deps' functions take
+            if param in self.given and param not in self.input_slot:
+                self.input_slot[param] = self.new_slot()
+            elif param not in self.given and param not in item.dep_defaults:
+                self.missing.setdefault(param, []).append(item.name)
+        return Step(item, positional, keyword, outs)
+
+    def source(self, param: str, item: Node[..., Any]) -> int:
+        """The slot parameter ``param`` of ``item`` reads (-1 when nothing provides it)."""
+        dep = item.deps.get(param)
+        if dep is not None:  # filled when the run sets its deps up
+            slot = self.dep_slot.get(dep)
+            if slot is None:
+                slot = self.dep_slot[dep] = self.new_slot()
+            return slot
+        slot = self.output_slot.get(param)
+        if slot is None:
+            slot = self.input_slot.get(param)
+        if slot is not None:
+            return slot
+        if param in self.given:
+            slot = self.input_slot[param] = self.new_slot()
+            return slot
+        if param in item.defaults:  # nobody gave it: this node's own default
+            return self.new_slot(item.defaults[param])
+        self.missing.setdefault(param, []).append(item.name)
+        return -1

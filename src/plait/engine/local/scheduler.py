@@ -160,65 +160,78 @@ class _Dataflow:
         self.deferred: list[int] = []  # ready async steps, not yet started
 
     async def run(self) -> None:
-        steps = self.plan.steps
-        inflight = self.inflight
-        inline: deque[int] = deque()
+        inline: deque[int] = deque()  # ready plain sync steps
         for index in self.plan.roots:
             self._ready(index, inline)
-        deferred = self.deferred
-        hits = self.hits
         try:
             while True:
-                while hits:
-                    self._release(steps[hits.popleft()], inline)
-                if deferred:
-                    if len(deferred) == 1 and not inline and not inflight:
-                        # The only work there is: await it here, without a task.
-                        index = deferred.pop()
-                        step = steps[index]
-                        try:
-                            result = await self._coroutine(step)
-                        except Exception as exc:
-                            annotate(exc, step, self.values)
-                            self.failing = index
-                            raise
-                        self._finish(index, result, inline)
+                while self.hits:
+                    self._release(self.plan.steps[self.hits.popleft()], inline)
+                if self.deferred:
+                    if len(self.deferred) == 1 and not inline and not self.inflight:
+                        await self._await_only(inline)
                         continue
-                    room = len(deferred) if self.limit is None else self.limit - len(inflight)
-                    if room > 0:
-                        for index in deferred[:room]:
-                            coro = self._coroutine(steps[index])
-                            inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
-                        del deferred[:room]
-                        self.launched = True
+                    self._start_deferred()
                 if inline:
-                    if self.launched:
-                        # Let freshly created tasks reach their first await (send
-                        # their request, say) before this call blocks the loop.
-                        self.launched = False
-                        await asyncio.sleep(0)
-                    pending = portal.call(self._call_inline, inline)
-                    if type(pending) is portal.Suspended:
-                        await pending.finish()
+                    await self._run_inline(inline)
                     continue
-                if not inflight:
+                if not self.inflight:
                     return
-                await inflight.wait_any()
+                await self.inflight.wait_any()
                 self.launched = False
-                while (done := inflight.pop_done()) is not None:
-                    future, index = done
-                    try:
-                        result = future.result()
-                    except BaseException as exc:
-                        annotate(exc, steps[index], self.values)
-                        self.failing = index
-                        raise
-                    self._finish(index, result, inline)
+                self._finish_done(inline)
         except BaseException as exc:
             if self.hooks is not None and self.failing is not None:
                 self.hooks.failed(self.failing, exc)
-            await inflight.cancel_all()
+            await self.inflight.cancel_all()
             raise
+
+    async def _await_only(self, inline: deque[int]) -> None:
+        """The one deferred step is the only work there is: await it here, without a task."""
+        index = self.deferred.pop()
+        step = self.plan.steps[index]
+        try:
+            result = await self._coroutine(step)
+        except Exception as exc:
+            annotate(exc, step, self.values)
+            self.failing = index
+            raise
+        self._finish(index, result, inline)
+
+    def _start_deferred(self) -> None:
+        """Start ready async steps as tasks (as many as the limit leaves room for)."""
+        deferred, inflight, steps = self.deferred, self.inflight, self.plan.steps
+        room = len(deferred) if self.limit is None else self.limit - len(inflight)
+        if room > 0:
+            for index in deferred[:room]:
+                coro = self._coroutine(steps[index])
+                inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
+            del deferred[:room]
+            self.launched = True
+
+    async def _run_inline(self, inline: deque[int]) -> None:
+        """Call ready sync steps on the loop, through the portal."""
+        if self.launched:
+            # Let freshly created tasks reach their first await (send
+            # their request, say) before this call blocks the loop.
+            self.launched = False
+            await asyncio.sleep(0)
+        pending = portal.call(self._call_inline, inline)
+        if type(pending) is portal.Suspended:
+            await pending.finish()
+
+    def _finish_done(self, inline: deque[int]) -> None:
+        """Take the results of every task and job that has finished."""
+        steps = self.plan.steps
+        while (done := self.inflight.pop_done()) is not None:
+            future, index = done
+            try:
+                result = future.result()
+            except BaseException as exc:
+                annotate(exc, steps[index], self.values)
+                self.failing = index
+                raise
+            self._finish(index, result, inline)
 
     def _call_inline(self, inline: deque[int]) -> None:
         """Call ready sync steps in turn until one readies an async or controlled step.
