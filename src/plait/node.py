@@ -146,9 +146,13 @@ class Node(Generic[P, R]):
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         # A decorated module-level function is reachable by name as this Node:
-        # pickle it by reference, as pickle does for plain functions.
+        # pickle it by reference, as pickle does for plain functions. Not from
+        # __main__ (a script, ``python -c``, stdin, a notebook): another process's
+        # __main__ is not this one, so such a node travels by value (cloudpickle
+        # pickles functions of __main__ by value).
+        module: str | None = getattr(self, "__module__", None)
         qualname: str = getattr(self, "__qualname__", "")
-        found = _lookup(getattr(self, "__module__", None), qualname)
+        found = None if module == "__main__" else _lookup(module, qualname)
         if found is self:
             return qualname
         # A copy of such a Node (renamed, or node(decorated, ...)): its function is

@@ -130,3 +130,18 @@ def test_as_a_map_executor_it_runs_items_on_its_loop() -> None:
         assert time.perf_counter() - start < 0.4
     assert len(names) == 1
     assert names.pop().startswith("plait-async-executor")
+
+
+def test_as_map_executor_it_keeps_max_concurrent_items_in_flight() -> None:
+    @node(output_name="y")
+    async def slow(x):
+        await asyncio.sleep(0.2)
+        return x
+
+    with AsyncExecutor(max_concurrent=40) as executor:
+        pipe = Pipeline([slow], engine=LocalEngine(map_executor=executor, max_workers=2))
+        start = time.perf_counter()
+        result = pipe.map(inputs={"x": range(40)}, map_over="x")
+        elapsed = time.perf_counter() - start
+    assert [r["y"] for r in result] == list(range(40))
+    assert elapsed < 1.0  # 40 at once: 0.2 s (not max_workers: 10 rounds, 2 s)

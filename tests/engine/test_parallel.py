@@ -6,6 +6,7 @@ import glob
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -131,6 +132,7 @@ def test_a_killed_worker_is_a_clear_error_not_a_hang() -> None:
         spans = [span.partition("-") for span in in_flight.split(", ")]
         named = [(int(a), int(b or a)) for a, _, b in spans]
         assert any(first <= 5 <= last for first, last in named)  # the killed item is named
+        assert message.startswith("a worker process died (killed by SIGKILL) ")
         assert "killed or crashed" in message
         # The broken pool is replaced: the next map works.
         survivors = Pipeline([node(lambda x: x + 1, output_name="y")], engine=engine)
@@ -247,3 +249,89 @@ def test_a_dask_distributed_executor_runs_items_on_its_workers() -> None:
         with pytest.raises(ZeroDivisionError) as info:
             inverse.map(inputs={"x": [1, 0]}, map_over="x")
         assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
+
+
+def exit_on_three(x):
+    if x == 3:
+        os._exit(3)
+    return x
+
+
+def test_a_worker_that_exits_is_reported_with_its_exit_status() -> None:
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
+        pipe = Pipeline([node(exit_on_three, output_name="y")], engine=engine)
+        with pytest.raises(WorkerDiedError, match=r"^a worker process died \(exit status 3\) "):
+            pipe.map(inputs={"x": range(8)}, map_over="x")
+
+
+def lock_for_two(x):
+    return threading.Lock() if x == 2 else x
+
+
+def a_generator(x):
+    return (i for i in range(x))
+
+
+def test_unpicklable_outputs_and_inputs_of_map_items_are_named(engine: LocalEngine) -> None:
+    pipe = Pipeline([node(lock_for_two, output_name="y")], engine=engine)
+    with pytest.raises(TypeError, match="cannot pickle") as info:
+        pipe.map(inputs={"x": range(5)}, map_over="x")
+    assert info.value.__notes__ == [
+        "plait: output 'y' (a lock) of node 'lock_for_two' cannot be pickled to send it back "
+        "from a worker process",
+        "plait: in map item 2 with inputs (x=2)",
+    ]
+    out = pipe.map(inputs={"x": range(5)}, map_over="x", on_error="collect")
+    assert isinstance(out[2], ItemError)
+    assert [o["y"] for i, o in enumerate(out) if i != 2] == [0, 1, 3, 4]
+
+    gen = Pipeline([node(a_generator, output_name="g")], engine=engine)
+    with pytest.raises(TypeError, match="cannot pickle 'generator'") as info:
+        gen.map(inputs={"x": [3]}, map_over="x")
+    assert "a generator cannot be pickled: return a list" in info.value.__notes__[0]
+
+    lock = threading.Lock()
+    doubled = Pipeline([node(double, output_name="y")], engine=engine)
+    out = doubled.map(inputs={"x": [1, lock, 3]}, map_over="x", on_error="collect")
+    assert [out[0], out[2]] == [{"y": 2}, {"y": 6}]
+    error = out[1]
+    assert isinstance(error, ItemError)
+    assert isinstance(error.exception, TypeError)
+    assert error.exception.__notes__[0] == (
+        "plait: input 'x' (a lock) of map item 1 cannot be pickled to send it to a worker process"
+    )
+
+
+@node(output_name="y", executor="parallel")
+def lock_in_process(x):
+    return threading.Lock()
+
+
+@node(output_name="y", executor="parallel")
+def generator_in_process(x):
+    return (i for i in range(x))
+
+
+@node(output_name="y", executor="parallel")
+def double_in_process(x):
+    return 2 * x
+
+
+def test_unpicklable_outputs_and_inputs_of_parallel_nodes_are_named() -> None:
+    with LocalEngine() as engine:
+        with pytest.raises(TypeError, match="cannot pickle") as info:
+            Pipeline([lock_in_process], engine=engine).run({"x": 1})
+        assert info.value.__notes__[0] == (
+            "plait: output 'y' (a lock) of node 'lock_in_process' cannot be pickled to send it "
+            "back from a worker process"
+        )
+        with pytest.raises(TypeError, match="cannot pickle 'generator'") as info:
+            Pipeline([generator_in_process], engine=engine).run({"x": 2})
+        assert info.value.__notes__[0].endswith("; a generator cannot be pickled: return a list")
+        with pytest.raises(TypeError, match="cannot pickle") as info:
+            Pipeline([double_in_process], engine=engine).run({"x": threading.Lock()})
+        assert info.value.__notes__[0] == (
+            "plait: input 'x' (a lock) of node 'double_in_process' cannot be pickled to send it "
+            "to a worker process"
+        )
+        assert Pipeline([double_in_process], engine=engine).run({"x": 4}) == {"y": 8}

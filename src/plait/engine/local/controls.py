@@ -105,7 +105,8 @@ class NodeRuntime:
         self.slots = tuple(Slots(o.max_concurrent) if o.max_concurrent else None for o in options)
         self.rates = tuple(Rate(o.rate_limit) if o.rate_limit else None for o in options)
         self.executors = tuple(executors)
-        self.threads = threads  # for sync nodes with a timeout and no executor
+        #: Daemon threads for sync nodes with a timeout and no executor of their own.
+        self.threads = threads
 
 
 _worker_pools: dict[str, Executor] = {}
@@ -132,8 +133,21 @@ def worker_runtime(plan: Plan) -> NodeRuntime | None:
             return spec
         return pool(spec) if spec in ("threaded", "parallel") else None
 
-    chosen = [executor_for(step.node.options.executor) for step in plan.steps]
-    return NodeRuntime(plan, chosen, lambda: pool("threaded"))
+    def executor_for_step(step: Step) -> Executor | None:
+        spec = step.node.options.executor
+        if timed_on_threads(step) and spec in (None, "threaded"):
+            return None  # on the runtime's daemon threads (executors.DaemonThreads)
+        return executor_for(spec)
+
+    chosen = [executor_for_step(step) for step in plan.steps]
+    return NodeRuntime(plan, chosen, lambda: pool("timed"))
+
+
+def timed_on_threads(step: Step) -> bool:
+    """A sync node with a timeout: on threads of this process, it runs on daemon threads
+    (:class:`~plait.engine.local.executors.DaemonThreads`), so that a call abandoned
+    when its timeout fired cannot keep the process from exiting."""
+    return step.node.options.timeout is not None and not step.is_async
 
 
 async def call_controlled(
@@ -189,14 +203,17 @@ async def _attempt(
     if executor is None:  # inline, through the portal (see plait.bridge.portal)
         result = portal.call(step.func, *args, **kwargs)
         return await result.finish() if type(result) is portal.Suspended else result
-    return await _await_job(submit_call(executor, step, args, kwargs), step, limit)
+    return await _await_job(submit_call(executor, step, args, kwargs), step, limit, executor)
 
 
-async def _await_job(job: JobFuture[Any], step: Step, limit: float | None) -> Any:
+async def _await_job(
+    job: JobFuture[Any], step: Step, limit: float | None, executor: Executor
+) -> Any:
     """Await an executor job. If cancelled, cancel it or wait for it to finish.
 
     On timeout the job is abandoned: a running thread cannot be stopped, so it
-    runs to the end and its late result is discarded.
+    runs to the end and its late result is discarded; on daemon threads it does
+    not hold up shutdown or interpreter exit.
     """
     future = asyncio.wrap_future(job)
     try:
@@ -205,6 +222,8 @@ async def _await_job(job: JobFuture[Any], step: Step, limit: float | None) -> An
         done, _ = await asyncio.wait({future}, timeout=limit)
         if not done:
             job.cancel()
+            if isinstance(executor, executors.DaemonThreads):
+                executor.abandon(job)
             future.add_done_callback(_discard)
             raise TimeoutError(
                 f"node {step.node.name!r} timed out after {limit:g} s; a sync call on a thread "

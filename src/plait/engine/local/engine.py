@@ -6,7 +6,7 @@ import math
 import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from plait.bridge import ensure_loop, loop_optional
 from plait.engine.base import Engine, MapMode, OnError, Outcome, PipelineView
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local import executors, observe
-from plait.engine.local.controls import NodeRuntime
+from plait.engine.local.controls import NodeRuntime, timed_on_threads
 from plait.engine.local.executors import terminate_pool, worker_count
 from plait.engine.local.items import ItemRunner
 from plait.engine.local.mapping import map_items
@@ -241,8 +241,21 @@ class LocalEngine(Engine):
         """Fresh limits for one run or map of ``plan``; None when no node has controls."""
         if not plan.has_controls:
             return None
-        executors = [self._executor_for(step.node.options.executor) for step in plan.steps]
-        return NodeRuntime(plan, executors, self.threads)
+        chosen = [self._executor_for(step.node.options.executor) for step in plan.steps]
+        for index, step in enumerate(plan.steps):
+            pool = chosen[index]
+            if timed_on_threads(step) and (pool is None or pool in self._owned_threads()):
+                chosen[index] = None  # on daemon threads: see timed_on_threads
+        return NodeRuntime(plan, chosen, self.timed_threads)
+
+    def timed_threads(self) -> Executor:
+        """Daemon threads for sync nodes with a timeout (:class:`executors.DaemonThreads`)."""
+        pool = self._pool("timed", "timed")
+        assert pool is not None
+        return pool
+
+    def _owned_threads(self) -> list[Executor]:
+        return [pool for pool in self._owned if isinstance(pool, ThreadPoolExecutor)]
 
     def _executor_for(self, spec: str | Executor | None) -> Executor | None:
         if spec is None:

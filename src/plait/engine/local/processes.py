@@ -14,17 +14,24 @@ import contextlib
 import os
 import pickle
 import tempfile
+import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
+from concurrent.futures import Future as JobFuture
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
+from plait.callbacks.remote import portable
+from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner, Reply, Result, run_items
 from plait.engine.local.launchers import Chunk, Launcher
+from plait.engine.request import annotate_item
 from plait.errors import WorkerDiedError
 
 
@@ -52,13 +59,19 @@ class ProcessLauncher(Launcher):
         self.broken = False
         # Worker processes seen so far: the pool forgets a dead one before we ask.
         self.processes: dict[int, Any] = {}
+        self.names = runner.names
+        self.unsent: set[int] = set()  # items that could not be pickled, failed here
         fd, self.path = tempfile.mkstemp(prefix="plait-map-", suffix=".pkl")  # mode 0600
         with os.fdopen(fd, "wb") as file:
             cloudpickle.dump(runner.for_worker(), file)
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         first = chunk[0][0]
-        items = [item for _, item in chunk]
+        try:  # here rather than on the pool's thread, to know which item cannot go
+            items = bytes(ForkingPickler.dumps([item for _, item in chunk]))
+        except Exception:
+            self._launch_apart(inflight, chunk)
+            return
         job = self.executor.submit(
             run_chunk, self.token, self.path, first, items, self.stop_on_error
         )
@@ -66,7 +79,32 @@ class ProcessLauncher(Launcher):
         self.in_flight[first] = chunk[-1][0]
         self.processes.update(getattr(self.executor, "_processes", None) or {})
 
+    def _launch_apart(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        """A chunk with an item that cannot be pickled: that item fails here, with a
+        note naming its input; the runs of items around it go as chunks of their own."""
+        run: Chunk = []
+        for index, item in chunk:
+            try:
+                ForkingPickler.dumps(item)
+            except Exception as exc:
+                if run:
+                    self.launch(inflight, run)
+                    run = []
+                inputs = dict(zip(self.names, item, strict=True))
+                exc.add_note(unpicklable_note(inputs, f"map item {index}", "input"))
+                failed: JobFuture[Any] = JobFuture()
+                failed.set_exception(exc)
+                self.unsent.add(index)
+                inflight.add_job(failed, [(index, item)])
+            else:
+                run.append((index, item))
+        if run:
+            self.launch(inflight, run)
+
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        if chunk[0][0] in self.unsent:  # never sent: see _launch_apart
+            self.unsent.discard(chunk[0][0])
+            return super().results(future, chunk)
         try:
             reply: Reply = future.result()
             results, events = reply
@@ -103,13 +141,39 @@ class ProcessLauncher(Launcher):
             os.unlink(self.path)
 
 
+#: How long a broken pool's report waits for its workers' exit statuses.
+_EXIT_STATUS_WAIT_SECONDS = 1.0
+
+
 def _exit_codes(processes: dict[int, Any]) -> str:
-    """How the pool's workers ended, as far as already known (the pool stops the
-    survivors of a broken pool itself, with SIGTERM)."""
-    codes = sorted({p.exitcode for p in processes.values() if p.exitcode not in (None, 0)})
+    """How the dead worker ended: its signal or exit status.
+
+    The pool notices a death before the dead process is reaped, so this waits
+    briefly (bounded) for the statuses. The pool stops the survivors of a broken
+    pool itself, with SIGTERM: that status is left out when another is known.
+    """
+    import signal
+
+    deadline = time.monotonic() + _EXIT_STATUS_WAIT_SECONDS
+    while True:
+        known = [_exitcode(p) for p in processes.values()]
+        if None not in known or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    codes = {code for code in known if code not in (None, 0)}
+    if len(codes) > 1:
+        codes.discard(-signal.SIGTERM)
     if not codes:
-        return "exit status not known yet"
-    return "; ".join(_describe_exit(c) for c in codes)
+        return "exit status unknown"
+    return "; ".join(_describe_exit(c) for c in sorted(codes))
+
+
+def _exitcode(process: Any) -> int | None:
+    try:
+        code: int | None = process.exitcode
+    except ValueError:  # closed: it ended long ago
+        return 0
+    return code
 
 
 def _describe_exit(code: int) -> str:
@@ -128,10 +192,13 @@ def _describe_exit(code: int) -> str:
 _RUNNERS: dict[str, ItemRunner] = {}
 
 
-def run_chunk(
-    token: str, path: str, first: int, items: list[tuple[Any, ...]], stop_on_error: bool
-) -> Reply:
-    """Run consecutive items in a worker (see :func:`~plait.engine.local.mapping.run_items`)."""
+def run_chunk(token: str, path: str, first: int, sent: bytes, stop_on_error: bool) -> Pickled:
+    """Run consecutive items in a worker (see :func:`~plait.engine.local.mapping.run_items`).
+
+    The reply is pickled here: an item whose outputs cannot be pickled becomes
+    that item's error, with a note naming the output and its node, rather than a
+    bare error for the whole chunk. It arrives as the plain reply.
+    """
     runner = _RUNNERS.get(token)
     if runner is None:
         with open(path, "rb") as file:
@@ -140,4 +207,36 @@ def run_chunk(
         if len(_RUNNERS) >= 4:  # keep the last few maps' pipelines
             _RUNNERS.pop(next(iter(_RUNNERS)))
         _RUNNERS[token] = runner
-    return run_items(runner, first, items, stop_on_error=stop_on_error)
+    items: list[tuple[Any, ...]] = pickle.loads(sent)
+    results, events = run_items(runner, first, items, stop_on_error=stop_on_error)
+    try:
+        return Pickled(bytes(ForkingPickler.dumps((results, events))))
+    except Exception:
+        results = [_sendable(runner, result, items[result[0] - first]) for result in results]
+        return Pickled(bytes(ForkingPickler.dumps((results, events))))
+
+
+class Pickled:
+    """Bytes pickled already: unpickled, the object they hold."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
+
+
+def _sendable(runner: ItemRunner, result: Result, item: tuple[Any, ...]) -> Result:
+    """``result``, or the error of sending it back when one of its outputs cannot be pickled."""
+    if len(result) != 2:
+        return result
+    index, outputs = result[0], result[1]
+    for name, value in outputs.items():
+        try:
+            ForkingPickler.dumps(value)
+        except Exception as exc:
+            producer = next((s.node.name for s in runner.plan.steps if name in s.node.outputs), "?")
+            exc.add_note(unpicklable_note({name: value}, f"node {producer!r}", "output"))
+            annotate_item(exc, index, runner.inputs(item))
+            return (index, portable(exc), "".join(traceback.format_exception(exc)))
+    return result
