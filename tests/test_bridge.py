@@ -284,10 +284,29 @@ def test_run_sync_timeout_cancels() -> None:
             raise
 
     start = time.perf_counter()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(
+        TimeoutError,
+        match=r"^run_sync\(\): .*forever\(\) did not finish within "
+        r"timeout=0\.05 s and was cancelled$",
+    ):
         run_sync(forever(), timeout=0.05)
     assert time.perf_counter() - start < 1
     assert cancelled.is_set()
+
+
+def test_run_sync_timeout_names_an_awaitable_by_type_and_keeps_the_works_own_timeout() -> None:
+    class Slow:
+        def __await__(self) -> Any:
+            return asyncio.sleep(10).__await__()
+
+    with pytest.raises(TimeoutError, match=r"Slow did not finish within timeout=0\.05 s"):
+        run_sync(Slow(), timeout=0.05)
+
+    async def gives_up() -> None:
+        raise TimeoutError("the server did not answer")
+
+    with pytest.raises(TimeoutError, match="^the server did not answer$"):
+        run_sync(gives_up(), timeout=5)
 
 
 def test_run_sync_timeout_inside_a_running_loop() -> None:
