@@ -113,6 +113,32 @@ def test_wrong_tuple_return_names_node_and_length() -> None:
     assert "plait: raised in node 'split' (→ q, r) called with (n=7)" in info.value.__notes__
 
 
+@pytest.mark.parametrize("kind", ["sync", "async", "threaded"])
+def test_one_name_tuple_output_is_unpacked_and_checked(kind: str) -> None:
+    def pair(n):
+        return (n, n + 1)
+
+    def single(n):
+        return (n,)
+
+    async def apair(n):
+        return pair(n)
+
+    async def asingle(n):
+        return single(n)
+
+    controls = {"executor": "threaded"} if kind == "threaded" else {}
+    one = node(asingle if kind == "async" else single, output_name=("a",), name="one", **controls)
+    assert Pipeline([one]).run(inputs={"n": 3}) == {"a": 3}
+    two = node(apair if kind == "async" else pair, output_name=("a",), name="two", **controls)
+    with pytest.raises(OutputArityError) as info:
+        Pipeline([two]).run(inputs={"n": 3})
+    assert str(info.value) == (
+        "node 'two' declares 1 output ('a',) and must return a tuple of length 1; "
+        "it returned tuple (3, 4)"
+    )
+
+
 def test_wrong_tuple_length_from_async_node() -> None:
     async def three(n):
         return (1, 2, 3)

@@ -40,6 +40,7 @@ class Step:
         "payload",
         "positional",
         "successors",
+        "unpacks",
     )
 
     def __init__(
@@ -61,6 +62,9 @@ class Step:
             itemgetter(*positional) if len(positional) > 1 else None
         )
         self.out_slots = out_slots
+        #: The node declared a tuple ``output_name`` (even of one name): its result is a
+        #: tuple of that length, unpacked into ``out_slots``.
+        self.unpacks = isinstance(node.output_name, tuple)
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()

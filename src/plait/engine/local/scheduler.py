@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from plait._text import short_repr
+from plait._text import plural, short_repr
 from plait.bridge import portal
 from plait.cache.miss import MISS
 from plait.engine.local.calls import submit_call
@@ -93,12 +93,12 @@ def _call(step: Step, values: list[Any]) -> Any:
 
 def _store(step: Step, values: list[Any], result: Any) -> None:
     outs = step.out_slots
-    if len(outs) == 1:
+    if not step.unpacks:
         values[outs[0]] = result
         return
     if not isinstance(result, tuple) or len(result) != len(outs):
         exc = OutputArityError(
-            f"node {step.node.name!r} declares {len(outs)} outputs "
+            f"node {step.node.name!r} declares {plural(len(outs), 'output')} "
             f"{step.node.output_name!r} and must return a tuple of length {len(outs)}; "
             f"it returned {type(result).__name__} {short_repr(result)}"
         )
