@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import warnings
 from typing import Any
 
@@ -137,6 +138,48 @@ def test_one_name_tuple_output_is_unpacked_and_checked(kind: str) -> None:
         "node 'two' declares 1 output ('a',) and must return a tuple of length 1; "
         "it returned tuple (3, 4)"
     )
+
+
+async def _fetch(i):
+    return i * 10
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [{}, {"async_sibling": True}, {"executor": "threaded"}, {"retries": 1}, {"map": True}],
+    ids=["inline", "dataflow", "threaded", "controlled", "map"],
+)
+def test_sync_node_returning_a_coroutine_is_a_clear_error(controls: dict[str, Any]) -> None:
+    controls = dict(controls)
+    sibling, mapped = controls.pop("async_sibling", False), controls.pop("map", False)
+    fetch = node(lambda i: _fetch(i), output_name="page", name="fetch", **controls)
+    nodes = [fetch, node(g, output_name="z")] if sibling else [fetch]
+    pipe = Pipeline(nodes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(plait.NodeDefinitionError) as info:
+            if mapped:
+                pipe.map({"i": [1, 2], "y": 1}, map_over="i")
+            else:
+                pipe.run({"i": 1, "y": 1} if sibling else {"i": 1})
+        gc.collect()
+    assert str(info.value) == (
+        "node 'fetch' returned a coroutine (_fetch), which plait does not await: 'fetch' is "
+        "a sync function (a lambda or def returning a coroutine looks like one); define it "
+        "with async def, or pass the async function itself (functools.partial(async_fn, "
+        "...) to fix other arguments)"
+    )
+    assert any("raised in node 'fetch'" in note for note in info.value.__notes__)
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_async_node_returning_a_coroutine_is_an_error() -> None:
+    async def outer(i):
+        return _fetch(i)
+
+    with pytest.raises(plait.NodeDefinitionError, match="await it inside 'outer'"):
+        Pipeline([node(outer, output_name="page")]).run({"i": 1})
+    assert Pipeline([node(_fetch, output_name="page")]).run({"i": 1}) == {"page": 10}
 
 
 def test_wrong_tuple_length_from_async_node() -> None:

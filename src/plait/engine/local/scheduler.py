@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from types import CoroutineType
 from typing import Any
 
 from plait._text import plural, short_repr
@@ -23,7 +24,7 @@ from plait.engine.local.controls import NodeRuntime, call_controlled
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Plan, Route, Step
-from plait.errors import OutputArityError
+from plait.errors import NodeDefinitionError, OutputArityError
 
 
 async def run_plan(
@@ -60,7 +61,11 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
     """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
     if hooks is None:
         for step in plan.steps:
-            _store(step, values, _call(step, values))
+            result = _call(step, values)
+            if step.unpacks or type(result) is CoroutineType:
+                _store(step, values, result)  # unpacks or raises
+            else:  # _store's plain case, inlined: this loop is the hot path
+                values[step.out_slots[0]] = result
         return
     for index, step in enumerate(plan.steps):
         result = hooks.before(index, values)
@@ -94,6 +99,8 @@ def _call(step: Step, values: list[Any]) -> Any:
 def _store(step: Step, values: list[Any], result: Any) -> None:
     outs = step.out_slots
     if not step.unpacks:
+        if type(result) is CoroutineType:  # one type check: nothing measurable per node
+            raise _returned_coroutine(step, values, result)
         values[outs[0]] = result
         return
     if not isinstance(result, tuple) or len(result) != len(outs):
@@ -106,6 +113,28 @@ def _store(step: Step, values: list[Any], result: Any) -> None:
         raise exc
     for slot, value in zip(outs, result, strict=True):
         values[slot] = value
+
+
+def _returned_coroutine(
+    step: Step, values: Sequence[Any], coro: CoroutineType[Any, Any, Any]
+) -> NodeDefinitionError:
+    """The error for a node whose result is a coroutine: it is closed, never awaited."""
+    coro.close()  # no "coroutine was never awaited" warning on top of the error
+    name = step.node.name
+    if step.is_async:
+        hint = f"await it inside {name!r} and return its result"
+    else:
+        hint = (
+            f"{name!r} is a sync function (a lambda or def returning a coroutine looks like "
+            "one); define it with async def, or pass the async function itself "
+            "(functools.partial(async_fn, ...) to fix other arguments)"
+        )
+    exc = NodeDefinitionError(
+        f"node {name!r} returned a coroutine ({coro.__qualname__}), which plait does not "
+        f"await: {hint}"
+    )
+    annotate(exc, step, values)
+    return exc
 
 
 def annotate(exc: BaseException, step: Step, values: Sequence[Any]) -> None:
@@ -266,7 +295,7 @@ class _Dataflow:
         step = self.plan.steps[index]
         try:
             _store(step, self.values, result)
-        except OutputArityError:
+        except (OutputArityError, NodeDefinitionError):
             self.failing = index
             raise
         if self.hooks is not None:
