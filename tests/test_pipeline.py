@@ -247,6 +247,52 @@ def test_used_inputs_do_not_warn() -> None:
         Pipeline([f, unrelated]).run(inputs={"x": 1, "a": 1}, output_name="y")
 
 
+def _total(values):
+    return sum(values)
+
+
+def _count(values):
+    return len(list(values))
+
+
+def test_an_iterator_two_nodes_consume_warns_naming_the_input_and_nodes() -> None:
+    pipe = Pipeline([node(_total, output_name="total"), node(_count, output_name="count")])
+    with pytest.warns(plait.IteratorInputWarning) as record:
+        result = pipe.run({"values": iter([1, 2, 3])})
+    assert result == {"total": 6, "count": 0}  # passed on as it is: documented, warned
+    assert str(record[0].message) == (
+        "input 'values' is an iterator (list_iterator) and is taken by nodes '_total', "
+        "'_count': the first call exhausts it and the others get it empty. Pass a list "
+        "instead: inputs={'values': list(...)}"
+    )
+    assert record[0].filename == __file__
+    with pytest.warns(plait.IteratorInputWarning, match="input 'values' is an iterator"):
+        pipe.run({"values": (v for v in [1, 2])})  # checked on every run, not once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipe.run({"values": [1, 2]}) == {"total": 3, "count": 2}
+        # one node takes it: an iterator is fine
+        assert pipe.run({"values": iter([1, 2])}, output_name="total") == {"total": 3}
+
+
+def test_an_iterator_broadcast_to_every_item_of_a_map_warns() -> None:
+    pipe = Pipeline([node(lambda x, values: x + sum(values), output_name="y")])
+    with pytest.warns(plait.IteratorInputWarning) as record:
+        pipe.map({"x": [1, 2], "values": iter([10])}, map_over="x")
+    assert (
+        "input 'values' is an iterator (list_iterator) and is broadcast to every item of "
+        "the map, and taken by node '<lambda>'" in str(record[0].message)
+    )
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the mapped iterator itself is consumed once
+        two = Pipeline([node(_total, output_name="t"), node(lambda values: 0, output_name="u")])
+        assert two.map({"values": iter([[1], [2]])}, map_over="values") == [
+            {"t": 1, "u": 0},
+            {"t": 2, "u": 0},
+        ]
+
+
 def test_giving_an_output_as_input_is_an_error() -> None:
     with pytest.raises(InputError, match="'y' is an output of node 'f', not an input"):
         PIPE.run(inputs={"x": 1, "y": 5})
