@@ -155,13 +155,11 @@ def test_sync_node_returning_a_coroutine_is_a_clear_error(controls: dict[str, An
     fetch = node(lambda i: _fetch(i), output_name="page", name="fetch", **controls)
     nodes = [fetch, node(g, output_name="z")] if sibling else [fetch]
     pipe = Pipeline(nodes)
+    inputs = {"i": [1, 2] if mapped else 1, **({"y": 1} if sibling else {})}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(plait.NodeDefinitionError) as info:
-            if mapped:
-                pipe.map({"i": [1, 2], "y": 1}, map_over="i")
-            else:
-                pipe.run({"i": 1, "y": 1} if sibling else {"i": 1})
+            pipe.map(inputs, map_over="i") if mapped else pipe.run(inputs)
         gc.collect()
     assert str(info.value) == (
         "node 'fetch' returned a coroutine (_fetch), which plait does not await: 'fetch' is "
