@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from plait import ItemError, LocalEngine, NodeDefinitionError, Pipeline, node
-from plait.engine.local.controls import Rate
+from plait.engine.local.controls import Rate, Slots
 from plait.options import NodeOptions, RateLimit, parse_rate
 
 # --- validation at decoration ------------------------------------------------------
@@ -203,6 +203,64 @@ def test_sync_timeout_is_reported_and_the_late_result_discarded() -> None:
     assert time.perf_counter() - start < 0.25  # reported without waiting for the thread
     assert not finished.is_set()
     assert finished.wait(2)  # the thread itself ran on, documented
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_call_that_finishes_within_its_timeout_returns_its_result(kind: str) -> None:
+    def quick(x):
+        return ("quick", x, threading.current_thread() is threading.main_thread())
+
+    async def aquick(x):
+        await asyncio.sleep(0)
+        return quick(x)
+
+    fn = quick if kind == "sync" else aquick
+    pipe = Pipeline([node(fn, output_name="y", name="quick", timeout=5)])
+    # A sync node with a timeout runs on a thread (to be timed); an async one on the loop.
+    assert pipe.run(inputs={"x": 7}) == {"y": ("quick", 7, kind == "async")}
+
+
+def test_a_controlled_sync_node_without_a_timeout_runs_on_the_calling_thread() -> None:
+    @node(output_name="y", retries=1, max_concurrent=2, rate_limit="100/s")
+    def where(x):
+        return threading.get_ident()
+
+    assert Pipeline([where]).run(inputs={"x": 1}) == {"y": threading.get_ident()}
+
+
+def test_a_released_slot_frees_exactly_one() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        slots.release()  # nobody waiting: back to one free slot
+        await slots.acquire()
+        second = asyncio.create_task(slots.acquire())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not second.done(), "a release with nobody waiting freed more than one slot"
+        slots.release()
+        await asyncio.wait_for(second, 1)
+        slots.release()
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_queued_waiter_leaves_the_queue() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        assert len(slots._waiters) == 1
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert not slots._waiters  # it left the queue; nothing was granted to it
+        slots.release()
+        assert slots._free == 1
+        await asyncio.wait_for(slots.acquire(), 1)  # the slot is there, at once
+
+    asyncio.run(main())
 
 
 def test_timeouts_are_retried_when_asked() -> None:
