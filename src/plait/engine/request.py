@@ -101,25 +101,28 @@ def check_iterators(
     node takes; in a map (``mapped`` not empty), also any iterator broadcast to every
     item. Costs nothing for a run in which no input is taken by two nodes.
     """
-    if mapped:
-        suspects = [
-            (name, nodes, "is broadcast to every item of the map, and")
-            for name, nodes in consumers.by_input.items()
-            if name not in mapped
-        ]
-    else:
-        suspects = [(name, nodes, "is") for name, nodes in consumers.shared]
-    for name, nodes, how in suspects:
-        value = given[name]
-        if isinstance(value, Iterator):
-            takers = f"node {nodes[0]!r}" if len(nodes) == 1 else f"nodes {quoted(nodes)}"
-            warnings.warn(
-                f"input {name!r} is an iterator ({type(value).__name__}) and {how} taken by "
-                f"{takers}: the first call exhausts it and the others get it empty. Pass a "
-                f"list instead: inputs={{{name!r}: list(...)}}",
-                IteratorInputWarning,
-                stacklevel=stacklevel,
-            )
+    if not mapped:  # a run: only inputs two nodes take (the cached few), one check each
+        for name, nodes in consumers.shared:
+            if isinstance(given[name], Iterator):
+                _warn_iterator(name, given[name], nodes, "is", stacklevel + 1)
+        return
+    for name, nodes in consumers.by_input.items():
+        if name not in mapped and isinstance(given[name], Iterator):
+            how = "is broadcast to every item of the map, and"
+            _warn_iterator(name, given[name], nodes, how, stacklevel + 1)
+
+
+def _warn_iterator(
+    name: str, value: object, nodes: tuple[str, ...], how: str, stacklevel: int
+) -> None:
+    takers = f"node {nodes[0]!r}" if len(nodes) == 1 else f"nodes {quoted(nodes)}"
+    warnings.warn(
+        f"input {name!r} is an iterator ({type(value).__name__}) and {how} taken by "
+        f"{takers}: the first call exhausts it and the others get it empty. Pass a "
+        f"list instead: inputs={{{name!r}: list(...)}}",
+        IteratorInputWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _in_order(graph: Graph, needed: set[int]) -> tuple[int, ...]:
