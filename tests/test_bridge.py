@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import itertools
 import os
 import signal
@@ -284,10 +285,70 @@ def test_run_sync_timeout_cancels() -> None:
             raise
 
     start = time.perf_counter()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(
+        TimeoutError,
+        match=r"^run_sync\(\): .*forever\(\) did not finish within "
+        r"timeout=0\.05 s and was cancelled$",
+    ):
         run_sync(forever(), timeout=0.05)
     assert time.perf_counter() - start < 1
     assert cancelled.is_set()
+
+
+def test_run_sync_timeout_names_an_awaitable_by_type_and_keeps_the_works_own_timeout() -> None:
+    class Slow:
+        def __await__(self) -> Any:
+            return asyncio.sleep(10).__await__()
+
+    with pytest.raises(TimeoutError, match=r"Slow did not finish within timeout=0\.05 s"):
+        run_sync(Slow(), timeout=0.05)
+
+    async def gives_up() -> None:
+        raise TimeoutError("the server did not answer")
+
+    with pytest.raises(TimeoutError, match="^the server did not answer$"):
+        run_sync(gives_up(), timeout=5)
+
+
+def test_a_bare_run_sync_in_a_running_loop_warns_at_the_callers_line() -> None:
+    async def main() -> None:
+        line = sys._getframe().f_lineno + 2
+        with pytest.warns(RunningLoopWarning) as record:
+            run_sync(asyncio.sleep(0))
+        assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+    asyncio.run(main())
+
+
+def test_run_sync_of_something_not_awaitable_says_what_to_pass() -> None:
+    with pytest.raises(TypeError) as info:
+        run_sync(len)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "run_sync() needs an awaitable, got builtin_function_or_method; pass a coroutine "
+        "(the result of calling an async function), a task or a future"
+    )
+
+    async def fetch() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"got function; call it: run_sync\(fetch\(\.\.\.\)\)$"):
+        run_sync(fetch)  # type: ignore[arg-type]
+
+
+def test_a_cancelled_error_raised_by_the_work_stays_a_cancelled_error() -> None:
+    async def gives_up() -> None:
+        raise asyncio.CancelledError("the work's own")
+
+    try:  # not pytest.raises: a KeyboardInterrupt here would stop the whole session
+        run_sync(gives_up())
+    except BaseException as exc:
+        raised: BaseException | None = exc
+    else:
+        raised = None
+    assert type(raised) is asyncio.CancelledError
+    assert str(raised) == "the work's own"
+    with ThreadPoolExecutor(1) as pool, pytest.raises(asyncio.CancelledError):
+        pool.submit(run_sync, gives_up()).result(5)
 
 
 def test_run_sync_timeout_inside_a_running_loop() -> None:
@@ -352,6 +413,55 @@ def test_ctrl_c_cancels_the_run(tmp_path: Path, mode: str) -> None:
     assert not marker.exists()
     assert "Task was destroyed" not in err
     assert "never retrieved" not in err
+
+
+CLEANUP_ORDER_SCRIPT = """
+import asyncio, warnings
+from plait import run_sync
+
+warnings.simplefilter("ignore")
+
+async def work():
+    try:
+        print("started", flush=True)
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.2)  # cleanup that itself awaits
+        print("cleanup finished", flush=True)
+        raise
+
+async def in_a_running_loop():
+    run_sync(work())
+
+try:
+    if "{where}" == "script":
+        run_sync(work())
+    else:
+        asyncio.run(in_a_running_loop())
+except KeyboardInterrupt:
+    print("caller saw KeyboardInterrupt", flush=True)
+    raise SystemExit(130)
+"""
+
+
+@pytest.mark.parametrize("where", ["script", "running loop"])
+def test_ctrl_c_finishes_the_works_cleanup_before_the_caller_sees_it(
+    tmp_path: Path, where: str
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(CLEANUP_ORDER_SCRIPT.format(where=where))
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "dev", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert out.splitlines() == ["cleanup finished", "caller saw KeyboardInterrupt"], err
+    assert proc.returncode == 130
 
 
 IN_LOOP_SCRIPT = """
@@ -600,8 +710,11 @@ def test_delegate_to_timeout_and_cancel_stop_the_work(loop_thread: bridge.LoopTh
     loop = loop_thread.loop
     cleaned: list[str] = []
 
+    started = threading.Event()
+
     async def forever(tag: str) -> None:
         try:
+            started.set()
             await asyncio.sleep(10)
         finally:
             cleaned.append(tag)
@@ -610,23 +723,47 @@ def test_delegate_to_timeout_and_cancel_stop_the_work(loop_thread: bridge.LoopTh
         with bridge.delegate_to(loop):
             run_sync(forever("timeout"), timeout=0.05)
 
-    def cancelled(ready: threading.Event, box: list[bridge.Delegation]) -> None:
+    def cancelled(box: list[bridge.Delegation]) -> None:
         with bridge.delegate_to(loop) as delegation:
             box.append(delegation)
-            ready.set()
             run_sync(forever("cancel"))
 
     with ThreadPoolExecutor(1) as pool:
         with pytest.raises(TimeoutError):
             pool.submit(timed_out).result(5)
-        ready, box = threading.Event(), []
-        job = pool.submit(cancelled, ready, box)
-        ready.wait(5)
-        time.sleep(0.05)
+        started.clear()
+        box: list[bridge.Delegation] = []
+        job = pool.submit(cancelled, box)
+        assert started.wait(5)  # the work is running on the loop: cancel that
         box[0].cancel()
         with pytest.raises(asyncio.CancelledError):
             job.result(5)
     assert cleaned == ["timeout", "cancel"]
+
+
+def test_giving_up_before_the_loop_starts_the_work_leaves_no_unawaited_coroutine(
+    loop_thread: bridge.LoopThread,
+) -> None:
+    loop = loop_thread.loop
+    busy, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        busy.set()
+        release.wait(5)
+
+    async def work() -> None:
+        raise AssertionError("never started")
+
+    loop.call_soon_threadsafe(block)
+    assert busy.wait(5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(asyncio.CancelledError):  # the caller gives up at once
+            bridge.loops._run_on(loop, work(), contextvars.copy_context(), lambda: True)
+        release.set()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)  # start() ran
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
 
 
 def test_delegate_to_is_for_other_threads_and_running_loops() -> None:

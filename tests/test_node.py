@@ -163,6 +163,21 @@ def test_async_generator_rejected() -> None:
         node(agen, output_name="y")
 
 
+def test_generator_function_rejected_like_an_async_one() -> None:
+    def gen(x):
+        yield x
+
+    with pytest.raises(NodeDefinitionError) as info:
+        node(gen, output_name="y")
+    assert str(info.value) == (
+        "'gen' is a generator function; a node must return its value. Collect the items "
+        "in a def that returns a list: return list(gen(...))."
+    )
+    with pytest.raises(NodeDefinitionError, match="'gen' is a generator function"):
+        node(functools.partial(gen, 1), output_name="y")
+    node(lambda x: (v for v in x), output_name="y")  # returning a generator is a value
+
+
 @pytest.mark.parametrize(
     ("output_name", "message"),
     [

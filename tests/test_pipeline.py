@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import warnings
 from typing import Any
 
@@ -113,6 +114,72 @@ def test_wrong_tuple_return_names_node_and_length() -> None:
     assert "plait: raised in node 'split' (→ q, r) called with (n=7)" in info.value.__notes__
 
 
+@pytest.mark.parametrize("kind", ["sync", "async", "threaded"])
+def test_one_name_tuple_output_is_unpacked_and_checked(kind: str) -> None:
+    def pair(n):
+        return (n, n + 1)
+
+    def single(n):
+        return (n,)
+
+    async def apair(n):
+        return pair(n)
+
+    async def asingle(n):
+        return single(n)
+
+    controls = {"executor": "threaded"} if kind == "threaded" else {}
+    one = node(asingle if kind == "async" else single, output_name=("a",), name="one", **controls)
+    assert Pipeline([one]).run(inputs={"n": 3}) == {"a": 3}
+    two = node(apair if kind == "async" else pair, output_name=("a",), name="two", **controls)
+    with pytest.raises(OutputArityError) as info:
+        Pipeline([two]).run(inputs={"n": 3})
+    assert str(info.value) == (
+        "node 'two' declares 1 output ('a',) and must return a tuple of length 1; "
+        "it returned tuple (3, 4)"
+    )
+
+
+async def _fetch(i):
+    return i * 10
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [{}, {"async_sibling": True}, {"executor": "threaded"}, {"retries": 1}, {"map": True}],
+    ids=["inline", "dataflow", "threaded", "controlled", "map"],
+)
+def test_sync_node_returning_a_coroutine_is_a_clear_error(controls: dict[str, Any]) -> None:
+    controls = dict(controls)
+    sibling, mapped = controls.pop("async_sibling", False), controls.pop("map", False)
+    fetch = node(lambda i: _fetch(i), output_name="page", name="fetch", **controls)
+    nodes = [fetch, node(g, output_name="z")] if sibling else [fetch]
+    pipe = Pipeline(nodes)
+    inputs = {"i": [1, 2] if mapped else 1, **({"y": 1} if sibling else {})}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(plait.NodeDefinitionError) as info:
+            pipe.map(inputs, map_over="i") if mapped else pipe.run(inputs)
+        gc.collect()
+    assert str(info.value) == (
+        "node 'fetch' returned a coroutine (_fetch), which plait does not await: 'fetch' is "
+        "a sync function (a lambda or def returning a coroutine looks like one); define it "
+        "with async def, or pass the async function itself (functools.partial(async_fn, "
+        "...) to fix other arguments)"
+    )
+    assert any("raised in node 'fetch'" in note for note in info.value.__notes__)
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_async_node_returning_a_coroutine_is_an_error() -> None:
+    async def outer(i):
+        return _fetch(i)
+
+    with pytest.raises(plait.NodeDefinitionError, match="await it inside 'outer'"):
+        Pipeline([node(outer, output_name="page")]).run({"i": 1})
+    assert Pipeline([node(_fetch, output_name="page")]).run({"i": 1}) == {"page": 10}
+
+
 def test_wrong_tuple_length_from_async_node() -> None:
     async def three(n):
         return (1, 2, 3)
@@ -176,6 +243,52 @@ def test_used_inputs_do_not_warn() -> None:
         PIPE.run(inputs={"x": 1, "scale": 3})
         # an input of another branch is still a pipeline input: no warning
         Pipeline([f, unrelated]).run(inputs={"x": 1, "a": 1}, output_name="y")
+
+
+def _total(values):
+    return sum(values)
+
+
+def _count(values):
+    return len(list(values))
+
+
+def test_an_iterator_two_nodes_consume_warns_naming_the_input_and_nodes() -> None:
+    pipe = Pipeline([node(_total, output_name="total"), node(_count, output_name="count")])
+    with pytest.warns(plait.IteratorInputWarning) as record:
+        result = pipe.run({"values": iter([1, 2, 3])})
+    assert result == {"total": 6, "count": 0}  # passed on as it is: documented, warned
+    assert str(record[0].message) == (
+        "input 'values' is an iterator (list_iterator) and is taken by nodes '_total', "
+        "'_count': the first call exhausts it and the others get it empty. Pass a list "
+        "instead: inputs={'values': list(...)}"
+    )
+    assert record[0].filename == __file__
+    with pytest.warns(plait.IteratorInputWarning, match="input 'values' is an iterator"):
+        pipe.run({"values": (v for v in [1, 2])})  # checked on every run, not once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipe.run({"values": [1, 2]}) == {"total": 3, "count": 2}
+        # one node takes it: an iterator is fine
+        assert pipe.run({"values": iter([1, 2])}, output_name="total") == {"total": 3}
+
+
+def test_an_iterator_broadcast_to_every_item_of_a_map_warns() -> None:
+    pipe = Pipeline([node(lambda x, values: x + sum(values), output_name="y")])
+    with pytest.warns(plait.IteratorInputWarning) as record:
+        pipe.map({"x": [1, 2], "values": iter([10])}, map_over="x")
+    assert (
+        "input 'values' is an iterator (list_iterator) and is broadcast to every item of "
+        "the map, and taken by node '<lambda>'" in str(record[0].message)
+    )
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the mapped iterator itself is consumed once
+        two = Pipeline([node(_total, output_name="t"), node(lambda values: 0, output_name="u")])
+        assert two.map({"values": iter([[1], [2]])}, map_over="values") == [
+            {"t": 1, "u": 0},
+            {"t": 2, "u": 0},
+        ]
 
 
 def test_giving_an_output_as_input_is_an_error() -> None:

@@ -49,7 +49,8 @@ def batch(
     Args:
         max_concurrent: most calls in flight at once.
         retries: extra attempts for a call that raised (backoff 0.1 s, doubling).
-        rate_limit: most calls started per second: ``"20/s"``, ``"100/min"`` or a number.
+        rate_limit: most call starts in any window of the period: ``"20/s"``,
+            ``"100/min"`` or a number per second (see ``rate_limit`` of :func:`~plait.node`).
         timeout: seconds one attempt may take; an async call is cancelled, a sync
             one is abandoned on its thread (it cannot be stopped).
         return_exceptions: put a failed item's exception in its place in the

@@ -83,6 +83,11 @@ class UnusedInputWarning(PlaitWarning):
     """An input was given that no node of the pipeline uses (often a typo)."""
 
 
+class IteratorInputWarning(PlaitWarning):
+    """An iterator was given as an input that more than one call consumes: the first
+    exhausts it, the others see it empty."""
+
+
 class RunningLoopWarning(PlaitWarning, RuntimeWarning):
     """A sync entry point was called inside a running event loop and blocks it."""
 

@@ -274,10 +274,16 @@ def _check_output_name(output_name: object, node_name: str) -> tuple[OutputName,
 
 
 def _node_is_async(func: Callable[..., Any]) -> bool:
-    if inspect.isasyncgenfunction(unwrap_partial(func)):
+    inner = unwrap_partial(func)
+    if inspect.isasyncgenfunction(inner):
         raise NodeDefinitionError(
             f"{callable_name(func)!r} is an async generator function; a node must return "
             "its value. Collect the items in an async def that returns a list."
+        )
+    if inspect.isgeneratorfunction(inner):
+        raise NodeDefinitionError(
+            f"{callable_name(func)!r} is a generator function; a node must return its "
+            "value. Collect the items in a def that returns a list: return list(gen(...))."
         )
     return is_async_callable(func)
 

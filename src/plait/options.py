@@ -30,6 +30,22 @@ _PERIODS = {
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` call starts in any window of ``period`` seconds.
+
+    ``"20/s"`` is ``RateLimit(20, 1.0)``: up to 20 calls may start at once, and the
+    21st waits until the first is a full second old. A fractional count (``"2.5/s"``,
+    ``rate_limit=0.5``) spaces single starts evenly: ``RateLimit(1, 0.4)``.
+    """
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeOptions:
     """How a node's calls are made. The defaults make a plain call.
 
@@ -42,7 +58,7 @@ class NodeOptions:
         backoff: base delay in seconds before retry ``n`` (doubling each time, with
             jitter), or a function ``attempt -> seconds``.
         timeout: seconds one attempt may take.
-        rate_limit: most calls started per second, across one run or map.
+        rate_limit: most call starts in any window of its period, across one run or map.
     """
 
     executor: str | Executor | None = None
@@ -51,7 +67,7 @@ class NodeOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: Backoff = 0.1
     timeout: float | None = None
-    rate_limit: float | None = None
+    rate_limit: RateLimit | None = None
 
     @property
     def controlled(self) -> bool:
@@ -81,31 +97,39 @@ def make_options(node_name: str, **given: Any) -> NodeOptions:
     )
 
 
-def parse_rate(node_name: str, rate: object) -> float | None:
-    """``"20/s"``, ``"100/min"``, ``"5/10s"``, ``"1000/h"`` or a number -> calls per second."""
+def parse_rate(node_name: str, rate: object) -> RateLimit | None:
+    """``"20/s"``, ``"100/min"``, ``"5/10s"``, ``"1000/h"`` or calls per second -> a
+    :class:`RateLimit` (a number ``r`` means ``"r/s"``)."""
     if rate is None:
         return None
     if isinstance(rate, (int, float)) and _is_number(rate) and rate > 0:
-        return float(rate)
-    per_second = _parse_rate_text(rate) if isinstance(rate, str) else None
-    if per_second is None:
+        return _rate_limit(float(rate), 1.0)
+    limit = _parse_rate_text(rate) if isinstance(rate, str) else None
+    if limit is None:
         raise NodeDefinitionError(
             f"node {node_name!r}: rate_limit must look like '20/s', '100/min', '5/10s' or "
             f"'1000/h', or be calls per second > 0; got {rate!r}"
         )
-    return per_second
+    return limit
 
 
-def _parse_rate_text(rate: str) -> float | None:
-    """Calls per second for ``"count/[multiple]unit"``, or None when it does not parse."""
+def _parse_rate_text(rate: str) -> RateLimit | None:
+    """The limit ``"count/[multiple]unit"`` states, or None when it does not parse."""
     match = _RATE.match(rate.lower())
     if not match:
         return None
     count, multiple, unit = match.groups()
     period = _PERIODS.get(unit.rstrip("s") if unit not in _PERIODS else unit)
-    if period is None or float(count) <= 0:
+    if period is None or float(count) <= 0 or (multiple and float(multiple) <= 0):
         return None
-    return float(count) / (period * (float(multiple) if multiple else 1.0))
+    return _rate_limit(float(count), period * (float(multiple) if multiple else 1.0))
+
+
+def _rate_limit(count: float, period: float) -> RateLimit:
+    """``count`` starts per ``period``; a fractional count as evenly spaced single starts."""
+    if count.is_integer():
+        return RateLimit(int(count), period)
+    return RateLimit(1, period / count)
 
 
 def _check_executor(node_name: str, executor: str | Executor | None) -> str | Executor | None:

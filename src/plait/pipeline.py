@@ -13,7 +13,14 @@ from plait.engine.base import Engine, MapMode, OnError, Outcome
 from plait.engine.context import ENCLOSING
 from plait.engine.local import LocalEngine
 from plait.engine.local.observe import check_cache, check_callbacks
-from plait.engine.request import check_map, check_map_deps, check_run, normalize_outputs
+from plait.engine.request import (
+    Consumers,
+    check_iterators,
+    check_map,
+    check_map_deps,
+    check_run,
+    normalize_outputs,
+)
 from plait.errors import InputError
 from plait.graph import Graph
 from plait.nested import as_node
@@ -35,7 +42,7 @@ class _Shared:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.checked: set[tuple[tuple[str, ...] | None, frozenset[str]]] = set()
+        self.checked: dict[tuple[tuple[str, ...] | None, frozenset[str]], Consumers] = {}
         self.lock = threading.Lock()
 
 
@@ -354,7 +361,7 @@ class Pipeline:
         """Check a map request, then hand it to the engine."""
         given = self._given(inputs)
         names = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
-        given, outputs = self._request(given, output_name, stacklevel=5)
+        given, outputs = self._request(given, output_name, stacklevel=5, mapped=names)
         check_map_deps(self.graph, outputs, names)
         return self._run_engine().aimap(
             self,
@@ -369,19 +376,28 @@ class Pipeline:
     # --- shared preparation ---------------------------------------------------
 
     def _request(
-        self, given: dict[str, Any], output_name: OutputSelection, *, stacklevel: int
+        self,
+        given: dict[str, Any],
+        output_name: OutputSelection,
+        *,
+        stacklevel: int,
+        mapped: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any], tuple[str, ...] | None]:
         """The inputs (``given``: bound ones merged in) and outputs of a checked request.
 
         Every check that every engine needs runs here, once per output selection
-        and set of input names (see :mod:`plait.engine.request`).
+        and set of input names (see :mod:`plait.engine.request`); only iterator
+        inputs that several calls would consume are looked for on each request.
         """
         outputs = normalize_outputs(output_name)
         key = (outputs, frozenset(given))
-        if key not in self._shared.checked:
-            check_run(self.graph, outputs, given, stacklevel=stacklevel)
+        consumers = self._shared.checked.get(key)
+        if consumers is None:
+            consumers = check_run(self.graph, outputs, given, stacklevel=stacklevel)
             with self._shared.lock:
-                self._shared.checked.add(key)
+                self._shared.checked[key] = consumers
+        if consumers.shared or mapped:
+            check_iterators(given, consumers, mapped, stacklevel=stacklevel)
         return given, outputs
 
     def _given(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:

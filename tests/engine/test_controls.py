@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from plait import ItemError, LocalEngine, NodeDefinitionError, Pipeline, node
-from plait.options import NodeOptions, parse_rate
+from plait.engine.local.controls import Rate, Slots
+from plait.options import NodeOptions, RateLimit, parse_rate
 
 # --- validation at decoration ------------------------------------------------------
 
@@ -41,18 +42,25 @@ def test_bad_controls_are_rejected_naming_the_node(options: dict[str, Any], mess
 
 
 @pytest.mark.parametrize(
-    ("rate", "per_second"),
+    ("rate", "count", "period"),
     [
-        ("20/s", 20.0),
-        ("120/min", 2.0),
-        ("5/10s", 0.5),
-        ("3600/h", 1.0),
-        (2.5, 2.5),
-        ("1/second", 1),
+        ("20/s", 20, 1.0),
+        ("120/min", 120, 60.0),
+        ("5/10s", 5, 10.0),
+        ("3/0.5s", 3, 0.5),
+        ("3600/h", 3600, 3600.0),
+        ("1/second", 1, 1.0),
+        (3, 3, 1.0),
+        (2.5, 1, 0.4),  # a fractional count: single starts, evenly spaced
+        ("2.5/s", 1, 0.4),
+        (0.5, 1, 2.0),
     ],
 )
-def test_rate_formats(rate: Any, per_second: float) -> None:
-    assert parse_rate("n", rate) == pytest.approx(per_second)
+def test_rate_formats(rate: Any, count: int, period: float) -> None:
+    limit = parse_rate("n", rate)
+    assert limit is not None
+    assert (limit.count, limit.period) == (count, pytest.approx(period))
+    assert limit == RateLimit(count, limit.period)
 
 
 def test_plain_nodes_are_not_controlled() -> None:
@@ -197,6 +205,64 @@ def test_sync_timeout_is_reported_and_the_late_result_discarded() -> None:
     assert finished.wait(2)  # the thread itself ran on, documented
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_call_that_finishes_within_its_timeout_returns_its_result(kind: str) -> None:
+    def quick(x):
+        return ("quick", x, threading.current_thread() is threading.main_thread())
+
+    async def aquick(x):
+        await asyncio.sleep(0)
+        return quick(x)
+
+    fn = quick if kind == "sync" else aquick
+    pipe = Pipeline([node(fn, output_name="y", name="quick", timeout=5)])
+    # A sync node with a timeout runs on a thread (to be timed); an async one on the loop.
+    assert pipe.run(inputs={"x": 7}) == {"y": ("quick", 7, kind == "async")}
+
+
+def test_a_controlled_sync_node_without_a_timeout_runs_on_the_calling_thread() -> None:
+    @node(output_name="y", retries=1, max_concurrent=2, rate_limit="100/s")
+    def where(x):
+        return threading.get_ident()
+
+    assert Pipeline([where]).run(inputs={"x": 1}) == {"y": threading.get_ident()}
+
+
+def test_a_released_slot_frees_exactly_one() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        slots.release()  # nobody waiting: back to one free slot
+        await slots.acquire()
+        second = asyncio.create_task(slots.acquire())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not second.done(), "a release with nobody waiting freed more than one slot"
+        slots.release()
+        await asyncio.wait_for(second, 1)
+        slots.release()
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_queued_waiter_leaves_the_queue() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        assert len(slots._waiters) == 1
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert not slots._waiters  # it left the queue; nothing was granted to it
+        slots.release()
+        assert slots._free == 1
+        await asyncio.wait_for(slots.acquire(), 1)  # the slot is there, at once
+
+    asyncio.run(main())
+
+
 def test_timeouts_are_retried_when_asked() -> None:
     attempts = []
 
@@ -275,17 +341,109 @@ def test_max_concurrent_holds_across_nodes_of_one_run() -> None:
     assert gauge.peak == 3
 
 
-def test_rate_limit_spaces_calls_across_a_map() -> None:
+def most_in_a_window(starts: list[float], period: float) -> int:
+    """The most starts any half-open window ``[t, t + period)`` holds."""
+    starts = sorted(starts)
+    return max(sum(1 for t in starts[i:] if t - s < period) for i, s in enumerate(starts))
+
+
+def test_rate_limit_holds_in_every_window_even_when_a_start_is_late() -> None:
     starts: list[float] = []
 
-    @node(output_name="y", rate_limit="50/s")
+    @node(output_name="y", rate_limit="4/0.3s")
     async def call(x):
         starts.append(time.monotonic())
+        if x == 0:
+            time.sleep(0.12)  # blocks the loop: the starts due meanwhile come late
         return x
 
     with LocalEngine(map_executor="async", max_concurrent=100) as engine:
-        Pipeline([call], engine=engine).map(inputs={"x": range(11)}, map_over="x")
-    assert starts[-1] - starts[0] >= 10 / 50 * 0.9  # 11 calls at 50/s span >= 0.2 s
+        Pipeline([call], engine=engine).map(inputs={"x": range(9)}, map_over="x")
+    assert len(starts) == 9
+    assert most_in_a_window(starts, 0.3) == 4
+
+
+def test_rate_limit_starts_a_burst_then_holds_every_window() -> None:
+    starts: list[float] = []
+
+    @node(output_name="y", rate_limit="5/0.2s")
+    async def call(x):
+        starts.append(time.monotonic())
+        await asyncio.sleep(0)
+        return x
+
+    with LocalEngine(map_executor="async", max_concurrent=100) as engine:
+        Pipeline([call], engine=engine).map(inputs={"x": range(23)}, map_over="x")
+    assert starts[4] - starts[0] < 0.1  # up to the limit at once
+    assert starts[5] - starts[0] >= 0.2
+    assert most_in_a_window(starts, 0.2) == 5
+
+
+def test_rate_holds_across_the_loops_of_several_threads() -> None:
+    rate = Rate(RateLimit(4, 0.1))
+    starts: list[float] = []
+
+    async def calls() -> None:
+        async def one() -> None:
+            await rate.wait()
+            starts.append(time.monotonic())
+
+        await asyncio.gather(*(one() for _ in range(8)))
+
+    with ThreadPoolExecutor(3) as pool:
+        for job in [pool.submit(asyncio.run, calls()) for _ in range(3)]:
+            job.result(10)
+    assert len(starts) == 24
+    assert most_in_a_window(starts, 0.1) == 4
+    assert max(starts) - min(starts) >= 0.5 * 0.99  # 24 starts, 4 per 0.1 s
+
+
+def test_rate_waits_for_a_late_start_on_another_loop() -> None:
+    rate = Rate(RateLimit(1, 0.05))
+    starts: dict[str, float] = {}
+    reserved = threading.Event()
+
+    async def busy_loop() -> None:
+        await rate.wait()
+
+        async def late() -> None:
+            await rate.wait()
+            starts["late"] = time.monotonic()
+
+        task = asyncio.create_task(late())
+        await asyncio.sleep(0)  # it takes its turn, due in 0.05 s
+        reserved.set()
+        time.sleep(0.2)  # this loop is blocked past that
+        await task
+
+    async def other() -> None:
+        await rate.wait()  # due after the late one: it must wait for it to start
+        starts["other"] = time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(asyncio.run, busy_loop())
+        assert reserved.wait(5)
+        asyncio.run(other())
+        job.result(5)
+    assert starts["other"] - starts["late"] >= 0.05
+
+
+def test_a_cancelled_rate_waiter_does_not_block_the_next() -> None:
+    rate = Rate(RateLimit(1, 0.05))
+
+    async def main() -> float:
+        await rate.wait()
+        cancelled = asyncio.create_task(rate.wait())
+        await asyncio.sleep(0)
+        after = asyncio.create_task(rate.wait())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        start = time.monotonic()
+        await asyncio.wait_for(after, 2)
+        return time.monotonic() - start
+
+    # It counts as a start when it was due (0.05 s): the next waits one more period.
+    assert 0.03 < asyncio.run(main()) < 1
 
 
 def test_cancelled_waiters_do_not_lose_slots() -> None:

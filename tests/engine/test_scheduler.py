@@ -114,6 +114,23 @@ def test_async_tasks_start_before_an_inline_sync_node_blocks() -> None:
     assert Pipeline([blocking, request]).run() == {"b": 2, "a": 1}
 
 
+def test_a_controlled_async_node_starts_before_an_inline_sync_node_blocks() -> None:
+    started = threading.Event()
+
+    @node(output_name="a", retries=1)  # controlled: its own task, through call_controlled
+    async def request():
+        started.set()
+        await asyncio.sleep(0)
+        return 1
+
+    @node(output_name="b")
+    def blocking():
+        assert started.wait(0), "the controlled async sibling did not get to start first"
+        return 2
+
+    assert Pipeline([blocking, request]).run() == {"b": 2, "a": 1}
+
+
 # --- executors ---------------------------------------------------------------------
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-import plait
 from plait.kernel import CellError, ExecuteReply, KernelClient, KernelDiedError
 from plait.kernel.protocol import decode, encode, message
 
@@ -128,7 +127,6 @@ heartbeat = await start()
     kernel.execute("heartbeat.cancel()")
 
 
-@pytest.mark.skipif(not hasattr(plait, "batch"), reason="plait.batch is not merged yet")
 def test_batch_from_a_sync_cell(kernel: KernelClient) -> None:
     code = """
 import asyncio, plait

@@ -805,10 +805,6 @@ def test_asyncio_run_works_in_a_plain_statement() -> None:
 
 
 def test_plait_batch_in_a_sync_cell_runs_on_the_sessions_loop_without_blocking_it() -> None:
-    import plait
-
-    if not hasattr(plait, "batch"):
-        pytest.skip("plait.batch is not in this tree yet (it comes with the bridge work)")
     code = (
         "import asyncio, plait\n"
         "async def ask(prompt):\n"

@@ -108,7 +108,7 @@ def block_on(awaitable: Awaitable[T], *, timeout: float | None = None, stackleve
             return result  # type: ignore[no-any-return]
         coro = resume(coro)  # it waits at ensure_loop: a loop continues it
     if timeout is not None:
-        coro = _with_timeout(coro, timeout)
+        coro = _with_timeout(coro, timeout, _awaited_name(awaitable))
     if portal.in_worker():
         return portal.wait(coro)
     running = asyncio._get_running_loop()
@@ -139,9 +139,29 @@ async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-async def _with_timeout(coro: Coroutine[Any, Any, T], seconds: float) -> T:
-    async with asyncio.timeout(seconds):
-        return await coro
+async def _with_timeout(coro: Coroutine[Any, Any, T], seconds: float, what: str) -> T:
+    """Await ``coro``, cancelling it after ``seconds``; the TimeoutError says what and when.
+
+    A TimeoutError the work raises itself passes through unchanged.
+    """
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await coro
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise TimeoutError(
+            f"run_sync(): {what} did not finish within timeout={seconds:g} s and was cancelled"
+        ) from None
+
+
+def _awaited_name(awaitable: object) -> str:
+    """How a timeout message names what was awaited: ``fetch()``, or the object's type."""
+    name = getattr(awaitable, "__qualname__", None)
+    if type(awaitable) is CoroutineType and isinstance(name, str):
+        return f"{name}()"
+    return type(awaitable).__name__
 
 
 def _warn_running_loop(stacklevel: int) -> None:

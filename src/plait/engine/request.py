@@ -18,7 +18,12 @@ from typing import Any
 from plait._text import did_you_mean, plural, quoted, short_repr
 from plait.deps import all_deps
 from plait.engine.base import MapMode
-from plait.errors import InputError, MissingInputsError, UnusedInputWarning
+from plait.errors import (
+    InputError,
+    IteratorInputWarning,
+    MissingInputsError,
+    UnusedInputWarning,
+)
 from plait.graph import Graph
 
 #: Unused inputs named in full in a warning; more are counted.
@@ -40,10 +45,21 @@ def normalize_outputs(output_name: object) -> tuple[str, ...] | None:
     )
 
 
+@dataclass(frozen=True)
+class Consumers:
+    """Which nodes of a checked request take each given input, for :func:`check_iterators`."""
+
+    #: Each given input the request's nodes take -> their names.
+    by_input: Mapping[str, tuple[str, ...]]
+    #: The inputs more than one node takes: (name, node names). Usually empty.
+    shared: tuple[tuple[str, tuple[str, ...]], ...]
+
+
 def check_run(
     graph: Graph, outputs: tuple[str, ...] | None, given: Collection[str], stacklevel: int
-) -> None:
-    """Check that a run of ``graph`` for ``outputs`` with inputs named ``given`` can start.
+) -> Consumers:
+    """Check that a run of ``graph`` for ``outputs`` with inputs named ``given`` can start,
+    and return which nodes take each input (the request checks its values with it).
 
     Raises UnknownOutputError, InputError (an output given as an input) or
     MissingInputsError (every missing input, with the nodes that need it); warns
@@ -64,6 +80,49 @@ def check_run(
     missing = _missing_inputs(graph, needed, given)
     if missing:
         raise missing_inputs_error(graph, missing)
+    by_input: dict[str, list[str]] = {}
+    for index in needed:
+        item = graph.nodes[index]
+        for param in item.inputs:
+            if param in given and param not in item.deps:
+                by_input.setdefault(param, []).append(item.name)
+    shared = tuple((name, tuple(nodes)) for name, nodes in by_input.items() if len(nodes) > 1)
+    return Consumers({name: tuple(nodes) for name, nodes in by_input.items()}, shared)
+
+
+def check_iterators(
+    given: Mapping[str, Any], consumers: Consumers, mapped: Collection[str], stacklevel: int
+) -> None:
+    """Warn IteratorInputWarning for an iterator input that more than one call consumes.
+
+    The first call exhausts it and the others see it empty, so this is almost always a
+    mistake; the input is passed on as it is (a lazy iterator may be long or endless,
+    so plait does not copy it into a list). In a run, that is an iterator more than one
+    node takes; in a map (``mapped`` not empty), also any iterator broadcast to every
+    item. Costs nothing for a run in which no input is taken by two nodes.
+    """
+    if not mapped:  # a run: only inputs two nodes take (the cached few), one check each
+        for name, nodes in consumers.shared:
+            if isinstance(given[name], Iterator):
+                _warn_iterator(name, given[name], nodes, "is", stacklevel + 1)
+        return
+    for name, nodes in consumers.by_input.items():
+        if name not in mapped and isinstance(given[name], Iterator):
+            how = "is broadcast to every item of the map, and"
+            _warn_iterator(name, given[name], nodes, how, stacklevel + 1)
+
+
+def _warn_iterator(
+    name: str, value: object, nodes: tuple[str, ...], how: str, stacklevel: int
+) -> None:
+    takers = f"node {nodes[0]!r}" if len(nodes) == 1 else f"nodes {quoted(nodes)}"
+    warnings.warn(
+        f"input {name!r} is an iterator ({type(value).__name__}) and {how} taken by "
+        f"{takers}: the first call exhausts it and the others get it empty. Pass a "
+        f"list instead: inputs={{{name!r}: list(...)}}",
+        IteratorInputWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _in_order(graph: Graph, needed: set[int]) -> tuple[int, ...]:

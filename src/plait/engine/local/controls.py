@@ -23,6 +23,7 @@ from plait.engine.local import executors
 from plait.engine.local.calls import submit_call
 from plait.engine.local.inflight import wait_all_deferring_cancel
 from plait.engine.local.plan import Plan, Step
+from plait.options import RateLimit
 
 #: Called before each retry sleep: (step, attempt that failed, exception, delay seconds).
 RetryHook = Callable[[Step, int, BaseException, float], None]
@@ -73,21 +74,56 @@ class Slots:
             granted.set_result(None)
 
 
-class Rate:
-    """Evenly spaced call starts: at most ``per_second`` calls per second."""
+#: How often a waiter looks again when the start before its turn is itself late
+#: (its loop, on another thread, is busy): rare, and never long.
+_LATE_POLL = 0.005
 
-    def __init__(self, per_second: float) -> None:
-        self._interval = 1.0 / per_second
-        self._next = 0.0
+
+class Rate:
+    """At most ``limit.count`` call starts in any window of ``limit.period`` seconds.
+
+    A sliding-window log: each start waits until the start ``count`` places before
+    it is a full period old, so up to ``count`` calls start at once and no window
+    of the period's length ever sees more. Waiters are served in arrival order,
+    each sleeping only until its own turn (no herd waking on every start). A start
+    is logged when it happens, not when it was due, so a waiter that woke late (a
+    busy loop) pushes the ones after it back instead of crowding them.
+    """
+
+    def __init__(self, limit: RateLimit) -> None:
+        self._period = limit.period
+        #: The last ``count`` starts, each ``[time, started]``: when it started, or
+        #: (until it does) when it is due; a time only ever moves later.
+        self._log: deque[list[Any]] = deque(maxlen=limit.count)
         self._lock = threading.Lock()
 
     async def wait(self) -> None:
+        period = self._period
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            await asyncio.sleep(start - now)
+            log = self._log
+            ahead = log[0] if len(log) == log.maxlen else None  # the start `count` back
+            if ahead is None or (ahead[1] and ahead[0] + period <= now):
+                log.append([now, True])
+                return
+            mine = [ahead[0] + period, False]
+            log.append(mine)  # drops `ahead` from the log; this waiter keeps it
+        try:
+            while True:
+                await asyncio.sleep(mine[0] - now)
+                with self._lock:
+                    now = time.monotonic()
+                    if not ahead[1]:  # it is late itself: look again shortly
+                        mine[0] = max(ahead[0] + period, now + _LATE_POLL)
+                    elif now >= ahead[0] + period:
+                        mine[0], mine[1] = now, True
+                        return
+                    else:  # woke early, or `ahead` started later than it was due
+                        mine[0] = ahead[0] + period
+        finally:
+            if not mine[1]:  # cancelled: counted as a start when due (never one too many)
+                with self._lock:
+                    mine[1] = True
 
 
 class NodeRuntime:

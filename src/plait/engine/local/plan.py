@@ -39,8 +39,8 @@ class Step:
         "out_slots",
         "payload",
         "positional",
-        "single_slot",
         "successors",
+        "unpacks",
     )
 
     def __init__(
@@ -62,8 +62,9 @@ class Step:
             itemgetter(*positional) if len(positional) > 1 else None
         )
         self.out_slots = out_slots
-        #: The slot of a plain single output (stored as returned), else -1 (unpacked).
-        self.single_slot = out_slots[0] if len(out_slots) == 1 else -1
+        #: The node declared a tuple ``output_name`` (even of one name): its result is a
+        #: tuple of that length, unpacked into ``out_slots``.
+        self.unpacks = isinstance(node.output_name, tuple)
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()

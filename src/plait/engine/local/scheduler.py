@@ -13,9 +13,10 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from types import CoroutineType
 from typing import Any
 
-from plait._text import short_repr
+from plait._text import plural, short_repr
 from plait.bridge import portal
 from plait.cache.miss import MISS
 from plait.engine.local.calls import submit_call
@@ -23,7 +24,7 @@ from plait.engine.local.controls import NodeRuntime, call_controlled
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Plan, Route, Step
-from plait.errors import OutputArityError
+from plait.errors import NodeDefinitionError, OutputArityError
 
 
 async def run_plan(
@@ -61,10 +62,10 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
     if hooks is None:
         for step in plan.steps:
             result = _call(step, values)
-            if step.single_slot >= 0:  # the common case, without a call
-                values[step.single_slot] = result
-            else:
-                _store(step, values, result)
+            if step.unpacks or type(result) is CoroutineType:
+                _store(step, values, result)  # unpacks or raises
+            else:  # _store's plain case, inlined: this loop is the hot path
+                values[step.out_slots[0]] = result
         return
     for index, step in enumerate(plan.steps):
         result = hooks.before(index, values)
@@ -97,12 +98,14 @@ def _call(step: Step, values: list[Any]) -> Any:
 
 def _store(step: Step, values: list[Any], result: Any) -> None:
     outs = step.out_slots
-    if len(outs) == 1:
+    if not step.unpacks:
+        if type(result) is CoroutineType:  # one type check: nothing measurable per node
+            raise _returned_coroutine(step, values, result)
         values[outs[0]] = result
         return
     if not isinstance(result, tuple) or len(result) != len(outs):
         exc = OutputArityError(
-            f"node {step.node.name!r} declares {len(outs)} outputs "
+            f"node {step.node.name!r} declares {plural(len(outs), 'output')} "
             f"{step.node.output_name!r} and must return a tuple of length {len(outs)}; "
             f"it returned {type(result).__name__} {short_repr(result)}"
         )
@@ -110,6 +113,28 @@ def _store(step: Step, values: list[Any], result: Any) -> None:
         raise exc
     for slot, value in zip(outs, result, strict=True):
         values[slot] = value
+
+
+def _returned_coroutine(
+    step: Step, values: Sequence[Any], coro: CoroutineType[Any, Any, Any]
+) -> NodeDefinitionError:
+    """The error for a node whose result is a coroutine: it is closed, never awaited."""
+    coro.close()  # no "coroutine was never awaited" warning on top of the error
+    name = step.node.name
+    if step.is_async:
+        hint = f"await it inside {name!r} and return its result"
+    else:
+        hint = (
+            f"{name!r} is a sync function (a lambda or def returning a coroutine looks like "
+            "one); define it with async def, or pass the async function itself "
+            "(functools.partial(async_fn, ...) to fix other arguments)"
+        )
+    exc = NodeDefinitionError(
+        f"node {name!r} returned a coroutine ({coro.__qualname__}), which plait does not "
+        f"await: {hint}"
+    )
+    annotate(exc, step, values)
+    return exc
 
 
 def annotate(exc: BaseException, step: Step, values: Sequence[Any]) -> None:
@@ -283,7 +308,7 @@ class _Dataflow:
         step = self.plan.steps[index]
         try:
             _store(step, self.values, result)
-        except OutputArityError:
+        except (OutputArityError, NodeDefinitionError):
             self.failing = index
             raise
         if self.hooks is not None:
