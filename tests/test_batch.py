@@ -288,9 +288,12 @@ def test_pipelines_are_cached_per_fn_and_options() -> None:
         return x
 
     assert batch(fresh, [1]) == [1]
-    cached = batch_module._pipeline(fresh, 10, 0, None, None)
-    assert batch_module._pipeline(fresh, 10, 0, None, None) is cached
-    assert batch_module._pipeline(fresh, 3, 0, None, None) is not cached
+    none = batch_module._Retries(0, (Exception,), 0.1, 60.0)
+    cached = batch_module._pipeline(fresh, 10, none, None, None)
+    assert batch_module._pipeline(fresh, 10, none, None, None) is cached
+    assert batch_module._pipeline(fresh, 3, none, None, None) is not cached
+    two = batch_module._Retries(2, (Exception,), 0.1, 60.0)
+    assert batch_module._pipeline(fresh, 10, two, None, None) is not cached
     for n in range(1, batch_module._CACHE_SIZE + 5):  # the cache stays small
-        batch_module._pipeline(fresh, n, 0, None, None)
+        batch_module._pipeline(fresh, n, none, None, None)
     assert len(batch_module._cache) == batch_module._CACHE_SIZE

@@ -12,6 +12,7 @@ import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from plait import bridge
@@ -19,6 +20,7 @@ from plait._inspect import is_async_callable
 from plait.engine.base import ItemError, Outcome
 from plait.engine.local import LocalEngine
 from plait.node import Node
+from plait.options import Backoff
 from plait.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -34,6 +36,9 @@ def batch(
     *,
     max_concurrent: int = 10,
     retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: Backoff = 0.1,
+    max_backoff: float | None = 60.0,
     rate_limit: str | float | None = None,
     timeout: float | None = None,
     return_exceptions: bool = False,
@@ -48,7 +53,14 @@ def batch(
 
     Args:
         max_concurrent: most calls in flight at once.
-        retries: extra attempts for a call that raised (backoff 0.1 s, doubling).
+        retries: extra attempts for a call that raised one of ``retry_on``.
+        retry_on: the exceptions worth retrying (default: every Exception). Name
+            them for calls that must not run twice: a connection error may come
+            after the server received the request, so retrying it can repeat work.
+        backoff: seconds before the first retry, doubling each time (with jitter),
+            or a function ``(attempt) -> seconds`` or ``(attempt, exc) -> seconds``.
+            A server's ``Retry-After`` on the exception's response is honoured.
+        max_backoff: the longest wait before a retry (None: no cap).
         rate_limit: most call starts in any window of the period: ``"20/s"``,
             ``"100/min"`` or a number per second (see ``rate_limit`` of :func:`~plait.node`).
         timeout: seconds one attempt may take; an async call is cancelled, a sync
@@ -60,7 +72,9 @@ def batch(
 
         >>> answers = plait.batch(ask_llm, prompts, max_concurrent=8, retries=2)  # doctest: +SKIP
     """
-    pipeline = _pipeline(fn, max_concurrent, retries, rate_limit, timeout)
+    pipeline = _pipeline(
+        fn, max_concurrent, _Retries(retries, retry_on, backoff, max_backoff), rate_limit, timeout
+    )
     outcomes = bridge.block_on(
         pipeline.amap({"item": items}, map_over="item", on_error=_on_error(return_exceptions)),
         stacklevel=3,
@@ -74,12 +88,17 @@ async def abatch(
     *,
     max_concurrent: int = 10,
     retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: Backoff = 0.1,
+    max_backoff: float | None = 60.0,
     rate_limit: str | float | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - per call, not for the whole batch
     return_exceptions: bool = False,
 ) -> list[Any]:
     """The async form of :func:`batch`, on the running loop: ``await plait.abatch(fn, items)``."""
-    pipeline = _pipeline(fn, max_concurrent, retries, rate_limit, timeout)
+    pipeline = _pipeline(
+        fn, max_concurrent, _Retries(retries, retry_on, backoff, max_backoff), rate_limit, timeout
+    )
     outcomes = await pipeline.amap(
         {"item": items}, map_over="item", on_error=_on_error(return_exceptions)
     )
@@ -94,10 +113,20 @@ def _results(outcomes: list[Outcome]) -> list[Any]:
     return [o.exception if isinstance(o, ItemError) else o["result"] for o in outcomes]
 
 
+@dataclass(frozen=True)
+class _Retries:
+    """The retry controls of a batch call (hashable: part of the pipeline cache key)."""
+
+    retries: int
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    backoff: Backoff
+    max_backoff: float | None
+
+
 def _pipeline(
     fn: Callable[[Any], Any],
     max_concurrent: int,
-    retries: int,
+    retries: _Retries,
     rate_limit: str | float | None,
     timeout: float | None,
 ) -> Pipeline:
@@ -122,7 +151,7 @@ def _pipeline(
 def _build(
     fn: Callable[[Any], Any],
     max_concurrent: int,
-    retries: int,
+    retries: _Retries,
     rate_limit: str | float | None,
     timeout: float | None,
 ) -> Pipeline:
@@ -151,7 +180,10 @@ def _build(
         name=_name(fn),
         output_name="result",
         executor=None if is_async else "threaded",
-        retries=retries,
+        retries=retries.retries,
+        retry_on=retries.retry_on,
+        backoff=retries.backoff,
+        max_backoff=retries.max_backoff,
         rate_limit=rate_limit,
         timeout=timeout,
     )

@@ -66,6 +66,8 @@ class Node(Generic[P, R]):
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: Backoff = 0.1,
+        max_backoff: float | None = 60.0,
+        retry_after: bool = True,
         timeout: float | None = None,
         rate_limit: str | float | None = None,
     ) -> None:
@@ -92,6 +94,8 @@ class Node(Generic[P, R]):
             retries=retries,
             retry_on=retry_on,
             backoff=backoff,
+            max_backoff=max_backoff,
+            retry_after=retry_after,
             timeout=timeout,
             rate_limit=rate_limit,
         )
@@ -224,7 +228,8 @@ def node(
         cache: whether a pipeline cache may store this node's results. Caching
             (``Pipeline(cache=...)``) is not available yet; the flag is kept for it.
         **controls: how calls are made: ``executor``, ``max_concurrent``,
-            ``retries``, ``retry_on``, ``backoff``, ``timeout``, ``rate_limit``
+            ``retries``, ``retry_on``, ``backoff``, ``max_backoff``, ``retry_after``,
+            ``timeout``, ``rate_limit``
             (see :class:`~plait.options.NodeOptions`)::
 
                 @node(output_name="answer", retries=3, timeout=30, max_concurrent=8,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from plait.errors import NodeDefinitionError
 
-Backoff = float | Callable[[int], float]
+#: Seconds before retry ``n``: a base that doubles, ``fn(attempt)`` or ``fn(attempt, exc)``.
+Backoff = float | Callable[[int], float] | Callable[[int, BaseException], float]
 
 #: Aliases accepted for ``@node(executor=...)``.
 NODE_EXECUTOR_ALIASES = ("sequential", "threaded", "parallel")
@@ -56,7 +60,12 @@ class NodeOptions:
         retries: extra attempts after a failure whose type is in ``retry_on``.
         retry_on: exception types that are retried.
         backoff: base delay in seconds before retry ``n`` (doubling each time, with
-            jitter), or a function ``attempt -> seconds``.
+            jitter), or a function ``(attempt) -> seconds`` or ``(attempt, exc) -> seconds``
+            that sees the exception being retried.
+        max_backoff: the longest wait before a retry, whatever asks for more (None: no cap).
+        retry_after: wait at least what the server asked for when the exception carries
+            an HTTP response with ``Retry-After`` or ``retry-after-ms`` (httpx, the
+            openai SDK, aiohttp, requests); see :func:`server_delay`.
         timeout: seconds one attempt may take.
         rate_limit: most call starts in any window of its period, across one run or map.
     """
@@ -66,6 +75,8 @@ class NodeOptions:
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: Backoff = 0.1
+    max_backoff: float | None = 60.0
+    retry_after: bool = True
     timeout: float | None = None
     rate_limit: RateLimit | None = None
 
@@ -74,11 +85,77 @@ class NodeOptions:
         """True when calls need more than a plain call (a task, a slot, a retry loop)."""
         return self != _PLAIN
 
-    def delay(self, attempt: int, jitter: float) -> float:
-        """Seconds to wait before retry ``attempt`` (1-based); ``jitter`` in [0, 1)."""
-        if callable(self.backoff):
-            return max(0.0, float(self.backoff(attempt)))
-        return float(self.backoff * 2 ** (attempt - 1) * (0.5 + jitter))
+    def delay(self, attempt: int, exc: BaseException, jitter: float) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based) after ``exc``; ``jitter``
+        in [0, 1). At least the server's ``Retry-After`` (with ``retry_after``), at most
+        ``max_backoff``."""
+        backoff = self.backoff
+        if not callable(backoff):
+            wait = float(backoff * 2 ** (attempt - 1) * (0.5 + jitter))
+        elif _takes_error(backoff):
+            wait = float(backoff(attempt, exc))  # type: ignore[call-arg]
+        else:
+            wait = float(backoff(attempt))  # type: ignore[call-arg]
+        if self.retry_after:
+            asked = server_delay(exc)
+            if asked is not None:
+                wait = max(wait, asked)
+        wait = max(0.0, wait)
+        return wait if self.max_backoff is None else min(wait, self.max_backoff)
+
+
+def server_delay(exc: BaseException) -> float | None:
+    """Seconds an HTTP error's response asks to wait: ``retry-after-ms``, or
+    ``Retry-After`` in seconds or as an HTTP date; None when it asks nothing.
+
+    Finds the headers on ``exc.response.headers`` (httpx ``HTTPStatusError``, the
+    openai SDK's ``APIStatusError``/``RateLimitError``, requests) or ``exc.headers``
+    (aiohttp ``ClientResponseError``).
+    """
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "headers", None)
+    if headers is None or not hasattr(headers, "get"):
+        return None
+    millis = _header(headers, "retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    text = _header(headers, "retry-after")
+    if text is None:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:  # a plain dict is case-sensitive
+        value = headers.get(name.title())
+    return None if value is None else str(value).strip()
+
+
+def _takes_error(backoff: Callable[..., float]) -> bool:
+    """True for a backoff function of two parameters ``(attempt, exc)``."""
+    try:
+        inspect.signature(backoff).bind(1, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): called with the attempt only
+        return False
+    try:
+        inspect.signature(backoff).bind(1)
+    except TypeError:
+        return True
+    return False
 
 
 _PLAIN = NodeOptions()
@@ -92,6 +169,8 @@ def make_options(node_name: str, **given: Any) -> NodeOptions:
         retries=_check_retries(node_name, given["retries"]),
         retry_on=_check_retry_on(node_name, given["retry_on"]),
         backoff=_check_backoff(node_name, given["backoff"]),
+        max_backoff=_check_max_backoff(node_name, given.get("max_backoff", 60.0)),
+        retry_after=_check_flag(node_name, "retry_after", given.get("retry_after", True)),
         timeout=_check_timeout(node_name, given["timeout"]),
         rate_limit=parse_rate(node_name, given["rate_limit"]),
     )
@@ -171,10 +250,28 @@ def _check_retry_on(node_name: str, given: Any) -> tuple[type[BaseException], ..
 def _check_backoff(node_name: str, backoff: Backoff) -> Backoff:
     if not callable(backoff) and not (_is_number(backoff) and backoff >= 0):
         raise NodeDefinitionError(
-            f"node {node_name!r}: backoff must be seconds >= 0 or a function attempt -> seconds, "
-            f"got {backoff!r}"
+            f"node {node_name!r}: backoff must be seconds >= 0 or a function "
+            f"(attempt) -> seconds or (attempt, exc) -> seconds, got {backoff!r}"
         )
     return backoff
+
+
+def _check_max_backoff(node_name: str, max_backoff: Any) -> float | None:
+    if max_backoff is None:
+        return None
+    if not (_is_number(max_backoff) and max_backoff >= 0):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: max_backoff must be seconds >= 0 or None, got {max_backoff!r}"
+        )
+    return float(max_backoff)
+
+
+def _check_flag(node_name: str, option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: {option} must be True or False, got {value!r}"
+        )
+    return value
 
 
 def _check_timeout(node_name: str, timeout: Any) -> float | None:

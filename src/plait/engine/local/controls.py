@@ -213,7 +213,7 @@ async def call_controlled(
         except options.retry_on as exc:
             if attempt > options.retries:
                 raise
-            delay = options.delay(attempt, random.random())
+            delay = options.delay(attempt, exc, random.random())
             if on_retry is not None:
                 on_retry(step, attempt, exc, delay)
             await asyncio.sleep(delay)
