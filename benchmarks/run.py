@@ -27,6 +27,7 @@ MODULES = {
     "cache": "bench_cache",
     "cache_store": "bench_cache_store",
     "bridge": "bench_bridge",
+    "llm": "bench_llm",
 }
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")

@@ -30,3 +30,13 @@ def test_demo() -> None:
     for label in (*labels, "DiskCache, second run", "plait.batch: 9 GETs"):
         assert label in out
     assert "Selected output only: {'users': [{'id': 1, 'name': 'Ada'}" in out
+
+
+def test_llm_fanout() -> None:
+    out = run_example("llm_fanout.py")
+    assert "200 answers (1400 words)" in out
+    assert ", 0 answered twice" in out
+    assert "every retry after a 429 waited >= Retry-After: True" in out
+    assert "second run: 200 answers" in out
+    assert "0 new requests (all from the cache)" in out
+    assert "map 'llm' 200/200 items (100.0%)" in out
