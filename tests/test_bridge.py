@@ -191,6 +191,31 @@ def test_loop_bound_objects_survive_successive_runs_in_a_worker_thread() -> None
         assert pool.submit(worker).result() == ["ok"] * 3
 
 
+def test_a_finished_threads_loop_is_closed_without_leaving_a_dummy_thread() -> None:
+    # The thread's loop is closed as its locals are cleared, after threading has
+    # forgotten the thread: a threading.current_thread() call there (Runner.close()
+    # starting a Thread to join the default executor) registered a _DummyThread that
+    # stayed in threading.enumerate() for good; Python 3.13 then printed "Exception
+    # ignored in _DeleteDummyThreadOnDel.__del__" at interpreter exit.
+    import gc
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def work() -> int:
+        loops.append(asyncio.get_running_loop())
+        return await asyncio.to_thread(sum, [1, 2])  # the loop's default executor
+
+    def worker() -> None:
+        assert run_sync(work()) == 3
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert loops[0].is_closed()
+    assert not [t for t in threading.enumerate() if isinstance(t, threading._DummyThread)]
+
+
 # --- nesting -----------------------------------------------------------------
 
 

@@ -220,9 +220,23 @@ class _RunnerHolder:
         self.runner = asyncio.Runner()
 
     def __del__(self) -> None:
+        # Runs as the thread ends and its locals are cleared, when threading has already
+        # forgotten the thread: nothing here may call threading.current_thread(), which
+        # would register a dummy thread that is never removed (listed by
+        # threading.enumerate(); Python 3.13 prints "Exception ignored in
+        # _DeleteDummyThreadOnDel.__del__" at exit). Runner.close() does, by starting a
+        # Thread to join the default executor; so close as it does, except that the
+        # executor is shut down without waiting (loop.close()): its idle workers exit.
         # Fails harmlessly at interpreter shutdown or with another loop running here.
         with contextlib.suppress(Exception):
-            self.runner.close()
+            loop = self.runner.get_loop()  # RuntimeError if already closed (main thread)
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
 
 def _thread_runner() -> asyncio.Runner:
