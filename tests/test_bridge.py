@@ -437,6 +437,9 @@ def _run_in_child(queue: Any) -> None:
     queue.put(asyncio.run(in_loop()))
 
 
+# Forking with plait's loop threads alive is the point; Python 3.12+ warns about any fork
+# of a multi-threaded process.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_its_own_loops() -> None:
     import multiprocessing
 
