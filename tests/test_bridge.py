@@ -216,6 +216,53 @@ def test_a_finished_threads_loop_is_closed_without_leaving_a_dummy_thread() -> N
     assert not [t for t in threading.enumerate() if isinstance(t, threading._DummyThread)]
 
 
+def test_work_that_touched_the_blocked_callers_loop_leaves_no_stale_fd_there() -> None:
+    # Issue 14 item 22: in Jupyter, a sync run() whose node used an aiohttp session of
+    # the cell's loop failed ("attached to a different loop") after registering a
+    # writer on that loop for a socket it then closed; the next socket given that fd
+    # number never saw its writer fire (httpx: ConnectTimeout in the next cell).
+    import socket
+
+    data = b"x" * 20_000_000  # more than a socket buffer: sendall must wait to write
+    fds: list[int] = []
+
+    async def main() -> None:
+        outer = asyncio.get_running_loop()
+
+        @node(output_name="sent")
+        async def send_on_the_callers_loop(data):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            fds.append(a.fileno())
+            try:
+                await outer.sock_sendall(a, data)  # a method of the blocked loop
+            finally:
+                a.close()
+                b.close()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            with pytest.raises(RuntimeError, match="attached to a different loop"):
+                Pipeline([send_on_the_callers_loop]).run(inputs={"data": data})
+        assert fds[0] not in outer._selector.get_map()  # type: ignore[attr-defined]
+
+        a, b = socket.socketpair()  # likely the same fd numbers again
+        a.setblocking(False)
+        with a, b:
+            reader = asyncio.ensure_future(asyncio.to_thread(_read_all, b, len(data)))
+            await asyncio.wait_for(outer.sock_sendall(a, data), 10)
+            assert await reader == len(data)
+
+    asyncio.run(main())
+
+
+def _read_all(sock: Any, size: int) -> int:
+    got = 0
+    while got < size:
+        got += len(sock.recv(1 << 20))
+    return got
+
+
 # --- nesting -----------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ import contextvars
 import functools
 import inspect
 import os
+import selectors
 import signal
 import threading
 import warnings
@@ -118,7 +119,41 @@ def block_on(awaitable: Awaitable[T], *, timeout: float | None = None, stackleve
             return delegation.run(coro, ctx)
         return _run_on_thread_loop(_thread_runner(), coro, ctx)
     _warn_running_loop(stacklevel + 1)  # + this frame
-    return _portal_for(running).run(coro, ctx)
+    with _dropping_closed_fds(running):
+        return _portal_for(running).run(coro, ctx)
+
+
+@contextlib.contextmanager
+def _dropping_closed_fds(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Drop what the work, on another loop, left registered on ``loop``'s selector for
+    a file descriptor it has since closed.
+
+    Work run on the portal can call methods of the blocked caller's loop through an
+    object bound to it (an aiohttp session made in an earlier Jupyter cell):
+    ``loop.sock_connect`` registers a writer there, the await fails ("attached to a
+    different loop"), the socket is closed, and the registration stays. The next
+    socket given that fd number on ``loop`` then never sees its connection complete
+    (the selector thinks it is registered already): httpx's ConnectTimeout.
+    """
+    selector = getattr(loop, "_selector", None)  # selector event loops only
+    if selector is None:
+        yield
+        return
+    before = dict(selector.get_map())
+    try:
+        yield
+    finally:
+        for fd, key in list(selector.get_map().items()):
+            if before.get(fd) is key:
+                continue
+            try:
+                os.fstat(fd)
+            except OSError:  # closed: nobody can be waiting for it
+                with contextlib.suppress(RuntimeError, ValueError, OSError):
+                    if key.events & selectors.EVENT_READ:
+                        loop.remove_reader(fd)
+                    if key.events & selectors.EVENT_WRITE:
+                        loop.remove_writer(fd)
 
 
 def _as_coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
