@@ -216,6 +216,16 @@ def test_a_finished_threads_loop_is_closed_without_leaving_a_dummy_thread() -> N
     assert not [t for t in threading.enumerate() if isinstance(t, threading._DummyThread)]
 
 
+def test_the_main_threads_loop_closes_silently_at_exit() -> None:
+    # Runner.close() at exit started a Thread to join the default executor, which
+    # Python 3.12 refuses then ("can't create new thread at interpreter shutdown").
+    script = "import asyncio, plait; print(plait.run_sync(asyncio.to_thread(sum, [1, 2])))"
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "3\n", "")
+
+
 def test_work_that_touched_the_blocked_callers_loop_leaves_no_stale_fd_there() -> None:
     # Issue 14 item 22: in Jupyter, a sync run() whose node used an aiohttp session of
     # the cell's loop failed ("attached to a different loop") after registering a

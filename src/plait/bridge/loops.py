@@ -249,22 +249,29 @@ class _Sigint:
 
 
 class _RunnerHolder:
-    """Keeps a thread's Runner and closes it when the thread's locals are cleared."""
+    """Keeps a thread's Runner; closes it when the thread's locals are cleared (the main
+    thread's: at exit)."""
 
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
 
-    def __del__(self) -> None:
-        # Runs as the thread ends and its locals are cleared, when threading has already
-        # forgotten the thread: nothing here may call threading.current_thread(), which
-        # would register a dummy thread that is never removed (listed by
-        # threading.enumerate(); Python 3.13 prints "Exception ignored in
-        # _DeleteDummyThreadOnDel.__del__" at exit). Runner.close() does, by starting a
-        # Thread to join the default executor; so close as it does, except that the
-        # executor is shut down without waiting (loop.close()): its idle workers exit.
-        # Fails harmlessly at interpreter shutdown or with another loop running here.
+    def close(self) -> None:
+        """Close as ``Runner.close()`` does, except that the default executor is shut
+        down without waiting (``loop.close()``; its idle workers exit on their own).
+
+        ``Runner.close()`` starts a Thread to join that executor, which neither place
+        this runs allows. As the thread's locals are cleared, threading has already
+        forgotten the thread, and ``Thread()`` calls ``threading.current_thread()``,
+        which registers a dummy thread that is never removed (listed by
+        ``threading.enumerate()``; Python 3.13 prints "Exception ignored in
+        _DeleteDummyThreadOnDel.__del__" at exit). At exit, Python 3.12 refuses new
+        threads ("can't create new thread at interpreter shutdown").
+        Fails harmlessly at interpreter shutdown or with another loop running here.
+        """
         with contextlib.suppress(Exception):
-            loop = self.runner.get_loop()  # RuntimeError if already closed (main thread)
+            loop = self.runner.get_loop()
+            if loop.is_closed():
+                return
             tasks = asyncio.all_tasks(loop)
             for task in tasks:
                 task.cancel()
@@ -273,13 +280,16 @@ class _RunnerHolder:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    def __del__(self) -> None:
+        self.close()
+
 
 def _thread_runner() -> asyncio.Runner:
     holder: _RunnerHolder | None = getattr(_thread_state, "holder", None)
     if holder is None:
         holder = _thread_state.holder = _RunnerHolder()
         if threading.current_thread() is threading.main_thread():
-            atexit.register(holder.runner.close)
+            atexit.register(holder.close)
     return holder.runner
 
 
