@@ -1,6 +1,15 @@
 # Two commands on a fresh machine with only python3: `make demo` and `make test`.
+# Another interpreter: `make test PYTHON=/path/to/python3.13` uses its own venv, .venv-3.13.
 PYTHON ?= python3
+ifeq ($(PYTHON),python3)
 VENV := .venv
+else
+PYVERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(PYVERSION),)
+$(error PYTHON=$(PYTHON) is not a working Python interpreter)
+endif
+VENV := .venv-$(PYVERSION)
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
@@ -35,4 +44,4 @@ bench: install
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -192,6 +192,88 @@ def test_loop_bound_objects_survive_successive_runs_in_a_worker_thread() -> None
         assert pool.submit(worker).result() == ["ok"] * 3
 
 
+def test_a_finished_threads_loop_is_closed_without_leaving_a_dummy_thread() -> None:
+    # The thread's loop is closed as its locals are cleared, after threading has
+    # forgotten the thread: a threading.current_thread() call there (Runner.close()
+    # starting a Thread to join the default executor) registered a _DummyThread that
+    # stayed in threading.enumerate() for good; Python 3.13 then printed "Exception
+    # ignored in _DeleteDummyThreadOnDel.__del__" at interpreter exit.
+    import gc
+
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def work() -> int:
+        loops.append(asyncio.get_running_loop())
+        return await asyncio.to_thread(sum, [1, 2])  # the loop's default executor
+
+    def worker() -> None:
+        assert run_sync(work()) == 3
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert loops[0].is_closed()
+    assert not [t for t in threading.enumerate() if isinstance(t, threading._DummyThread)]
+
+
+def test_the_main_threads_loop_closes_silently_at_exit() -> None:
+    # Runner.close() at exit started a Thread to join the default executor, which
+    # Python 3.12 refuses then ("can't create new thread at interpreter shutdown").
+    script = "import asyncio, plait; print(plait.run_sync(asyncio.to_thread(sum, [1, 2])))"
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "3\n", "")
+
+
+def test_work_that_touched_the_blocked_callers_loop_leaves_no_stale_fd_there() -> None:
+    # Issue 14 item 22: in Jupyter, a sync run() whose node used an aiohttp session of
+    # the cell's loop failed ("attached to a different loop") after registering a
+    # writer on that loop for a socket it then closed; the next socket given that fd
+    # number never saw its writer fire (httpx: ConnectTimeout in the next cell).
+    import socket
+
+    data = b"x" * 20_000_000  # more than a socket buffer: sendall must wait to write
+    fds: list[int] = []
+
+    async def main() -> None:
+        outer = asyncio.get_running_loop()
+
+        @node(output_name="sent")
+        async def send_on_the_callers_loop(data):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            fds.append(a.fileno())
+            try:
+                await outer.sock_sendall(a, data)  # a method of the blocked loop
+            finally:
+                a.close()
+                b.close()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            with pytest.raises(RuntimeError, match="attached to a different loop"):
+                Pipeline([send_on_the_callers_loop]).run(inputs={"data": data})
+        assert fds[0] not in outer._selector.get_map()  # type: ignore[attr-defined]
+
+        a, b = socket.socketpair()  # likely the same fd numbers again
+        a.setblocking(False)
+        with a, b:
+            reader = asyncio.ensure_future(asyncio.to_thread(_read_all, b, len(data)))
+            await asyncio.wait_for(outer.sock_sendall(a, data), 10)
+            assert await reader == len(data)
+
+    asyncio.run(main())
+
+
+def _read_all(sock: Any, size: int) -> int:
+    got = 0
+    while got < size:
+        got += len(sock.recv(1 << 20))
+    return got
+
+
 # --- nesting -----------------------------------------------------------------
 
 
@@ -522,6 +604,9 @@ def _run_in_child(queue: Any) -> None:
     queue.put(asyncio.run(in_loop()))
 
 
+# Forking with plait's loop threads alive is the point; Python 3.12+ warns about any fork
+# of a multi-threaded process.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_its_own_loops() -> None:
     import multiprocessing
 

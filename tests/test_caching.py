@@ -103,9 +103,66 @@ def test_unfingerprintable_input_warns_and_is_never_a_wrong_hit() -> None:
     p = Pipeline([lock_name], cache=MemoryCache())
     with pytest.warns(CacheWarning, match=r"'lock_name' is not cached.*lock"):
         p.run(inputs={"lock": threading.Lock()})
-    with pytest.warns(CacheWarning):
-        p.run(inputs={"lock": threading.Lock()})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        p.run(inputs={"lock": threading.Lock()})  # said once per node and pipeline
+    assert record == []
     assert calls["lock_name"] == 2
+
+
+def _cache_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, CacheWarning)]
+
+
+def test_unfingerprintable_function_warns_once_per_node_and_pipeline() -> None:
+    lock_default = threading.Lock()
+
+    @node(output_name="y")
+    def locked(x, lock=lock_default):
+        calls["locked"] += 1
+        return x
+
+    p = Pipeline([locked, double], cache=MemoryCache())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for x in (1, 2, 1):
+            assert p.run(inputs={"x": x}) == {"y": x, "doubled": 2 * x}
+        p.map(inputs={"x": [1, 2, 3]}, map_over="x")
+    messages = _cache_warnings(record)
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(
+        "node 'locked' is not cached: its function cannot be fingerprinted (cannot "
+        "fingerprint <unlocked _thread.lock object"
+    )
+    assert calls["locked"] == 6  # never a hit
+    assert calls["double"] == 3  # the others are cached as before
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        Pipeline([locked], cache=MemoryCache()).run(inputs={"x": 1})
+    assert len(_cache_warnings(record)) == 1  # another pipeline says it again
+
+
+def test_unpicklable_result_warning_names_the_node_and_the_item(tmp_path: Path) -> None:
+    from plait.cache.stores import DiskCache
+
+    @node(output_name="lock")
+    def make_lock(x):
+        return threading.Lock() if x == 2 else x
+
+    with DiskCache(tmp_path) as cache:
+        p = Pipeline([make_lock], cache=cache)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            p.map(inputs={"x": [1, 2, 3]}, map_over="x")
+            p.run(inputs={"x": 2})
+        messages = _cache_warnings(record)
+        assert len(messages) == 2, messages
+        wheres = ["node 'make_lock' (map item 1)", "node 'make_lock'"]
+        for message, where in zip(messages, wheres, strict=True):
+            assert message.startswith(f"{where}: result <unlocked _thread.lock object at 0x")
+            assert "(type lock) cannot be pickled, so it was not cached under " in message
+            assert message.endswith("(TypeError: cannot pickle '_thread.lock' object)")
+        assert len(cache) == 2  # items 0 and 2
 
 
 def test_failed_node_is_not_cached_and_runs_again() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SLOW_STEP = re.compile(r"Executing <.*> took \d+\.\d+ seconds")
 
 
 def run_example(name: str) -> str:
@@ -17,7 +19,11 @@ def run_example(name: str) -> str:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    # -X dev turns on asyncio's debug mode, which logs any loop step slower than
+    # 0.1 s: on a loaded 2-core machine the openai SDK's first request can be one.
+    # That is a timing note, not a warning or error; anything else fails the test.
+    stderr = [line for line in proc.stderr.splitlines() if not SLOW_STEP.fullmatch(line)]
+    assert stderr == []
     return proc.stdout
 
 

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import dataclasses
 import itertools
+import multiprocessing
 import threading
 import time
 import warnings
@@ -1462,7 +1463,7 @@ def test_process_pool_instance_as_map_executor() -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         engine = LocalEngine(map_executor=pool)
         result = Pipeline([worker_pid, halve], engine=engine).map({"x": range(6)}, map_over="x")
         assert [r["half"] for r in result] == list(range(6))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import multiprocessing
 import os
 import signal
 import tempfile
@@ -150,7 +151,7 @@ def double(x):
 
 
 def test_process_pool_instance_is_used_and_left_open() -> None:
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         pipe = Pipeline([node(double, output_name="y")], engine=LocalEngine(map_executor=pool))
         assert [r["y"] for r in pipe.map(inputs={"x": range(10)}, map_over="x")] == [
             2 * x for x in range(10)

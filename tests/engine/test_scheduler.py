@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -491,7 +492,7 @@ def test_process_pool_instance_runs_sync_nodes_in_worker_processes() -> None:
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         result = Pipeline([where_am_i, on_the_loop], engine=LocalEngine(node_executor=pool)).run(
             inputs={"x": 21}
         )
@@ -509,7 +510,8 @@ def fails_in_worker(x):
 def test_process_pool_errors_keep_their_type_and_get_a_note() -> None:
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError) as info:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool, pytest.raises(ValueError) as info:
         Pipeline([fails_in_worker], engine=LocalEngine(node_executor=pool)).run(inputs={"x": 7})
     assert str(info.value) == "bad value 7"
     assert (

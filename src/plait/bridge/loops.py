@@ -36,6 +36,7 @@ import contextvars
 import functools
 import inspect
 import os
+import selectors
 import signal
 import threading
 import warnings
@@ -118,7 +119,41 @@ def block_on(awaitable: Awaitable[T], *, timeout: float | None = None, stackleve
             return delegation.run(coro, ctx)
         return _run_on_thread_loop(_thread_runner(), coro, ctx)
     _warn_running_loop(stacklevel + 1)  # + this frame
-    return _portal_for(running).run(coro, ctx)
+    with _dropping_closed_fds(running):
+        return _portal_for(running).run(coro, ctx)
+
+
+@contextlib.contextmanager
+def _dropping_closed_fds(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Drop what the work, on another loop, left registered on ``loop``'s selector for
+    a file descriptor it has since closed.
+
+    Work run on the portal can call methods of the blocked caller's loop through an
+    object bound to it (an aiohttp session made in an earlier Jupyter cell):
+    ``loop.sock_connect`` registers a writer there, the await fails ("attached to a
+    different loop"), the socket is closed, and the registration stays. The next
+    socket given that fd number on ``loop`` then never sees its connection complete
+    (the selector thinks it is registered already): httpx's ConnectTimeout.
+    """
+    selector = getattr(loop, "_selector", None)  # selector event loops only
+    if selector is None:
+        yield
+        return
+    before = dict(selector.get_map())
+    try:
+        yield
+    finally:
+        for fd, key in list(selector.get_map().items()):
+            if before.get(fd) is key:
+                continue
+            try:
+                os.fstat(fd)
+            except OSError:  # closed: nobody can be waiting for it
+                with contextlib.suppress(RuntimeError, ValueError, OSError):
+                    if key.events & selectors.EVENT_READ:
+                        loop.remove_reader(fd)
+                    if key.events & selectors.EVENT_WRITE:
+                        loop.remove_writer(fd)
 
 
 def _as_coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
@@ -234,15 +269,39 @@ class _Sigint:
 
 
 class _RunnerHolder:
-    """Keeps a thread's Runner and closes it when the thread's locals are cleared."""
+    """Keeps a thread's Runner; closes it when the thread's locals are cleared (the main
+    thread's: at exit)."""
 
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
 
-    def __del__(self) -> None:
-        # Fails harmlessly at interpreter shutdown or with another loop running here.
+    def close(self) -> None:
+        """Close as ``Runner.close()`` does, except that the default executor is shut
+        down without waiting (``loop.close()``; its idle workers exit on their own).
+
+        ``Runner.close()`` starts a Thread to join that executor, which neither place
+        this runs allows. As the thread's locals are cleared, threading has already
+        forgotten the thread, and ``Thread()`` calls ``threading.current_thread()``,
+        which registers a dummy thread that is never removed (listed by
+        ``threading.enumerate()``; Python 3.13 prints "Exception ignored in
+        _DeleteDummyThreadOnDel.__del__" at exit). At exit, Python 3.12 refuses new
+        threads ("can't create new thread at interpreter shutdown").
+        Fails harmlessly at interpreter shutdown or with another loop running here.
+        """
         with contextlib.suppress(Exception):
-            self.runner.close()
+            loop = self.runner.get_loop()
+            if loop.is_closed():
+                return
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _thread_runner() -> asyncio.Runner:
@@ -250,7 +309,7 @@ def _thread_runner() -> asyncio.Runner:
     if holder is None:
         holder = _thread_state.holder = _RunnerHolder()
         if threading.current_thread() is threading.main_thread():
-            atexit.register(holder.runner.close)
+            atexit.register(holder.close)
     return holder.runner
 
 

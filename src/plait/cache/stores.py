@@ -25,6 +25,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import diskcache  # type: ignore[import-untyped]
 
 from plait._text import short_repr
+from plait.cache.storing import storing_label
 from plait.errors import CacheError, CacheWarning
 
 __all__ = ["MISS", "CacheStore", "DiskCache", "MemoryCache"]
@@ -339,8 +340,8 @@ class DiskCache:
             data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # pickling can raise anything a __reduce__ raises
             _warn(
-                f"result {short_repr(value)} (type {type(value).__qualname__}) cannot be "
-                f"pickled, so it was not cached under {key} ({_reason(error)})"
+                f"{storing_label()}result {short_repr(value)} (type {type(value).__qualname__}) "
+                f"cannot be pickled, so it was not cached under {key} ({_reason(error)})"
             )
             return
         try:

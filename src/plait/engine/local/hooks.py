@@ -12,6 +12,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from plait.cache.miss import MISS
+from plait.cache.storing import STORING
 
 if TYPE_CHECKING:
     from plait.callbacks.dispatch import Scope
@@ -63,7 +64,11 @@ class NodeHooks:
         key = self.keys.pop(index, None)
         if key is not None:
             assert self.signer is not None
-            self.signer.setup.cache.set(key, result)
+            token = STORING.set((self.steps[index].node.name, self.item))  # for its warnings
+            try:
+                self.signer.setup.cache.set(key, result)
+            finally:
+                STORING.reset(token)
         if self.scope is not None:
             self.scope.emit(
                 "on_node_end",

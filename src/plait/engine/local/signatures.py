@@ -30,19 +30,23 @@ _KEY_VERSION = b"plait-node-2"  # 2: floats by their bits, closures like globals
 _UPSTREAM, _DEP, _VARYING, _FIXED = range(4)
 
 
+#: The nodes of each plan already warned about: a plan's runs say why a node is not
+#: cached once, not on every run.
+_warned: weakref.WeakKeyDictionary[Plan, set[str]] = weakref.WeakKeyDictionary()
+_warned_lock = threading.Lock()
+
+
 class CacheSetup:
     """What every run (or map item) of one plan shares: the store, each step's code
     fingerprint (as a hasher already fed with it), how each argument is keyed, and
     fingerprints of values that do not vary."""
 
-    __slots__ = ("_lock", "arguments", "cache", "fixed", "plan", "starts", "warned")
+    __slots__ = ("arguments", "cache", "fixed", "plan", "starts")
 
     def __init__(self, plan: Plan, cache: CacheStore, varying: Collection[int] = ()) -> None:
         self.plan = plan
         self.cache = cache
         self.fixed: dict[int, bytes] = {}
-        self.warned: set[str] = set()
-        self._lock = threading.Lock()
         self.starts = [self._start(step) for step in plan.steps]
         self.arguments = _layout(plan, frozenset(varying))
 
@@ -72,11 +76,13 @@ class CacheSetup:
         return h
 
     def warn(self, node_name: str, why: str) -> None:
-        """Warn once per node and run (or map) that the node is not cached."""
-        with self._lock:
-            if node_name in self.warned:
+        """Warn once per node and plan (a pipeline and its selected outputs), not on every
+        run, that the node is not cached."""
+        with _warned_lock:
+            warned = _warned.setdefault(self.plan, set())
+            if node_name in warned:
                 return
-            self.warned.add(node_name)
+            warned.add(node_name)
         warnings.warn(
             f"node {node_name!r} is not cached: {why}",
             CacheWarning,
