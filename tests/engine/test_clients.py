@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from plait import AsyncExecutor, Dep, EngineError, LocalEngine, Pipeline, node, run_sync
+from plait.bridge.loops import describe_loop
+from plait.errors import RunningLoopWarning
 from tests.local_server import local_server
 
 ITEMS = 200
@@ -187,3 +190,118 @@ def test_an_async_executor_map_with_an_item_scoped_client_works(url: str) -> Non
         pipe = Pipeline([fetch], engine=LocalEngine(map_executor=executor))
         results = pipe.map({"n": range(40), "base_url": url}, map_over="n")
     assert [r["page"] for r in results] == [str(n) for n in range(40)]
+
+
+# --- one client across sync and async calls (a notebook) ----------------------------------
+
+
+@node(output_name="page")
+async def fetch_shared(n: int) -> str:
+    return await get(_clients["shared"], f"/echo/{n}")
+
+
+def test_a_client_first_used_by_run_in_a_running_loop_fails_in_arun_with_a_note(url: str) -> None:
+    # A notebook: pipeline.run() in one cell (inside the running loop: on plait's portal
+    # loop), `await pipeline.arun()` in the next (on the notebook's loop).
+    async def notebook() -> None:
+        _clients["shared"] = httpx.AsyncClient(base_url=url)
+        pipe = Pipeline([fetch_shared])
+        try:
+            with pytest.warns(RunningLoopWarning):
+                assert pipe.run({"n": 1}) == {"page": "1"}  # binds the client to the portal
+            with pytest.raises(RuntimeError, match="different event loop") as caught:
+                await pipe.arun({"n": 2})
+        finally:
+            del _clients["shared"]  # bound to two loops now: nothing can close it cleanly
+        notes = "\n".join(caught.value.__notes__)
+        assert "plait: node 'fetch_shared' ran on the event loop running in thread" in notes
+        assert "the caller's own" in notes
+        assert "through a Dep" in notes
+        assert "docs/notebooks.md" in notes
+
+    asyncio.run(notebook())
+
+
+def test_a_client_of_the_callers_loop_used_by_run_in_that_loop_names_the_portal(url: str) -> None:
+    async def notebook() -> None:
+        # Bound to this loop; no connection kept for the portal loop to trip over.
+        _clients["shared"] = aiohttp.ClientSession(
+            url, connector=aiohttp.TCPConnector(force_close=True)
+        )
+        pipe = Pipeline([fetch_shared])
+        try:
+            assert await pipe.arun({"n": 1}) == {"page": "1"}
+            with (
+                pytest.warns(RunningLoopWarning),
+                pytest.raises(RuntimeError, match="attached to a different loop") as caught,
+            ):
+                pipe.run({"n": 2})
+        finally:
+            await _clients.pop("shared").close()
+        notes = "\n".join(caught.value.__notes__)
+        assert "plait: node 'fetch_shared' ran on plait's portal loop, a background thread" in notes
+        assert "through a Dep" in notes
+
+    asyncio.run(notebook())
+
+
+async def dep_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        yield client
+
+
+@node(output_name="page")
+async def fetch_with_dep(n: int, client: httpx.AsyncClient = Dep(dep_client)) -> str:
+    return await get(client, f"/echo/{n}")
+
+
+@pytest.mark.parametrize("client", ["httpx", "aiohttp"])
+def test_a_dep_client_works_across_sync_and_async_calls_in_a_running_loop(
+    url: str, client: str
+) -> None:
+    # The pattern docs/notebooks.md recommends: each run sets its client up on its loop.
+    fetch = fetch_with_dep if client == "httpx" else fetch_aiohttp
+
+    async def notebook() -> None:
+        pipe = Pipeline([fetch])
+        inputs = {"base_url": url}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            assert pipe.run({**inputs, "n": 1}) == {"page": "1"}
+            assert await pipe.arun({**inputs, "n": 2}) == {"page": "2"}
+            assert pipe.map({**inputs, "n": range(20)}, map_over="n")[-1] == {"page": "19"}
+            results = await pipe.amap({**inputs, "n": range(20)}, map_over="n")
+            assert results[-1] == {"page": "19"}
+
+    asyncio.run(notebook())
+
+
+def test_describe_loop_names_the_loop_work_runs_on() -> None:
+    assert "own event loop of this thread" in describe_loop(sync=True)  # a script
+    assert describe_loop() == "no event loop (plain calls)"
+    assert "worker thread of an executor" in describe_loop(worker_thread=True)
+
+    async def on_a_worker_threads_loop() -> str:
+        return describe_loop()
+
+    async def caller() -> tuple[str, str, str]:
+        nested = await asyncio.to_thread(lambda: run_sync(on_a_worker_threads_loop()))
+        return describe_loop(), describe_loop(sync=True), nested
+
+    here, sync_here, worker = asyncio.run(caller())
+    assert "running in thread 'MainThread', the caller's own" in here
+    assert sync_here.startswith("plait's portal loop, a background thread")  # run_sync here
+    assert "own event loop of worker thread 'asyncio_" in worker
+
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+        assert "worker thread 'helper_0'" in pool.submit(describe_loop, sync=True).result()
+
+    async def portal_side() -> str:
+        return describe_loop()
+
+    async def caller_loop() -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RunningLoopWarning)
+            return run_sync(portal_side())
+
+    assert asyncio.run(caller_loop()).startswith("plait's portal loop, a background thread")
