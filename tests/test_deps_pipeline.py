@@ -24,12 +24,17 @@ def _reset() -> None:
 
 
 class Client:
+    """Bound to the loop it was made on, as httpx's and aiohttp's clients are (the real
+    ones, under every map executor: tests/engine/test_clients.py)."""
+
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.closed = False
+        self.loop = asyncio.get_running_loop()
 
     def get(self, path: str) -> str:
         assert not self.closed, "used after teardown"
+        assert asyncio.get_running_loop() is self.loop, "used on another event loop"
         return f"{self.base_url}/{path}"
 
 

@@ -743,8 +743,7 @@ def test_sequential_executor_runs_async_items_one_at_a_time() -> None:
 
 
 @pytest.mark.parametrize("kind", ["threaded", "instance"])
-@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_threaded_executor_overlaps_blocking_items(kind: str, is_async: bool) -> None:
+def test_threaded_executor_overlaps_blocking_items(kind: str) -> None:
     workers = 4
     barrier = threading.Barrier(workers)
 
@@ -752,15 +751,40 @@ def test_threaded_executor_overlaps_blocking_items(kind: str, is_async: bool) ->
         barrier.wait(timeout=5)  # only passes when `workers` items block at once
         return threading.get_ident()
 
-    async def ameet(x):
-        return meet(x)  # blocks this item's own loop in its worker thread
-
-    func = ameet if is_async else meet
     with engine_for(kind, max_workers=workers) as engine:
-        pipe = Pipeline([node(func, output_name="tid", name="meet")], engine=engine)
+        pipe = Pipeline([node(meet, output_name="tid", name="meet")], engine=engine)
         result = pipe.map({"x": range(2 * workers)}, map_over="x")
     threads = {r["tid"] for r in result}
     assert len(result) == 2 * workers
+    assert len(threads) == workers
+    assert threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize("kind", ["threaded", "instance"])
+def test_threaded_map_of_async_items_runs_them_on_its_loop_and_sync_nodes_on_threads(
+    kind: str,
+) -> None:
+    # A plan that needs a loop runs its items as tasks on the map's loop (where its
+    # deps and loop-bound clients live); its plain sync nodes still overlap on threads.
+    workers = 4
+    barrier = threading.Barrier(workers)
+
+    @node(output_name="loop_thread")
+    async def where(x):
+        await asyncio.sleep(0.001)
+        return threading.get_ident()
+
+    @node(output_name="tid")
+    def meet(loop_thread):
+        barrier.wait(timeout=5)  # only passes when `workers` sync nodes block at once
+        return threading.get_ident()
+
+    with engine_for(kind, max_workers=workers) as engine:
+        pipe = Pipeline([where, meet], engine=engine)
+        assert engine.route(pipe.graph, None, {"x": 0}).items_on_loop
+        result = pipe.map({"x": range(2 * workers)}, map_over="x")
+    assert {r["loop_thread"] for r in result} == {threading.get_ident()}  # this thread's loop
+    threads = {r["tid"] for r in result}
     assert len(threads) == workers
     assert threading.get_ident() not in threads
 
@@ -1330,10 +1354,9 @@ def test_amap_and_aimap_run_natively_without_warnings(kind: str) -> None:
     with engine_for(kind) as engine:
         caller_loop = asyncio.run(main(Pipeline([where], engine=engine)))
     assert len(loops) == 2 * len(xs)
-    if kind in ("sequential", "async"):
-        assert all(loop is caller_loop for loop in loops)  # items ran on the caller's loop
-    else:
-        assert all(loop is not caller_loop for loop in loops)  # each worker's own loop
+    # Items ran on the caller's loop, also on threads (Route.items_on_loop): loop-bound
+    # objects of that loop stay usable.
+    assert all(loop is caller_loop for loop in loops)
 
 
 def test_timeout_around_amap_cancels_the_items_in_flight() -> None:

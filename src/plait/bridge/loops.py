@@ -493,6 +493,73 @@ _abandoned_after_fork: list[object] = []
 os.register_at_fork(after_in_child=_forget_loops_after_fork)
 
 
+# --- which loop is which, in words (for notes on errors) --------------------------------
+
+#: What asyncio and the libraries on it say when an object is used on another loop.
+_LOOP_MISMATCH = ("different event loop", "attached to a different loop")
+
+
+def is_loop_mismatch(exc: BaseException) -> bool:
+    """True when ``exc`` says an object bound to one event loop was used on another."""
+    text = str(exc)
+    return any(phrase in text for phrase in _LOOP_MISMATCH)
+
+
+def describe_loop(*, sync: bool = False, worker_thread: bool = False) -> str:
+    """In words, the event loop work started here runs on, for a note on an error.
+
+    Async code runs on the loop running in this thread. With ``sync``, this is sync
+    code, and the loop is the one :func:`run_sync` called here uses (the rules in the
+    module docstring). ``worker_thread``: sync code that ran on an executor's thread
+    (not this one), where ``run_sync`` uses that thread's own loop.
+    """
+    if worker_thread:
+        return (
+            "a worker thread of an executor, where run_sync (and pipeline.run, batch) uses "
+            "that thread's own event loop"
+        )
+    running = asyncio._get_running_loop()
+    if sync and not portal.in_worker():
+        if running is None:
+            if getattr(_thread_state, "delegation", None) is not None:
+                return "the loop this thread delegates to (bridge.delegate_to)"
+            return _own_loop(threading.current_thread())
+        nested = next((k + 1 for k, p in enumerate(_portals) if p.loop is running), 0)
+        return _portal_words(nested)
+    if running is None:
+        return "no event loop (plain calls)"
+    depth = next((k for k, p in enumerate(_portals) if p.loop is running), None)
+    if depth is not None:
+        return _portal_words(depth)
+    holder: _RunnerHolder | None = getattr(_thread_state, "holder", None)
+    thread = threading.current_thread()
+    if holder is not None and getattr(holder.runner, "_loop", None) is running:
+        return _own_loop(thread)
+    if thread.name.startswith("plait-"):
+        return f"the event loop of plait's thread {thread.name!r}"
+    return (
+        f"the event loop running in thread {thread.name!r}, the caller's own (an async call: "
+        "await pipeline.arun(), await plait.abatch())"
+    )
+
+
+def _own_loop(thread: threading.Thread) -> str:
+    who = "this thread" if thread is threading.main_thread() else f"worker thread {thread.name!r}"
+    return (
+        f"the own event loop of {who}, which plait keeps for sync calls made there with no "
+        "loop running (pipeline.run() from a script or a worker thread)"
+    )
+
+
+def _portal_words(depth: int) -> str:
+    which = "portal loop" if depth == 0 else f"portal loop {depth} (a nested sync call)"
+    return (
+        f"plait's {which}, a background thread: a sync call (pipeline.run(), plait.batch(), "
+        "run_sync) was made while an event loop was running in the caller's thread, "
+        "as in a notebook cell"
+    )
+
+
 def _portal_for(running: asyncio.AbstractEventLoop) -> LoopThread:
     """The portal a sync call made on loop ``running`` goes to: never ``running`` itself."""
     with _portal_lock:

@@ -7,6 +7,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from plait.bridge import ensure_loop, loop_optional
 from plait.engine.base import Engine, MapMode, OnError, Outcome, PipelineView
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local import executors, observe
+from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.controls import NodeRuntime, timed_on_threads
 from plait.engine.local.executors import terminate_pool, worker_count
 from plait.engine.local.items import ItemRunner
@@ -44,7 +46,10 @@ class LocalEngine(Engine):
         map_executor: how :meth:`~plait.Pipeline.map` runs items. ``"sequential"``
             (default): one after another; ``"async"``: as tasks on the event loop,
             at most ``max_concurrent`` at once (the way to run 10,000 async calls);
-            ``"threaded"``: each item on a thread of a pool the engine owns;
+            ``"threaded"``: each item on a thread of a pool the engine owns (a plan
+            that needs an event loop runs items as tasks on the map's loop, where its
+            deps and loop-bound clients live, and only its plain sync nodes on the
+            threads: :attr:`Route.items_on_loop <plait.engine.local.plan.Route>`);
             ``"parallel"``: chunks of items on a process pool it owns; an
             ``Executor`` instance: each item submitted to it.
         max_workers: size of the executors the engine creates (default:
@@ -173,9 +178,15 @@ class LocalEngine(Engine):
         """
         spec = MapSpec.of(inputs, map_over, map_mode)
         route = self.route(pipeline.graph, output_name, inputs)
+        threads = None
         if not route.map_inline:
-            self.map_pool()  # created now, or refused now if this engine is closed
-        runner = ItemRunner(route, inputs, spec.names, self.runtime(route.plan))
+            pool = self.map_pool()  # created now, or refused now if this engine is closed
+            if route.items_on_loop:
+                assert pool is not None
+                route, threads = _items_route(route, pool), pool
+            elif isinstance(pool, AsyncExecutor):
+                _check_async_executor_deps(route.plan)
+        runner = ItemRunner(route, inputs, spec.names, self.runtime(route.plan, threads))
         services = observe.resolve(pipeline, self)
         if services is not None:
             runner.observe(services)
@@ -200,7 +211,22 @@ class LocalEngine(Engine):
         limit = self._max_concurrent if self._node_spec == "async" else None
         executor = None if limit is not None else self.node_pool()
         inline = executor is None and limit is None and not plan.needs_loop
-        return Route(plan, inline, inline and self._map_spec == "sequential", executor, limit)
+        map_inline = inline and self._map_spec == "sequential"
+        return Route(plan, inline, map_inline, executor, limit, self._items_on_loop(plan))
+
+    def _items_on_loop(self, plan: Plan) -> bool:
+        """Whether a map's items run as tasks on the map's loop, not on its threads.
+
+        A map executor of threads in this process (``"threaded"``, a
+        ``ThreadPoolExecutor``) would run each item on its thread's own event loop,
+        while the map's deps were set up on the map's loop and a module-global
+        client was bound to the caller's: an async client used there fails
+        ("attached to a different loop") or hangs. So when the plan needs a loop,
+        its items run on the map's loop and only its plain sync nodes go to the
+        threads; a plan of plain sync calls still runs whole items on them.
+        """
+        spec = self._map_spec
+        return plan.needs_loop and (spec == "threaded" or isinstance(spec, ThreadPoolExecutor))
 
     def node_pool(self) -> Executor | None:
         """The executor for sync nodes, created on first use; None when inline."""
@@ -237,13 +263,19 @@ class LocalEngine(Engine):
         assert pool is not None
         return pool
 
-    def runtime(self, plan: Plan) -> NodeRuntime | None:
-        """Fresh limits for one run or map of ``plan``; None when no node has controls."""
+    def runtime(self, plan: Plan, threads: Executor | None = None) -> NodeRuntime | None:
+        """Fresh limits for one run or map of ``plan``; None when no node has controls.
+
+        ``threads``: where controlled sync nodes with no executor of their own run
+        (a map's thread pool when its items run on the map's loop) instead of inline.
+        """
         if not plan.has_controls:
             return None
         chosen = [self._executor_for(step.node.options.executor) for step in plan.steps]
         for index, step in enumerate(plan.steps):
             pool = chosen[index]
+            if pool is None and threads is not None and not step.is_async:
+                chosen[index] = pool = threads
             if timed_on_threads(step) and (pool is None or pool in self._owned_threads()):
                 chosen[index] = None  # on daemon threads: see timed_on_threads
         return NodeRuntime(plan, chosen, self.timed_threads)
@@ -369,6 +401,29 @@ class LocalEngine(Engine):
         if "async" in (self._map_spec, self._node_spec):
             options.append(f"max_concurrent={self._max_concurrent}")
         return f"LocalEngine({', '.join(options)})"
+
+
+def _items_route(route: Route, pool: Executor) -> Route:
+    """The route of a map's items run on its loop (``route.items_on_loop``): plain sync
+    nodes go to the map's thread pool, unless the engine has a node executor or limit."""
+    if route.executor is not None or route.limit is not None:
+        return route
+    return replace(route, executor=pool)
+
+
+def _check_async_executor_deps(plan: Plan) -> None:
+    """An AsyncExecutor runs a map's items on its own loop: async run-scoped deps, set up
+    on the map's loop, cannot be used there."""
+    shared = [dep for dep, _ in plan.deps if dep.scope == "run" and dep.is_async]
+    if shared:
+        names = ", ".join(repr(dep) for dep in shared)
+        raise EngineError(
+            f"map_executor=AsyncExecutor(...) runs map items on its own event loop, but "
+            f"{names} is async and set up once for the map on the caller's loop: what it "
+            "yields (an async client) cannot be used on another loop. Use "
+            'map_executor="async" (items as tasks on the caller\'s loop, at most '
+            'max_concurrent at once), or give the dep scope="item"'
+        )
 
 
 def _rebuild(

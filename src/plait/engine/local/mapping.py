@@ -3,8 +3,10 @@
 How items run is decided once (:class:`~plait.engine.local.plan.Route`): a
 sequential map of an inline plan runs its items as plain calls, never
 suspending, so from sync code it needs no event loop; every other map runs
-items as tasks on the loop (``"sequential"``, ``"async"``) or as jobs on the
-map executor (threads, processes, any ``Executor``). The window bounds items in
+items as tasks on the loop (``"sequential"``, ``"async"``, and a thread pool's
+map of a plan that needs a loop: ``Route.items_on_loop``, its plain sync nodes
+then go to the pool) or as jobs on the map executor (threads, processes, any
+``Executor``). The window bounds items in
 flight plus finished items waiting to be yielded in order, so streaming a
 million items keeps memory flat.
 """
@@ -141,6 +143,8 @@ def _launcher(
     executor = engine.map_pool()
     if executor is None:
         return TaskLauncher(runner), engine.map_window(None)
+    if runner.route.items_on_loop:  # on this loop; plain sync nodes on the pool's threads
+        return TaskLauncher(runner), engine.map_window(executor)
     if isinstance(executor, ProcessPoolExecutor):
         workers = worker_count(executor, engine.max_workers)
         launcher = ProcessLauncher(

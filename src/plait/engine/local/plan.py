@@ -180,6 +180,11 @@ class Route:
     executor: Executor | None = None
     #: Nodes of a run in flight at once, sync ones on threads (``"async"`` node executor).
     limit: int | None = None
+    #: A map's items run as tasks on the map's own event loop although the map
+    #: executor is a thread pool: the plan needs a loop (async nodes, controls, async
+    #: deps), and loop-bound objects (a dep's client, a module-global one) may only be
+    #: used on the loop they belong to. Only plain sync nodes go to the pool's threads.
+    items_on_loop: bool = False
 
     @classmethod
     def in_worker(cls, plan: Plan) -> Route:

@@ -3,8 +3,11 @@
 Functions, closures and lambdas travel with cloudpickle. Each map writes its
 pickled item runner to a private temporary file once; a worker loads it on its
 first chunk of that map and keeps it, so the pipeline reaches each worker once
-whatever the number of chunks. Chunks of consecutive items come back as one
-result per item, and plait's map orders them.
+whatever the number of chunks. The file is removed when the map ends, and a
+worker then drops that runner (and the map's broadcast inputs with it) within a
+fraction of a second, idle or not: the warm pool stays, the inputs do not.
+Chunks of consecutive items come back as one result per item, and plait's map
+orders them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -189,7 +193,53 @@ def _describe_exit(code: int) -> str:
 
 # --- in the worker process -------------------------------------------------------
 
-_RUNNERS: dict[str, ItemRunner] = {}
+#: The runners of maps this worker has run chunks of: token -> (shipped file, runner).
+_RUNNERS: dict[str, tuple[str, ItemRunner]] = {}
+_runners_lock = threading.Lock()
+_releasing = False  # a thread drops the runners of finished maps
+#: How often a worker holding runners looks for maps that have ended.
+_RELEASE_POLL_SECONDS = 0.1
+
+
+def _runner(token: str, path: str) -> ItemRunner:
+    """The item runner of map ``token``: loaded from ``path`` once, kept while the map
+    runs (see :func:`_release_finished_maps`)."""
+    global _releasing
+    with _runners_lock:
+        entry = _RUNNERS.get(token)
+    if entry is not None:
+        return entry[1]
+    with open(path, "rb") as file:
+        runner: ItemRunner = pickle.load(file)
+    runner.attach_local_runtime()
+    with _runners_lock:
+        if len(_RUNNERS) >= 4:  # maps running at once from one pool: keep a few
+            _RUNNERS.pop(next(iter(_RUNNERS)))
+        _RUNNERS[token] = (path, runner)
+        if not _releasing:
+            _releasing = True
+            threading.Thread(
+                target=_release_finished_maps, name="plait-map-release", daemon=True
+            ).start()
+    return runner
+
+
+def _release_finished_maps() -> None:
+    """In a worker: drop the runner of every map whose file the parent has removed (it
+    does when the map ends), so an idle worker does not keep old broadcast inputs
+    alive; stop once none is left."""
+    global _releasing
+    while True:
+        time.sleep(_RELEASE_POLL_SECONDS)
+        with _runners_lock:
+            ended = [t for t, (path, _) in _RUNNERS.items() if not os.path.exists(path)]
+            dropped = [_RUNNERS.pop(token) for token in ended]
+            done = not _RUNNERS
+            if done:
+                _releasing = False
+        del dropped  # freed here, outside the lock
+        if done:
+            return
 
 
 def run_chunk(token: str, path: str, first: int, sent: bytes, stop_on_error: bool) -> Pickled:
@@ -199,14 +249,7 @@ def run_chunk(token: str, path: str, first: int, sent: bytes, stop_on_error: boo
     that item's error, with a note naming the output and its node, rather than a
     bare error for the whole chunk. It arrives as the plain reply.
     """
-    runner = _RUNNERS.get(token)
-    if runner is None:
-        with open(path, "rb") as file:
-            runner = pickle.load(file)
-        runner.attach_local_runtime()
-        if len(_RUNNERS) >= 4:  # keep the last few maps' pipelines
-            _RUNNERS.pop(next(iter(_RUNNERS)))
-        _RUNNERS[token] = runner
+    runner = _runner(token, path)
     items: list[tuple[Any, ...]] = pickle.loads(sent)
     results, events = run_items(runner, first, items, stop_on_error=stop_on_error)
     try:

@@ -18,9 +18,10 @@ from typing import Any
 
 from plait._text import plural, short_repr
 from plait.bridge import portal
+from plait.bridge.loops import describe_loop, is_loop_mismatch
 from plait.cache.miss import MISS
 from plait.engine.local.calls import submit_call
-from plait.engine.local.controls import NodeRuntime, call_controlled
+from plait.engine.local.controls import NodeRuntime, call_controlled, timed_on_threads
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Plan, Route, Step
@@ -137,11 +138,29 @@ def _returned_coroutine(
     return exc
 
 
-def annotate(exc: BaseException, step: Step, values: Sequence[Any]) -> None:
-    """Add a note to ``exc`` naming the node and a short repr of its inputs."""
+def annotate(
+    exc: BaseException, step: Step, values: Sequence[Any], *, worker_thread: bool = False
+) -> None:
+    """Add a note to ``exc`` naming the node and a short repr of its inputs; for an
+    object used on another event loop, a second one saying which loop the node ran on.
+
+    ``worker_thread``: the (sync) node ran on an executor's thread, not this one.
+    """
     args = ", ".join(f"{name}={short_repr(values[slot])}" for name, slot in step.arg_slots)
     outputs = ", ".join(step.node.outputs)
     exc.add_note(f"plait: raised in node {step.node.name!r} (→ {outputs}) called with ({args})")
+    if is_loop_mismatch(exc):
+        where = describe_loop(sync=not step.is_async, worker_thread=worker_thread)
+        exc.add_note(f"plait: node {step.node.name!r} ran on {where}. {LOOP_HINT}")
+
+
+#: What to do about an object bound to another event loop (docs/notebooks.md).
+LOOP_HINT = (
+    "An object bound to another event loop (a client made at import, in another notebook "
+    "cell, or by a run on another loop) cannot be used there. Give nodes their client "
+    "through a Dep, set up on the loop each run uses, or in a notebook call only the async "
+    "forms (await pipeline.arun(...), await plait.abatch(...)): see docs/notebooks.md"
+)
 
 
 class _Dataflow:
@@ -253,10 +272,20 @@ class _Dataflow:
             try:
                 result = future.result()
             except BaseException as exc:
-                annotate(exc, steps[index], self.values)
+                annotate(exc, steps[index], self.values, worker_thread=self._on_thread(index))
                 self.failing = index
                 raise
             self._finish(index, result, inline)
+
+    def _on_thread(self, index: int) -> bool:
+        """Whether step ``index`` (a task or job that finished) ran on another thread."""
+        step = self.plan.steps[index]
+        if step.is_async:
+            return False
+        if step.controlled:
+            assert self.runtime is not None
+            return self.runtime.executors[index] is not None or timed_on_threads(step)
+        return True  # a job on the executor, or to_thread under the limit
 
     def _call_inline(self, inline: deque[int]) -> None:
         """Call ready sync steps in turn until one readies an async or controlled step.
