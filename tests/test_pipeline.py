@@ -407,3 +407,50 @@ def test_engine_is_an_interface_that_points_to_local_engine() -> None:
     with pytest.raises(TypeError, match=r"use plait.LocalEngine\(...\)"):
         plait.Engine(node_executor="threaded")  # type: ignore[abstract,call-arg]
     assert isinstance(LocalEngine(), plait.Engine)
+
+
+def test_the_unused_input_warning_lists_at_most_ten_names() -> None:
+    # Issue 14 #17: one typo among 10,000 inputs made a 109,011-character warning.
+    source = "\n".join(f"def g{i}(x{i}):\n    return x{i}\n" for i in range(10_000))
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    nodes = [node(namespace[f"g{i}"], output_name=f"y{i}") for i in range(10_000)]
+    pipe = Pipeline(nodes)
+    inputs: dict[str, Any] = {f"x{i}": i for i in range(10_000)}
+    inputs["x1O"] = 0  # a typo
+    with pytest.warns(UnusedInputWarning) as record:
+        pipe.run(inputs, output_name="y1")
+    (message,) = [str(w.message) for w in record]
+    assert "input 'x1O' is not used by any node and is ignored." in message
+    assert "and 9990 more" in message
+    assert len(message) < 400
+
+
+def test_the_unused_input_warning_counts_many_unused_inputs() -> None:
+    inputs = {"x": 1, **{f"extra{i}": i for i in range(25)}}
+    with pytest.warns(UnusedInputWarning) as record:
+        Pipeline([f]).run(inputs)
+    (message,) = [str(w.message) for w in record]
+    assert message.startswith("inputs 'extra0', 'extra1'")
+    assert "and 15 more are not used by any node and are ignored." in message
+
+
+def test_repr_of_a_pipeline_whose_construction_failed() -> None:
+    # Issue 14 #18: debuggers, pytest's locals and rich tracebacks call repr on it.
+    half_built = object.__new__(Pipeline)
+    assert repr(half_built) == "<Pipeline (not built)>"
+    with pytest.raises(plait.GraphError) as info:
+        Pipeline([])
+    frames = [tb.tb_frame for tb in _traceback_entries(info.value.__traceback__)]
+    for frame in frames:
+        for value in frame.f_locals.values():
+            if isinstance(value, Pipeline):
+                assert repr(value) == "<Pipeline (not built)>"
+
+
+def _traceback_entries(tb: Any) -> list[Any]:
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    return entries

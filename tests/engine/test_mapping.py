@@ -1583,3 +1583,12 @@ def test_sync_only_sequential_map_runs_without_an_event_loop() -> None:
     assert result[0] == {"y": 1, "z": 2}
     assert result[2] == {"y": 3, "z": 4}
     assert checked.counts == Counter({"no_loop": 2 + 1 + 3, "also_no_loop": 2 + 1 + 2})
+
+
+def test_mapping_over_a_string_is_an_error_that_says_so() -> None:
+    # Issue 14 #16: a str as map_over iterated its characters.
+    pipe = Pipeline([make_pair])
+    for value in ("xyz", b"xyz"):
+        with pytest.raises(InputError, match=r"mapped input 'b' is a (str|bytes) .*one item per"):
+            pipe.map({"a": [1, 2, 3], "b": value}, map_over=["a", "b"])
+    assert pipe.map({"a": [1], "b": ["xyz"]}, map_over=["a", "b"]) == [{"pair": (1, "xyz")}]
