@@ -99,8 +99,10 @@ def test_a_run_scoped_dep_client_works_on_every_in_process_map_executor(
         threads = check(pipe.map(inputs, map_over="n"))
         if kind in ("threaded", "instance"):
             assert engine.route(pipe.graph, None, inputs).items_on_loop
-            assert threading.current_thread().name not in threads  # sync nodes: on the pool
-            assert len(threads) > 1
+            # The sync node ran on the map's pool, never on the caller's thread. (How
+            # many of its threads it used depends on timing: a free one is reused.)
+            prefix = "mine" if kind == "instance" else "plait-map"
+            assert all(name.startswith(prefix) for name in threads), threads
         # The async form, from a loop of the caller's: the same results.
         check(asyncio.run(pipe.amap(inputs, map_over="n")))
 
