@@ -26,10 +26,11 @@ import collections
 import concurrent.futures
 import contextlib
 import math
+import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, InvalidStateError
 from concurrent.futures import Future as JobFuture
 from functools import partial
@@ -238,8 +239,28 @@ def run_shipped_chunk(
             runner = _RUNNERS.setdefault(token, runner)
             while len(_RUNNERS) > _KEEP:
                 _RUNNERS.popitem(last=False)
-    reply = run_sent(runner, first, sent, stop_on_error)
+    with _uninterrupted():
+        reply = run_sent(runner, first, sent, stop_on_error)
     return reply, perf_counter() - start
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """A running chunk finishes, as in a process pool, even when its map is cancelled.
+
+    Ray cancels a running task by interrupting the worker's main thread (a
+    ``KeyboardInterrupt``, through the SIGINT handler). Raised inside plait's
+    scheduler it would leave this worker's event loop half stopped for the next
+    chunk; the chunk's items are short, and their results are discarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- Dask ------------------------------------------------------------------------------
