@@ -189,8 +189,11 @@ async def iterate(
     try:
         while True:
             while not exhausted and running + len(waiting) < window:
-                room = min(launcher.chunk_size, window - running - len(waiting))  # may adapt
-                chunk = list(itertools.islice(numbered, room))
+                size = launcher.chunk_size  # a cluster's launcher adapts it
+                room = window - running - len(waiting)
+                if room < size and running:  # a whole chunk once more items finish
+                    break
+                chunk = list(itertools.islice(numbered, min(size, room)))
                 if not chunk:
                     exhausted = True
                     break
