@@ -141,3 +141,18 @@ def test_a_dask_client_becomes_an_executor_without_importing_distributed() -> No
     spec = object()
     with pytest.raises(Exception, match="or a distributed.Client"):
         check_spec(spec, "map_executor", ("sequential",))
+
+
+def test_plait_imports_ray_only_when_a_ray_executor_starts() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, plait\n"
+        "executor = plait.RayExecutor(init_kwargs={'num_cpus': 1})\n"
+        "print('ray' in sys.modules, repr(executor))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False RayExecutor(init_kwargs={'num_cpus': 1})"

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from plait import ItemError, LocalEngine, Node, Pipeline, WorkerDiedError, node
+from plait import DiskCache, ItemError, LocalEngine, Node, Pipeline, WorkerDiedError, node
+from plait.callbacks.base import EVENTS
 from plait.engine.local.clusters import ClusterExecutor
 
 pytestmark = pytest.mark.timeout(120)
@@ -286,3 +287,46 @@ def test_the_window_comes_from_the_cluster_cpus(cluster: Any) -> None:
     assert launcher.largest == 100  # a quarter of each of 2 workers' share
     assert launcher.window == 2 * 2 * 100
     assert launcher.chunk_size == 16  # until a reply says how long an item takes
+
+
+class Recorder:
+    """Records (event, node, item, error type) of every event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def per_item(self) -> dict[Any, list[tuple[Any, ...]]]:
+        items: dict[Any, list[tuple[Any, ...]]] = {}
+        for event in self.events:
+            items.setdefault(event[2], []).append(event)
+        return items
+
+
+def _record(self: Recorder, ctx: Any) -> None:
+    error = type(ctx.error).__name__ if ctx.error is not None else None
+    self.events.append((ctx.event, ctx.node, ctx.item, error))
+
+
+for _event in EVENTS:
+    setattr(Recorder, _event, _record)
+
+
+def test_callback_events_and_a_disk_cache_rerun(cluster: Any, tmp_path: Path) -> None:
+    pipeline = failing()
+    here, there = Recorder(), Recorder()
+    inputs = {"x": range(20)}
+    local(pipeline.with_callbacks([here])).map(inputs, map_over="x", on_error="collect")
+    on(cluster, pipeline.with_callbacks([there])).map(inputs, map_over="x", on_error="collect")
+    assert there.events[0] == here.events[0]  # map_start
+    assert there.events[-1] == here.events[-1]  # map_end
+    assert there.per_item() == here.per_item()  # each item's events, in order
+
+    cache = DiskCache(tmp_path / "cache")
+    cached = Recorder()
+    first = on(cluster, pipeline.with_cache(cache)).map(inputs, map_over="x", on_error="collect")
+    again = on(cluster, pipeline.with_cache(cache).with_callbacks([cached]))
+    second = again.map(inputs, map_over="x", on_error="collect")
+    assert [type(o) for o in second] == [type(o) for o in first]
+    ends = [event[0] for event in cached.events]
+    assert ends.count("map_item_cached") == 19  # the failing item runs again, nothing else
+    assert ends.count("map_item_end") == 1
