@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench_map import fa, fb, fc
 from harness import Row, measure, row
 from plait import LocalEngine, Node, Pipeline, node
 
@@ -39,18 +40,6 @@ CPU_ITEMS = 40
 CPU_SECONDS = 0.05
 CPUS = 2
 REPEATS = 3
-
-
-def fa(x: int) -> int:
-    return x + 1
-
-
-def fb(a: int) -> int:
-    return a + 1
-
-
-def fc(b: int) -> int:
-    return b + 1
 
 
 def chain() -> list[Node]:
@@ -182,7 +171,7 @@ def dask_rows() -> list[Row]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server: any free port
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -18,7 +18,6 @@ import pytest
 from plait import LocalEngine, Pipeline, WorkerDiedError, node
 from plait.engine.local import clusters
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
-from plait.engine.local.executors import check_spec
 
 
 class PoolCluster(ClusterExecutor):
@@ -135,12 +134,6 @@ def test_a_dead_worker_names_the_items_in_flight(cluster: PoolCluster) -> None:
     pipeline = Pipeline([node(exit_on_five, output_name="y")])
     with pytest.raises(WorkerDiedError, match=r"^a Pool worker died \(BrokenProcessPool\) while"):
         pipeline.with_engine(LocalEngine(map_executor=cluster)).map({"x": range(8)}, map_over="x")
-
-
-def test_a_dask_client_becomes_an_executor_without_importing_distributed() -> None:
-    spec = object()
-    with pytest.raises(Exception, match="or a distributed.Client"):
-        check_spec(spec, "map_executor", ("sequential",))
 
 
 def test_plait_imports_ray_only_when_a_ray_executor_starts() -> None:

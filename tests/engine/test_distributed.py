@@ -274,6 +274,17 @@ def test_a_node_of_a_script_runs_on_workers_that_cannot_import_it(
     assert done.stdout.strip().splitlines()[-1] == "[{'y': 'A!'}, {'y': 'B!'}]"
 
 
+def test_a_dask_client_is_wrapped_and_stays_the_caller_s(dask_client: Any) -> None:
+    from plait.engine.local.clusters import DaskExecutor
+
+    engine = LocalEngine(dask_client, dask_client)
+    assert isinstance(engine.map_executor, DaskExecutor)
+    assert engine.map_executor.client is dask_client
+    engine.close()
+    engine.map_executor.shutdown()
+    assert dask_client.status == "running"
+
+
 def test_the_window_comes_from_the_cluster_cpus(cluster: Any) -> None:
     from plait.engine.local.clusters import ClusterLauncher
 

@@ -52,8 +52,7 @@ def check_spec(spec: object, option: str, aliases: tuple[str, ...]) -> ExecutorS
         )
     raise EngineError(
         f"{option} must be one of {quoted(aliases)} or a "
-        f"concurrent.futures.Executor instance (or a distributed.Client), "
-        f"got {type(spec).__name__}: {spec!r}"
+        f"concurrent.futures.Executor instance, got {type(spec).__name__}: {spec!r}"
     )
 
 
