@@ -7,6 +7,7 @@ real backends run the parity suite (test_distributed.py).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -27,7 +28,7 @@ class PoolCluster(ClusterExecutor):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pool = ProcessPoolExecutor(2)
+        self.pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
         self.shipped: list[bytes] = []
 
     def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
