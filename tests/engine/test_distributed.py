@@ -297,7 +297,7 @@ def test_the_window_comes_from_the_cluster_cpus(cluster: Any) -> None:
     launcher = ClusterLauncher(runner, executor, stop_on_error=True, size_hint=800)
     assert launcher.largest == 100  # a quarter of each of 2 workers' share
     assert launcher.window == 2 * 2 * 100
-    assert launcher.chunk_size == 16  # until a reply says how long an item takes
+    assert launcher.chunk_size == 100  # a map of known length starts at its largest
 
 
 class Recorder:

@@ -12,12 +12,13 @@ per map (:func:`run_shipped_chunk`). Items run through
 come back as values with their tracebacks and plait's notes, callback events are
 replayed here.
 
-Chunks are sized to the round trip: the first chunks are small and double until
-a reply says how long an item takes; from then on a chunk holds about
-:data:`ROUND_TRIPS_PER_CHUNK` round trips of work, never more than a quarter of a
-worker's share of a map of known length (so work stays balanced) nor
-:data:`MAX_CHUNK` items. The window of items in flight is sized from the
-cluster's CPUs, not this machine's.
+Chunks are sized to the round trip: once a reply says how long an item takes, a
+chunk holds about :data:`ROUND_TRIPS_PER_CHUNK` round trips of work, never more
+than a quarter of a worker's share of a map of known length (so work stays
+balanced) nor :data:`MAX_CHUNK` items. Before that, a map of known length starts
+at that quarter share; a stream of unknown length starts at :data:`FIRST_CHUNK`
+items, doubling with each chunk, so its first results come soon. The window of
+items in flight is sized from the cluster's CPUs, not this machine's.
 """
 
 from __future__ import annotations
@@ -172,11 +173,13 @@ class ClusterLauncher(ChunkLauncher):
         self.workers = workers = max(1, executor.cpus())
         share = -(-size_hint // (workers * 4)) if size_hint else MAX_CHUNK
         self.largest = max(1, min(share, MAX_CHUNK))
-        self.chunk_size = min(self.largest, FIRST_CHUNK)
+        # A map of known length starts at its largest chunk (as few tasks as a
+        # hand-written map would send); a stream starts small, so results come soon.
+        self.chunk_size = self.largest if size_hint else min(self.largest, FIRST_CHUNK)
         #: Items in flight or waiting to be yielded in order.
         self.window = 2 * workers * self.largest
         self.target = ROUND_TRIPS_PER_CHUNK * executor.round_trip  # seconds of work a chunk
-        self.per_item: float | None = None  # seconds, smoothed over replies
+        self.per_item: float | None = None  # seconds, smoothed over replies (None: none yet)
         self.token = uuid.uuid4().hex
         self.shipped: Any = executor.ship(cloudpickle.dumps(runner.for_worker()))
 
@@ -290,7 +293,18 @@ class DaskExecutor(ClusterExecutor):
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
     def _when_done(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
-        task.add_done_callback(lambda done: settle(done.result))  # on a thread of its own
+        # On the client's event loop, as its own executor does (Future._result): the
+        # results of many tasks are fetched at once. (A done-callback fetching each one
+        # with result() runs them one after another on a single thread.)
+        async def fetch() -> None:
+            try:
+                value = await task._result()
+            except BaseException as exc:
+                settle(partial(_reraise, exc))
+            else:
+                settle(lambda: value)
+
+        self.client.loop.add_callback(fetch)
 
     def _cancel(self, task: Any) -> None:
         task.cancel()
@@ -306,3 +320,7 @@ class DaskExecutor(ClusterExecutor):
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.client!r})"
+
+
+def _reraise(error: BaseException) -> Any:
+    raise error
