@@ -28,6 +28,7 @@ MODULES = {
     "cache_store": "bench_cache_store",
     "bridge": "bench_bridge",
     "llm": "bench_llm",
+    "distributed": "bench_distributed",
 }
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")

@@ -42,6 +42,7 @@ from plait.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from plait.cache import CacheStore, DiskCache, MemoryCache
+    from plait.engine.local.ray_executor import RayExecutor
     from plait.kernel import KernelClient
     from plait.session import AsyncSession
 
@@ -79,6 +80,7 @@ __all__ = [
     "Pipeline",
     "PlaitError",
     "PlaitWarning",
+    "RayExecutor",
     "RunningLoopWarning",
     "Unfingerprintable",
     "UnknownOutputError",
@@ -94,12 +96,14 @@ __all__ = [
 
 
 # Loaded on first use: the cache stores import diskcache and SQLite; the session
-# and kernel client are for notebooks, REPLs and agents.
+# and kernel client are for notebooks, REPLs and agents; RayExecutor is for clusters
+# (it imports ray only when it starts its first task).
 _LAZY = {
     "CacheStore": "plait.cache.stores",
     "DiskCache": "plait.cache.stores",
     "MemoryCache": "plait.cache.stores",
     "AsyncSession": "plait.session",
+    "RayExecutor": "plait.engine.local.ray_executor",
     "KernelClient": "plait.kernel",
 }
 _load = lazy_attributes(__name__, _LAZY)

@@ -228,28 +228,17 @@ def test_per_node_parallel_executor() -> None:
     assert result["here"] == os.getpid() != result["where"]
 
 
-def test_a_dask_distributed_executor_runs_items_on_its_workers() -> None:
-    distributed = pytest.importorskip("distributed")
+def test_a_dask_distributed_executor_runs_items_on_its_workers(dask_client: Any) -> None:
     factor = 3
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        engine = LocalEngine(map_executor=client.get_executor())
-        pipe = Pipeline([node(lambda x: (x * factor, os.getpid()), output_name="y", name="mul")])
-        result = pipe.with_engine(engine).map(inputs={"x": range(10)}, map_over="x")
-        assert [r["y"][0] for r in result] == [3 * x for x in range(10)]
-        assert os.getpid() not in {r["y"][1] for r in result}
-        inverse = Pipeline([node(lambda x: 1 / x, output_name="y", name="inv")], engine=engine)
-        with pytest.raises(ZeroDivisionError) as info:
-            inverse.map(inputs={"x": [1, 0]}, map_over="x")
-        assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
+    engine = LocalEngine(map_executor=dask_client.get_executor())
+    pipe = Pipeline([node(lambda x: (x * factor, os.getpid()), output_name="y", name="mul")])
+    result = pipe.with_engine(engine).map(inputs={"x": range(10)}, map_over="x")
+    assert [r["y"][0] for r in result] == [3 * x for x in range(10)]
+    assert os.getpid() not in {r["y"][1] for r in result}
+    inverse = Pipeline([node(lambda x: 1 / x, output_name="y", name="inv")], engine=engine)
+    with pytest.raises(ZeroDivisionError) as info:
+        inverse.map(inputs={"x": [1, 0]}, map_over="x")
+    assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
 
 
 def exit_on_three(x):

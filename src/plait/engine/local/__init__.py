@@ -4,7 +4,8 @@
 (compiled plans and their routes), ``scheduler`` (the dataflow scheduler),
 ``controls`` (retries, timeouts, limits), ``executors`` and ``async_executor``
 (where sync work runs), ``mapping``, ``items``, ``launchers`` and ``processes``
-(maps), ``resources`` and ``dep_scope`` (``Dep`` setup and teardown),
+(maps), ``clusters`` and ``ray_executor`` (maps and calls on Ray and Dask),
+``resources`` and ``dep_scope`` (``Dep`` setup and teardown),
 ``observe``, ``hooks`` and ``signatures`` (cache and callbacks around nodes).
 """
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from plait._text import did_you_mean, quoted
 from plait.engine.local.async_executor import AsyncExecutor
+from plait.engine.local.clusters import ClusterExecutor, DaskExecutor, dask_client
 from plait.errors import EngineError
 
 T = TypeVar("T")
@@ -35,9 +36,13 @@ ExecutorSpec = str | Executor
 
 
 def check_spec(spec: object, option: str, aliases: tuple[str, ...]) -> ExecutorSpec:
-    """Validate an executor option: a known alias or an Executor instance."""
+    """Validate an executor option: a known alias or an Executor instance (a
+    ``distributed.Client`` becomes one: :class:`~plait.engine.local.clusters.DaskExecutor`)."""
     if isinstance(spec, Executor):
         return spec
+    client = dask_client(spec)
+    if client is not None:
+        return DaskExecutor(client)
     if isinstance(spec, str) and spec in aliases:
         return spec
     if isinstance(spec, str):
@@ -80,6 +85,8 @@ def worker_count(executor: Executor, fallback: int | None) -> int:
     """How many jobs ``executor`` runs at once, as far as it tells."""
     if isinstance(executor, AsyncExecutor):
         return executor.max_concurrent
+    if isinstance(executor, ClusterExecutor):
+        return executor.cpus()
     count = getattr(executor, "_max_workers", None)
     return count if isinstance(count, int) and count > 0 else default_workers(fallback)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from plait.bridge import ensure_loop, loop_optional
 from plait.engine.base import ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, TOP, Enclosing
+from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner
@@ -156,6 +157,11 @@ def _launcher(
             on_abort=engine.discard_map_pool if engine.owns_map_pool() else None,
         )
         return launcher, 2 * workers * launcher.chunk_size
+    if isinstance(executor, ClusterExecutor):
+        cluster = ClusterLauncher(
+            runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
+        )
+        return cluster, cluster.window
     return ExecutorLauncher(runner, executor), engine.map_window(executor)
 
 
@@ -176,7 +182,6 @@ async def iterate(
     """
     inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
     numbered = enumerate(items)
-    size = launcher.chunk_size
     waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
     running = 0  # items in flight
     next_index = 0
@@ -184,7 +189,11 @@ async def iterate(
     try:
         while True:
             while not exhausted and running + len(waiting) < window:
-                chunk = list(itertools.islice(numbered, min(size, window - running - len(waiting))))
+                size = launcher.chunk_size  # a cluster's launcher adapts it
+                room = window - running - len(waiting)
+                if room < size and running:  # a whole chunk once more items finish
+                    break
+                chunk = list(itertools.islice(numbered, min(size, room)))
                 if not chunk:
                     exhausted = True
                     break

@@ -39,35 +39,34 @@ from plait.engine.request import annotate_item
 from plait.errors import WorkerDiedError
 
 
-class ProcessLauncher(Launcher):
-    """Submits chunks of items to a process pool."""
+class ChunkLauncher(Launcher):
+    """Chunks of consecutive items to workers in other processes, one result per item.
 
-    def __init__(
-        self,
-        runner: ItemRunner,
-        executor: Executor,
-        workers: int,
-        stop_on_error: bool,
-        size_hint: int | None,
-        on_abort: Callable[[], None] | None,
-    ) -> None:
-        self.executor = executor
+    Items are pickled here, before they are submitted, so an item that cannot go
+    fails alone with a note naming its input; replies carry the items' results
+    (errors as values, with their tracebacks) and the events to replay here.
+    Subclasses say how a chunk is submitted and which failure means a dead worker.
+    """
+
+    def __init__(self, runner: ItemRunner, stop_on_error: bool) -> None:
         self.stop_on_error = stop_on_error
-        # About four chunks per worker: few round trips, yet work stays balanced.
-        per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
-        self.chunk_size = max(1, min(per_worker, 256))
-        self.token = uuid.uuid4().hex
         self.replayer = runner.replayer()
-        self.on_abort = on_abort
-        self.in_flight: dict[int, int] = {}  # first item -> last item of running chunks
-        self.broken = False
-        # Worker processes seen so far: the pool forgets a dead one before we ask.
-        self.processes: dict[int, Any] = {}
         self.names = runner.names
+        self.in_flight: dict[int, int] = {}  # first item -> last item of running chunks
         self.unsent: set[int] = set()  # items that could not be pickled, failed here
-        fd, self.path = tempfile.mkstemp(prefix="plait-map-", suffix=".pkl")  # mode 0600
-        with os.fdopen(fd, "wb") as file:
-            cloudpickle.dump(runner.for_worker(), file)
+
+    def submit(self, first: int, items: bytes) -> JobFuture[Any]:
+        """Start the chunk of pickled ``items`` whose first item is ``first``."""
+        raise NotImplementedError
+
+    def died(self, error: Exception) -> WorkerDiedError | None:
+        """The error to raise when ``error`` (a chunk's failure) means a worker died."""
+        return None
+
+    def reply(self, value: Any, chunk: Chunk) -> Reply:
+        """A finished chunk's value as the worker's reply."""
+        reply: Reply = value
+        return reply
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         first = chunk[0][0]
@@ -76,12 +75,8 @@ class ProcessLauncher(Launcher):
         except Exception:
             self._launch_apart(inflight, chunk)
             return
-        job = self.executor.submit(
-            run_chunk, self.token, self.path, first, items, self.stop_on_error
-        )
-        inflight.add_job(job, chunk)
+        inflight.add_job(self.submit(first, items), chunk)
         self.in_flight[first] = chunk[-1][0]
-        self.processes.update(getattr(self.executor, "_processes", None) or {})
 
     def _launch_apart(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         """A chunk with an item that cannot be pickled: that item fails here, with a
@@ -110,23 +105,67 @@ class ProcessLauncher(Launcher):
             self.unsent.discard(chunk[0][0])
             return super().results(future, chunk)
         try:
-            reply: Reply = future.result()
-            results, events = reply
-        except BrokenProcessPool:
-            self.broken = True
-            spans = ", ".join(
-                str(a) if a == b else f"{a}-{b}" for a, b in sorted(self.in_flight.items())
-            )
-            raise WorkerDiedError(
-                f"a worker process died ({_exit_codes(self.processes)}) while map items {spans} "
-                "were in flight; one of them was running in it when it was killed or crashed "
-                "(out of memory, a segfault in an extension, os._exit). Those items are lost; "
-                "a pool the engine owns is replaced on the next map."
-            ) from None
+            results, events = self.reply(future.result(), chunk)
+        except Exception as exc:
+            dead = self.died(exc)
+            if dead is None:
+                raise
+            raise dead from None
         del self.in_flight[chunk[0][0]]
         if self.replayer is not None:
             self.replayer.replay(events)
         return results
+
+    def spans(self) -> str:
+        """The items in flight, as ranges: ``0-15, 32-47``."""
+        return ", ".join(
+            str(a) if a == b else f"{a}-{b}" for a, b in sorted(self.in_flight.items())
+        )
+
+
+class ProcessLauncher(ChunkLauncher):
+    """Submits chunks of items to a process pool."""
+
+    def __init__(
+        self,
+        runner: ItemRunner,
+        executor: Executor,
+        workers: int,
+        stop_on_error: bool,
+        size_hint: int | None,
+        on_abort: Callable[[], None] | None,
+    ) -> None:
+        super().__init__(runner, stop_on_error)
+        self.executor = executor
+        # About four chunks per worker: few round trips, yet work stays balanced.
+        per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
+        self.chunk_size = max(1, min(per_worker, 256))
+        self.token = uuid.uuid4().hex
+        self.on_abort = on_abort
+        self.broken = False
+        # Worker processes seen so far: the pool forgets a dead one before we ask.
+        self.processes: dict[int, Any] = {}
+        fd, self.path = tempfile.mkstemp(prefix="plait-map-", suffix=".pkl")  # mode 0600
+        with os.fdopen(fd, "wb") as file:
+            cloudpickle.dump(runner.for_worker(), file)
+
+    def submit(self, first: int, items: bytes) -> JobFuture[Any]:
+        job = self.executor.submit(
+            run_chunk, self.token, self.path, first, items, self.stop_on_error
+        )
+        self.processes.update(getattr(self.executor, "_processes", None) or {})
+        return job
+
+    def died(self, error: Exception) -> WorkerDiedError | None:
+        if not isinstance(error, BrokenProcessPool):
+            return None
+        self.broken = True
+        return WorkerDiedError(
+            f"a worker process died ({_exit_codes(self.processes)}) while map items "
+            f"{self.spans()} were in flight; one of them was running in it when it was "
+            "killed or crashed (out of memory, a segfault in an extension, os._exit). Those "
+            "items are lost; a pool the engine owns is replaced on the next map."
+        )
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
         # An owned pool is stopped hard, so no chunk keeps running in a worker: its
@@ -243,13 +282,17 @@ def _release_finished_maps() -> None:
 
 
 def run_chunk(token: str, path: str, first: int, sent: bytes, stop_on_error: bool) -> Pickled:
-    """Run consecutive items in a worker (see :func:`~plait.engine.local.mapping.run_items`).
+    """Run consecutive items in a worker (see :func:`~plait.engine.local.items.run_items`)."""
+    return run_sent(_runner(token, path), first, sent, stop_on_error)
+
+
+def run_sent(runner: ItemRunner, first: int, sent: bytes, stop_on_error: bool) -> Pickled:
+    """Run the pickled items ``sent``, the first of them item ``first``, in a worker.
 
     The reply is pickled here: an item whose outputs cannot be pickled becomes
     that item's error, with a note naming the output and its node, rather than a
     bare error for the whole chunk. It arrives as the plain reply.
     """
-    runner = _runner(token, path)
     items: list[tuple[Any, ...]] = pickle.loads(sent)
     results, events = run_items(runner, first, items, stop_on_error=stop_on_error)
     try:

@@ -1,0 +1,326 @@
+"""Maps on a cluster (Ray, Dask): the pipeline shipped once per map, items in chunks.
+
+A :class:`ClusterExecutor` is a ``concurrent.futures.Executor`` over a cluster's
+tasks (:class:`~plait.engine.local.ray_executor.RayExecutor`, :class:`DaskExecutor`
+around a ``distributed.Client``), so it serves as a node executor like any other.
+A map on one runs through :class:`ClusterLauncher`: the map's item runner is
+cloudpickled once and put on the cluster once (``ray.put``,
+``client.scatter(broadcast=True)``); each task then carries a chunk of
+consecutive items and a reference to it, and a worker unpickles the runner once
+per map (:func:`run_shipped_chunk`). Items run through
+:func:`~plait.engine.local.items.run_items` as in a local process pool: errors
+come back as values with their tracebacks and plait's notes, callback events are
+replayed here.
+
+Chunks are sized to the round trip: once a reply says how long an item takes, a
+chunk holds about :data:`ROUND_TRIPS_PER_CHUNK` round trips of work, never more
+than a quarter of a worker's share of a map of known length (so work stays
+balanced) nor :data:`MAX_CHUNK` items. Before that, a map of known length starts
+at that quarter share; a stream of unknown length starts at :data:`FIRST_CHUNK`
+items, doubling with each chunk, so its first results come soon. The window of
+items in flight is sized from the cluster's CPUs, not this machine's.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import math
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, InvalidStateError
+from concurrent.futures import Future as JobFuture
+from functools import partial
+from time import perf_counter
+from typing import Any, TypeVar
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from plait.engine.local.items import ItemRunner, Reply
+from plait.engine.local.launchers import Chunk
+from plait.engine.local.processes import ChunkLauncher, Pickled, run_sent
+from plait.errors import WorkerDiedError
+
+T = TypeVar("T")
+
+#: Items per chunk, at most.
+MAX_CHUNK = 4096
+#: Items in the first chunks of a map, before any item's duration is known.
+FIRST_CHUNK = 16
+#: Work per chunk, in round trips: the round trip then costs about 5% of a chunk.
+ROUND_TRIPS_PER_CHUNK = 20
+
+
+class ClusterExecutor(Executor):
+    """An executor whose calls run as tasks on a cluster, and what a map needs to know
+    of that cluster.
+
+    ``submit`` returns a ``concurrent.futures.Future`` that is never marked running:
+    ``cancel()`` always succeeds until the task has finished, and cancels the task
+    (one still queued never runs). A failed call's future holds the call's own
+    exception, not the backend's wrapper of it. Backends say how a task starts,
+    how it ends, and how it is cancelled.
+    """
+
+    #: The backend's name, for messages.
+    backend = "cluster"
+    #: Seconds one task's round trip (submit to result) costs on this backend.
+    round_trip = 0.003
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[JobFuture[Any]] = set()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> JobFuture[T]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        task = self._start(fn, args, kwargs)
+        future: JobFuture[T] = JobFuture()
+        with self._lock:
+            self._futures.add(future)
+
+        def finished(done: JobFuture[T]) -> None:
+            with self._lock:
+                self._futures.discard(done)
+            if done.cancelled():
+                self._cancel(task)
+
+        future.add_done_callback(finished)
+        self._when_done(task, partial(self._settle, future))
+        return future
+
+    def _settle(self, future: JobFuture[Any], outcome: Callable[[], Any]) -> None:
+        """Give ``future`` its task's outcome (``outcome()`` returns or raises it)."""
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            try:
+                value = outcome()
+            except BaseException as exc:
+                error = self._unwrap(exc)
+                if error is None:
+                    future.cancel()
+                else:
+                    future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more tasks; ``cancel_futures`` cancels those not finished; ``wait`` waits
+        for the rest."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+        self._stop()
+
+    # --- what a backend provides ------------------------------------------------------
+
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Start the task ``fn(*args, **kwargs)``; its handle."""
+        raise NotImplementedError
+
+    def _when_done(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
+        """Call ``settle(outcome)`` once ``task`` has ended; ``outcome()`` returns its value
+        or raises its error."""
+        raise NotImplementedError
+
+    def _cancel(self, task: Any) -> None:
+        raise NotImplementedError
+
+    def _unwrap(self, error: BaseException) -> BaseException | None:
+        """The exception a failed task's future holds; None when it was cancelled."""
+        return None if isinstance(error, concurrent.futures.CancelledError) else error
+
+    def _stop(self) -> None:
+        """After shutdown: release what this executor started."""
+
+    def cpus(self) -> int:
+        """How many tasks the cluster runs at once."""
+        raise NotImplementedError
+
+    def ship(self, blob: bytes) -> Any:
+        """Put ``blob`` on the cluster once; a task given the handle returned receives
+        ``blob`` itself."""
+        raise NotImplementedError
+
+    def dead_worker(self, error: BaseException) -> bool:
+        """True when a task failed with ``error`` because its worker died."""
+        raise NotImplementedError
+
+
+class ClusterLauncher(ChunkLauncher):
+    """Submits chunks of a map's items to a :class:`ClusterExecutor`."""
+
+    def __init__(
+        self,
+        runner: ItemRunner,
+        executor: ClusterExecutor,
+        stop_on_error: bool,
+        size_hint: int | None,
+    ) -> None:
+        super().__init__(runner, stop_on_error)
+        self.executor = executor
+        self.workers = workers = max(1, executor.cpus())
+        share = -(-size_hint // (workers * 4)) if size_hint else MAX_CHUNK
+        self.largest = max(1, min(share, MAX_CHUNK))
+        # A map of known length starts at its largest chunk (as few tasks as a
+        # hand-written map would send); a stream starts small, so results come soon.
+        self.chunk_size = self.largest if size_hint else min(self.largest, FIRST_CHUNK)
+        #: Items in flight or waiting to be yielded in order.
+        self.window = 2 * workers * self.largest
+        self.target = ROUND_TRIPS_PER_CHUNK * executor.round_trip  # seconds of work a chunk
+        self.per_item: float | None = None  # seconds, smoothed over replies (None: none yet)
+        self.token = uuid.uuid4().hex
+        self.shipped: Any = executor.ship(cloudpickle.dumps(runner.for_worker()))
+
+    def submit(self, first: int, items: bytes) -> JobFuture[Any]:
+        job = self.executor.submit(
+            run_shipped_chunk, self.token, self.shipped, first, items, self.stop_on_error
+        )
+        if self.per_item is None:  # no duration known yet: grow, as TCP's slow start
+            self.chunk_size = min(self.largest, 2 * self.chunk_size)
+        return job
+
+    def reply(self, value: Any, chunk: Chunk) -> Reply:
+        reply, seconds = value
+        per_item = seconds / len(chunk)
+        smoothed = per_item if self.per_item is None else (self.per_item + per_item) / 2
+        self.per_item = smoothed
+        wanted = math.ceil(self.target / smoothed) if smoothed > 0 else self.largest
+        self.chunk_size = max(1, min(wanted, self.largest))
+        result: Reply = reply
+        return result
+
+    def died(self, error: Exception) -> WorkerDiedError | None:
+        if not self.executor.dead_worker(error):
+            return None
+        return WorkerDiedError(
+            f"a {self.executor.backend} worker died ({type(error).__name__}) while map items "
+            f"{self.spans()} were in flight; one of them was running in it when it was killed "
+            "or crashed (out of memory, a segfault in an extension, os._exit). Those items "
+            "are lost."
+        )
+
+    def close(self) -> None:
+        """Let the cluster free the shipped runner."""
+        self.shipped = None
+
+
+# --- on a worker of the cluster -----------------------------------------------------
+
+#: The runners of maps this worker has run chunks of, newest last: token -> runner.
+_RUNNERS: collections.OrderedDict[str, ItemRunner] = collections.OrderedDict()
+_runners_lock = threading.Lock()
+#: Maps whose runners a worker keeps at once (a map's runner holds its broadcast inputs).
+_KEEP = 4
+
+
+def run_shipped_chunk(
+    token: str, shipped: bytes, first: int, sent: bytes, stop_on_error: bool
+) -> tuple[Pickled, float]:
+    """On a worker: run a chunk of the map ``token`` whose runner was shipped as
+    ``shipped``; the reply, and the seconds its items took."""
+    with _runners_lock:
+        runner = _RUNNERS.get(token)
+        if runner is not None:
+            _RUNNERS.move_to_end(token)
+    if runner is None:
+        runner = cloudpickle.loads(shipped)
+        runner.attach_local_runtime()
+        with _runners_lock:
+            runner = _RUNNERS.setdefault(token, runner)
+            while len(_RUNNERS) > _KEEP:
+                _RUNNERS.popitem(last=False)
+    start = perf_counter()  # the items' time, not the runner's first load
+    with _uninterrupted():
+        reply = run_sent(runner, first, sent, stop_on_error)
+    return reply, perf_counter() - start
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """A running chunk finishes, as in a process pool, even when its map is cancelled.
+
+    Ray cancels a running task by interrupting the worker's main thread (a
+    ``KeyboardInterrupt``, through the SIGINT handler). Raised inside plait's
+    scheduler it would leave this worker's event loop half stopped for the next
+    chunk; the chunk's items are short, and their results are discarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- Dask ------------------------------------------------------------------------------
+
+
+def dask_client(spec: object) -> Any:
+    """``spec`` when it is a ``distributed.Client`` (without importing distributed)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is not None and isinstance(spec, distributed.Client):
+        return spec
+    return None
+
+
+class DaskExecutor(ClusterExecutor):
+    """A ``distributed.Client`` as an executor: what ``LocalEngine`` makes of a client
+    given as ``map_executor`` or ``node_executor``. The client stays the caller's:
+    :meth:`shutdown` cancels or waits for this executor's tasks, never closes it."""
+
+    backend = "Dask"
+    round_trip = 0.02  # submit to result on a LocalCluster of processes: 11-20 ms
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def _when_done(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
+        # On the client's event loop, as its own executor does (Future._result): the
+        # results of many tasks are fetched at once. (A done-callback fetching each one
+        # with result() runs them one after another on a single thread.)
+        async def fetch() -> None:
+            try:
+                value = await task._result()
+            except BaseException as exc:
+                settle(partial(_reraise, exc))
+            else:
+                settle(lambda: value)
+
+        self.client.loop.add_callback(fetch)
+
+    def _cancel(self, task: Any) -> None:
+        task.cancel()
+
+    def cpus(self) -> int:
+        return sum(self.client.nthreads().values()) or 1
+
+    def ship(self, blob: bytes) -> Any:
+        return self.client.scatter(blob, broadcast=True, hash=False)
+
+    def dead_worker(self, error: BaseException) -> bool:
+        return isinstance(error, sys.modules["distributed"].KilledWorker)
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.client!r})"
+
+
+def _reraise(error: BaseException) -> Any:
+    raise error

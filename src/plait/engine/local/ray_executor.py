@@ -1,0 +1,121 @@
+"""RayExecutor: a ``concurrent.futures.Executor`` over Ray tasks.
+
+Ray is imported on first use, and started then unless it already runs in this
+process. As a map executor, a map ships its pipeline once and its items in chunks
+(:mod:`plait.engine.local.clusters`); as a node executor, each call is a task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from plait.engine.local.clusters import ClusterExecutor
+
+
+class RayExecutor(ClusterExecutor):
+    """Runs each submitted call as a Ray task.
+
+    Args:
+        address: the cluster to connect to (``"auto"``, ``"ray://head:10001"``);
+            None starts a local Ray unless one runs in this process already.
+        init_kwargs: more arguments for ``ray.init`` (``runtime_env``,
+            ``num_cpus`` ...). A local Ray this executor starts has its dashboard
+            off unless ``include_dashboard`` says otherwise.
+        ray_options: options for every task (``num_cpus``, ``resources``,
+            ``runtime_env``, ``max_retries`` ...). Tasks are not retried unless
+            ``max_retries`` says so: a chunk of map items that ran halfway would
+            run its items again.
+
+    Ray is started on the first :meth:`submit` (or map), not here. :meth:`shutdown`
+    stops Ray if this executor started it. ``cancel()`` on a future cancels its
+    task: one still queued never runs, a running one is interrupted
+    (``ray.cancel``).
+
+        >>> engine = LocalEngine(map_executor=RayExecutor(init_kwargs={"num_cpus": 4}))
+    """
+
+    backend = "Ray"
+    round_trip = 0.003  # submit to result on a local Ray: 1.5-3 ms
+
+    def __init__(
+        self,
+        address: str | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+        ray_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.address = address
+        self.init_kwargs = dict(init_kwargs or {})
+        self.ray_options = dict(ray_options or {})
+        self._remote: Any = None
+        self._started = False  # this executor called ray.init
+
+    def _ray(self) -> Any:
+        """The ray module, with Ray running and this executor's task defined."""
+        ray = importlib.import_module("ray")
+        if self._remote is not None:
+            return ray
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._remote is None:
+                if not ray.is_initialized():
+                    kwargs = dict(self.init_kwargs)
+                    if self.address is None:
+                        kwargs.setdefault("include_dashboard", False)
+                    ray.init(address=self.address, **kwargs)
+                    self._started = True
+                options = {"max_retries": 0, **self.ray_options}
+                self._remote = ray.remote(_call).options(**options)
+        return ray
+
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._ray()
+        return self._remote.remote(fn, *args, **kwargs)
+
+    def _when_done(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
+        task.future().add_done_callback(lambda done: settle(done.result))
+
+    def _cancel(self, task: Any) -> None:
+        importlib.import_module("ray").cancel(task)
+
+    def _unwrap(self, error: BaseException) -> BaseException | None:
+        exceptions = importlib.import_module("ray.exceptions")
+        if isinstance(error, exceptions.TaskCancelledError):
+            return None
+        cause = getattr(error, "cause", None)
+        if isinstance(error, exceptions.RayTaskError) and isinstance(cause, BaseException):
+            return cause  # the call's own exception, not Ray's wrapper of it
+        return super()._unwrap(error)
+
+    def _stop(self) -> None:
+        if self._started:
+            importlib.import_module("ray").shutdown()
+
+    def cpus(self) -> int:
+        ray = self._ray()
+        per_task = float(self.ray_options.get("num_cpus", 1)) or 1.0
+        return max(1, int(ray.cluster_resources().get("CPU", 1) // per_task))
+
+    def ship(self, blob: bytes) -> Any:
+        return self._ray().put(blob)
+
+    def dead_worker(self, error: BaseException) -> bool:
+        exceptions = importlib.import_module("ray.exceptions")
+        died = (exceptions.WorkerCrashedError, exceptions.NodeDiedError)
+        return isinstance(error, died)
+
+    def __repr__(self) -> str:
+        options = [f"address={self.address!r}"] if self.address else []
+        if self.init_kwargs:
+            options.append(f"init_kwargs={self.init_kwargs!r}")
+        if self.ray_options:
+            options.append(f"ray_options={self.ray_options!r}")
+        return f"RayExecutor({', '.join(options)})"
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The Ray task: one call."""
+    return fn(*args, **kwargs)

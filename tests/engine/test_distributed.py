@@ -1,0 +1,343 @@
+"""One parity suite: the same pipelines on LocalEngine, on RayExecutor and on a Dask
+cluster of worker processes, with identical outputs, exceptions, notes and ItemErrors.
+
+Each cluster starts once per test session (``tests/engine/conftest.py``). Ray tests
+are marked ``ray`` and run only inside a private network namespace (``make
+test-ray``); Dask's LocalCluster binds loopback and runs in the default suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from plait import DiskCache, ItemError, LocalEngine, Node, Pipeline, WorkerDiedError, node
+from plait.callbacks.base import EVENTS
+from plait.engine.local.clusters import ClusterExecutor
+
+pytestmark = pytest.mark.timeout(120)
+
+BACKENDS = ["dask", pytest.param("ray", marks=pytest.mark.ray)]
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster(request: pytest.FixtureRequest) -> Any:
+    """The executor (or Dask client) of the backend under test."""
+    name = "ray_executor" if request.param == "ray" else "dask_client"
+    return request.getfixturevalue(name)
+
+
+def on(cluster: Any, pipeline: Pipeline) -> Pipeline:
+    return pipeline.with_engine(LocalEngine(map_executor=cluster))
+
+
+def local(pipeline: Pipeline) -> Pipeline:
+    return pipeline.with_engine(LocalEngine())
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def nodes() -> list[Node]:
+    """Sync, async and tuple-output nodes (defined here: they travel by value)."""
+
+    @node(output_name="doubled")
+    def double(x: int, k: int) -> int:
+        return k * x
+
+    @node(output_name=("half", "rest"))
+    def split(doubled: int) -> tuple[int, int]:
+        return divmod(doubled, 2)
+
+    @node(output_name="total")
+    async def add(half: int, rest: int, y: int = 0) -> int:
+        await asyncio.sleep(0)
+        return half + rest + y
+
+    return [double, split, add]
+
+
+def failing() -> Pipeline:
+    @node(output_name="y")
+    def check(x: int) -> int:
+        if x % 40 == 13:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    @node(output_name="z")
+    async def after(y: int) -> int:
+        return y + 1
+
+    return Pipeline([check, after])
+
+
+def same_errors(got: ItemError | BaseException, want: ItemError | BaseException) -> None:
+    if isinstance(want, ItemError):
+        assert isinstance(got, ItemError)
+        assert (got.index, got.inputs) == (want.index, want.inputs)
+        same_errors(got.exception, want.exception)
+        assert "in check" in got.traceback
+        assert "ValueError: bad item" in got.traceback
+        return
+    assert type(got) is type(want)
+    assert str(got) == str(want)
+    assert got.__notes__ == want.__notes__
+
+
+def test_outputs_bound_inputs_and_output_name(cluster: Any) -> None:
+    pipeline = Pipeline(nodes()).bind(k=3)
+    inputs = {"x": range(20), "y": 5}
+    want = local(pipeline).map(inputs, map_over="x")
+    assert on(cluster, pipeline).map(inputs, map_over="x") == want
+    assert want[1] == {"doubled": 3, "half": 1, "rest": 1, "total": 7}
+    chosen = on(cluster, pipeline).map(inputs, map_over="x", output_name="half")
+    assert chosen == local(pipeline).map(inputs, map_over="x", output_name="half")
+
+
+def test_product_mode_and_an_empty_map(cluster: Any) -> None:
+    pipeline = Pipeline(nodes())
+    inputs = {"x": [1, 2, 3], "k": [10, 20]}
+    want = local(pipeline).map(inputs, map_over=["x", "k"], map_mode="product")
+    assert on(cluster, pipeline).map(inputs, map_over=["x", "k"], map_mode="product") == want
+    assert len(want) == 6
+    assert on(cluster, pipeline).map({"x": [], "k": 1}, map_over="x") == []
+
+
+def test_values_travel_as_python_objects(cluster: Any) -> None:
+    @node(output_name=("point", "mapping", "pair", "nothing", "array"))
+    def shapes(x: int) -> tuple[Any, ...]:
+        return Point(x, -x), {"x": x}, (x, str(x)), None, np.arange(x)
+
+    got = on(cluster, Pipeline([shapes])).map({"x": range(4)}, map_over="x")
+    want = local(Pipeline([shapes])).map({"x": range(4)}, map_over="x")
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        assert (a["point"], a["mapping"], a["pair"], a["nothing"]) == (
+            b["point"],
+            b["mapping"],
+            b["pair"],
+            b["nothing"],
+        )
+        assert isinstance(a["pair"], tuple)
+        assert isinstance(a["point"], Point)
+        assert np.array_equal(a["array"], b["array"])
+
+
+def test_collect_three_of_a_hundred_failing(cluster: Any) -> None:
+    pipeline = failing()
+    got = on(cluster, pipeline).map({"x": range(100)}, map_over="x", on_error="collect")
+    want = local(pipeline).map({"x": range(100)}, map_over="x", on_error="collect")
+    errors = [i for i, outcome in enumerate(want) if isinstance(outcome, ItemError)]
+    assert errors == [13, 53, 93]
+    for a, b in zip(got, want, strict=True):
+        if isinstance(b, ItemError):
+            same_errors(a, b)
+        else:
+            assert a == b
+
+
+def test_raise_carries_the_same_type_and_notes(cluster: Any) -> None:
+    pipeline = failing()
+    with pytest.raises(ValueError, match="bad item 13") as want:
+        local(pipeline).map({"x": range(100)}, map_over="x")
+    with pytest.raises(ValueError, match="bad item") as got:
+        on(cluster, pipeline).map({"x": range(100)}, map_over="x")
+    # Fail-fast: the first failure to arrive may be another failing item's.
+    index = int(str(got.value).rsplit(" ", 1)[1])
+    assert index in (13, 53, 93)
+    assert got.value.__notes__ == [
+        f"plait: raised in node 'check' (→ y) called with (x={index})",
+        f"plait: in map item {index} with inputs (x={index})",
+    ]
+    assert want.value.__notes__ == [
+        "plait: raised in node 'check' (→ y) called with (x=13)",
+        "plait: in map item 13 with inputs (x=13)",
+    ]
+
+
+def test_imap_ordered_unordered_and_leaving_early(cluster: Any) -> None:
+    pipeline = on(cluster, Pipeline(nodes()).bind(k=2))
+    want = local(Pipeline(nodes()).bind(k=2)).map({"x": range(50)}, map_over="x")
+    ordered = list(pipeline.imap({"x": range(50)}, map_over="x", ordered=True))
+    assert [i for i, _ in ordered] == list(range(50))
+    assert [out for _, out in ordered] == want
+    unordered = sorted(pipeline.imap({"x": range(50)}, map_over="x"), key=lambda pair: pair[0])
+    assert [out for _, out in unordered] == want
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    start = time.monotonic()
+    stream = pipeline.imap({"x": endless()}, map_over="x", ordered=True)
+    first = [out["total"] for _, (_, out) in zip(range(5), stream, strict=False)]
+    stream.close()  # type: ignore[attr-defined]
+    assert first == [0, 1, 2, 3, 4]
+    assert time.monotonic() - start < 30
+    assert pipeline.map({"x": [1]}, map_over="x")[0]["doubled"] == 2  # still usable
+
+
+def test_a_node_executor_runs_calls_as_tasks(cluster: Any) -> None:
+    @node(output_name="pid")
+    def where(x: int) -> int:
+        if x < 0:
+            raise KeyError(x)
+        return os.getpid()
+
+    pipeline = Pipeline([where], engine=LocalEngine(node_executor=cluster))
+    assert pipeline.run({"x": 1})["pid"] != os.getpid()
+    with pytest.raises(KeyError) as info:
+        pipeline.run({"x": -1})
+    assert info.value.__notes__ == ["plait: raised in node 'where' (→ pid) called with (x=-1)"]
+
+
+def test_a_dead_worker_is_a_worker_died_error_naming_the_items(cluster: Any) -> None:
+    @node(output_name="y")
+    def crash(x: int) -> int:
+        if x == 3:
+            os._exit(7)
+        return x
+
+    pipeline = on(cluster, Pipeline([crash]))
+    with pytest.raises(WorkerDiedError) as info:
+        pipeline.map({"x": range(8)}, map_over="x")
+    message = str(info.value)
+    assert re.match(r"a (Ray|Dask) worker died \((WorkerCrashedError|KilledWorker)\)", message)
+    spans = re.search(r"while map items ([0-9, -]+) were in flight", message)
+    assert spans is not None
+    in_flight = set()
+    for span in spans.group(1).split(", "):
+        first, _, last = span.partition("-")
+        in_flight.update(range(int(first), int(last or first) + 1))
+    assert 3 in in_flight
+    if not isinstance(cluster, ClusterExecutor):  # a Dask client: its nanny restarts the worker
+        cluster.wait_for_workers(2, timeout=30)
+    assert pipeline.map({"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]  # recovers
+
+
+SCRIPT = """
+import sys
+from plait import LocalEngine, Pipeline, node
+
+@node(output_name="y")
+def shout(word):
+    return word.upper() + "!"
+
+def executor():
+    if sys.argv[1] == "ray":
+        from plait import RayExecutor
+        return RayExecutor(address=sys.argv[2])
+    from distributed import Client
+    return Client(sys.argv[2])
+
+pipeline = Pipeline([shout], engine=LocalEngine(map_executor=executor()))
+print(pipeline.map({"word": ["a", "b"]}, map_over="word"))
+"""
+
+
+def test_a_node_of_a_script_runs_on_workers_that_cannot_import_it(
+    cluster: Any, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    if isinstance(cluster, ClusterExecutor):  # RayExecutor
+        import ray
+
+        backend, address = "ray", ray.get_runtime_context().gcs_address
+    else:
+        backend, address = "dask", cluster.scheduler.address
+    done = subprocess.run(
+        [sys.executable, str(script), backend, address],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[{'y': 'A!'}, {'y': 'B!'}]"
+
+
+def test_a_dask_client_is_wrapped_and_stays_the_caller_s(dask_client: Any) -> None:
+    from plait.engine.local.clusters import DaskExecutor
+
+    engine = LocalEngine(dask_client, dask_client)
+    assert isinstance(engine.map_executor, DaskExecutor)
+    assert engine.map_executor.client is dask_client
+    engine.close()
+    engine.map_executor.shutdown()
+    assert dask_client.status == "running"
+
+
+def test_the_window_comes_from_the_cluster_cpus(cluster: Any) -> None:
+    from plait.engine.local.clusters import ClusterLauncher
+
+    executor = LocalEngine(map_executor=cluster).map_pool()
+    assert isinstance(executor, ClusterExecutor)
+    assert executor.cpus() == 2
+    pipeline = Pipeline(nodes()).bind(k=1)
+    runner: Any = type("Runner", (), {"names": ("x",), "replayer": lambda self: None})()
+    runner.for_worker = lambda: pipeline  # anything picklable: not run here
+    launcher = ClusterLauncher(runner, executor, stop_on_error=True, size_hint=800)
+    assert launcher.largest == 100  # a quarter of each of 2 workers' share
+    assert launcher.window == 2 * 2 * 100
+    assert launcher.chunk_size == 100  # a map of known length starts at its largest
+
+
+class Recorder:
+    """Records (event, node, item, error type) of every event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def per_item(self) -> dict[Any, list[tuple[Any, ...]]]:
+        items: dict[Any, list[tuple[Any, ...]]] = {}
+        for event in self.events:
+            items.setdefault(event[2], []).append(event)
+        return items
+
+
+def _record(self: Recorder, ctx: Any) -> None:
+    error = type(ctx.error).__name__ if ctx.error is not None else None
+    self.events.append((ctx.event, ctx.node, ctx.item, error))
+
+
+for _event in EVENTS:
+    setattr(Recorder, _event, _record)
+
+
+def test_callback_events_and_a_disk_cache_rerun(cluster: Any, tmp_path: Path) -> None:
+    pipeline = failing()
+    here, there = Recorder(), Recorder()
+    inputs = {"x": range(20)}
+    local(pipeline.with_callbacks([here])).map(inputs, map_over="x", on_error="collect")
+    on(cluster, pipeline.with_callbacks([there])).map(inputs, map_over="x", on_error="collect")
+    assert there.events[0] == here.events[0]  # map_start
+    assert there.events[-1] == here.events[-1]  # map_end
+    assert there.per_item() == here.per_item()  # each item's events, in order
+
+    cache = DiskCache(tmp_path / "cache")
+    cached = Recorder()
+    first = on(cluster, pipeline.with_cache(cache)).map(inputs, map_over="x", on_error="collect")
+    again = on(cluster, pipeline.with_cache(cache).with_callbacks([cached]))
+    second = again.map(inputs, map_over="x", on_error="collect")
+    assert [type(o) for o in second] == [type(o) for o in first]
+    ends = [event[0] for event in cached.events]
+    assert ends.count("map_item_cached") == 19  # the failing item runs again, nothing else
+    assert ends.count("map_item_end") == 1
