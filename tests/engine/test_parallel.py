@@ -252,6 +252,74 @@ def test_a_dask_distributed_executor_runs_items_on_its_workers() -> None:
         assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
 
 
+def test_a_loky_executor_failing_to_return_an_item_fails_that_item() -> None:
+    # Not the item's error: the item ran, then loky could not pickle its reply. The
+    # launcher's branch for the executor's own failure must put it on the right item.
+    loky = pytest.importorskip("loky")
+    executor = loky.get_reusable_executor(max_workers=2)
+    pipe = Pipeline(
+        [node(lock_for_two, output_name="y", name="lock")],
+        engine=LocalEngine(map_executor=executor),
+    )
+    result = pipe.map(inputs={"x": range(5)}, map_over="x", on_error="collect")
+    assert [r if isinstance(r, ItemError) else r["y"] for r in result[:2] + result[3:]] == [
+        0,
+        1,
+        3,
+        4,
+    ]
+    failed = result[2]
+    assert isinstance(failed, ItemError)
+    assert (failed.index, failed.inputs) == (2, {"x": 2})
+    assert "pickle" in str(failed.exception)
+    with pytest.raises(TypeError, match="pickle") as info:
+        pipe.map(inputs={"x": range(5)}, map_over="x")
+    notes = [n for n in info.value.__notes__ if "map item" in n]
+    assert notes == ["plait: in map item 2 with inputs (x=2)"]
+
+
+def exit_on_two(x):
+    if x == 2:
+        os._exit(3)
+    return x
+
+
+def test_a_dask_worker_dying_fails_the_item_it_was_running() -> None:
+    # The scheduler gives up on item 2's task (KilledWorker): dask's failure, not the
+    # item's. One task at a time on the one worker, so item 2 alone was on it.
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    settings = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with (
+        dask.config.set(settings),
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        engine = LocalEngine(map_executor=client.get_executor())
+        pipe = Pipeline([node(exit_on_two, output_name="y", name="exit")], engine=engine)
+        result = pipe.map(inputs={"x": range(5)}, map_over="x", on_error="collect")
+        assert [r["y"] for r in result[:2] + result[3:]] == [0, 1, 3, 4]
+        failed = result[2]
+        assert isinstance(failed, ItemError)
+        assert (failed.index, failed.inputs) == (2, {"x": 2})
+        assert isinstance(failed.exception, distributed.KilledWorker)
+        # Another node name, so dask does not hand back the task it already ran.
+        raising = Pipeline([node(exit_on_two, output_name="y", name="exit2")], engine=engine)
+        with pytest.raises(distributed.KilledWorker) as info:
+            raising.map(inputs={"x": range(5)}, map_over="x")
+        notes = [n for n in info.value.__notes__ if "map item" in n]
+        assert notes == ["plait: in map item 2 with inputs (x=2)"]
+
+
 def exit_on_three(x):
     if x == 3:
         os._exit(3)
