@@ -501,20 +501,25 @@ def test_node_executor_instance() -> None:
 
 
 def test_controlled_thread_job_is_waited_for_on_failure() -> None:
+    # The run must not raise before a thread job it started has finished. Checked inside
+    # the engine's `with`: leaving it shuts the pool down, which waits for the job anyway.
     log: list[str] = []
-    running = threading.Event()
+    running, failing = threading.Event(), threading.Event()
 
     @node(output_name="a", executor="threaded", retries=1)
     def busy():
         running.set()
-        time.sleep(0.2)
+        failing.wait(5)
+        time.sleep(0.1)  # a run that does not wait for this job has raised meanwhile
         log.append("busy finished")
 
     @node(output_name="b")
     async def fails():
         await asyncio.to_thread(running.wait, 5)
+        failing.set()
         raise KeyError("x")
 
-    with LocalEngine() as engine, pytest.raises(KeyError):
-        Pipeline([busy, fails], engine=engine).run()
-    assert log == ["busy finished"]
+    with LocalEngine() as engine:
+        with pytest.raises(KeyError):
+            Pipeline([busy, fails], engine=engine).run()
+        assert log == ["busy finished"], "the run raised before its thread job finished"
