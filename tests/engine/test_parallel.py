@@ -90,27 +90,36 @@ def test_unpicklable_errors_come_back_as_a_runtime_error(engine: LocalEngine) ->
 
 
 def test_failure_terminates_the_owned_pool_so_nothing_keeps_running(tmp_path: Path) -> None:
-    marker = tmp_path / "late"
-
-    def slow_or_failing(x, marker):
+    # Item 0 fails once item 1 is running; item 1 would run for 10 s. The owned pool is
+    # terminated before the map raises: its workers are gone, so nothing is written late.
+    # (Checked on the workers themselves, not by waiting to see whether a file appears.)
+    def slow_or_failing(x, folder):
+        Path(folder, f"pid.{x}").write_text(str(os.getpid()))
         if x == 0:
-            time.sleep(0.1)
+            deadline = time.monotonic() + 5
+            while not Path(folder, "pid.1").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise ValueError("item 0 failed")
-        time.sleep(1.0)
-        Path(marker).with_suffix(f".{x}").write_text("written after the failure")
+        time.sleep(10.0)
+        Path(folder, f"late.{x}").write_text("written after the failure")
         return x
 
     with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         pipe = Pipeline([node(slow_or_failing, output_name="y")], engine=engine)
         start = time.perf_counter()
         with pytest.raises(ValueError, match="item 0 failed") as info:
-            pipe.map(inputs={"x": range(4), "marker": str(marker)}, map_over="x")
-        assert time.perf_counter() - start < 0.9  # did not wait for the 1 s items
+            pipe.map(inputs={"x": range(4), "folder": str(tmp_path)}, map_over="x")
+        # Well below the 10 s item 1 would take (a pool start included): not waited for.
+        assert time.perf_counter() - start < 8
         assert "plait: in map item 0 with inputs (x=0)" in info.value.__notes__
-        time.sleep(1.5)
-        assert not list(tmp_path.iterdir())
+        pids = {int(p.read_text()) for p in tmp_path.glob("pid.*")}
+        assert len(pids) == 2  # item 1 ran beside item 0
+        for pid in pids:  # terminated and reaped before the map raised
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert not list(tmp_path.glob("late.*"))
         # The engine starts a fresh pool for the next map.
-        assert pipe.map(inputs={"x": [], "marker": ""}, map_over="x") == []
+        assert pipe.map(inputs={"x": [], "folder": ""}, map_over="x") == []
 
 
 def kill_on_five(x):
