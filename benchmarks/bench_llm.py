@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from harness import Row, row
 
+from harness import Row, row
 from plait import Dep, LocalEngine, Pipeline, node
 from plait.options import server_delay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from llm_server import serve  # noqa: E402
+from llm_server import serve
 
 PROMPTS = [f"question {i}" for i in range(500)]
 CONCURRENCY = 20

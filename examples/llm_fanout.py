@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
-from llm_server import serve
 
+from llm_server import serve
 from plait import Dep, DiskCache, LocalEngine, Pipeline, node
 from plait.callbacks import ProgressCallback
 
