@@ -245,6 +245,39 @@ def test_a_released_slot_frees_exactly_one() -> None:
     asyncio.run(main())
 
 
+def test_a_release_adds_one_free_slot_to_those_left() -> None:
+    async def main() -> None:
+        slots = Slots(3)
+        await slots.acquire()
+        await slots.acquire()
+        slots.release()  # one was free, now two: not reset to one
+        assert slots._free == 2
+        await asyncio.wait_for(slots.acquire(), 1)
+        await asyncio.wait_for(slots.acquire(), 1)
+        assert slots._free == 0
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_while_its_grant_is_on_the_way_passes_the_slot_on_once() -> None:
+    # release() handed the slot to the queued waiter (its grant is scheduled on the
+    # loop), then the waiter is cancelled before the grant lands: the grant passes
+    # the slot on; the cancelled waiter must not pass it on a second time.
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await asyncio.sleep(0)  # the grant has landed
+        assert slots._free == 1
+
+    asyncio.run(main())
+
+
 def test_cancelling_a_queued_waiter_leaves_the_queue() -> None:
     async def main() -> None:
         slots = Slots(1)
