@@ -278,6 +278,22 @@ def test_a_waiter_cancelled_while_its_grant_is_on_the_way_passes_the_slot_on_onc
     asyncio.run(main())
 
 
+def test_a_waiter_cancelled_after_its_grant_landed_passes_the_slot_on() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()
+        await asyncio.sleep(0)  # the grant lands; the waiter has not resumed yet
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert slots._free == 1  # the slot it was granted is not lost
+
+    asyncio.run(main())
+
+
 def test_cancelling_a_queued_waiter_leaves_the_queue() -> None:
     async def main() -> None:
         slots = Slots(1)
