@@ -13,7 +13,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-ray lint bench clean
+.PHONY: install demo test test-ray lint bench mutation clean
 
 install: $(STAMP)
 
@@ -52,6 +52,15 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Mutation testing, not in CI (docs/development.md): `make mutation MODULES="graph engine.local.controls"`.
+# Modules are dotted under plait; the set mutmut may mutate is [tool.mutmut] in pyproject.toml.
+MODULES ?= graph cache.fingerprint bridge.loops engine.request engine.local.controls engine.local.scheduler engine.local.mapping
+mutation: install
+	$(PY) -m pip install -q -e '.[mutation]'
+	$(VENV)/bin/mutmut run $(foreach m,$(MODULES),'plait.$(m).*')
+	$(VENV)/bin/mutmut results  # the surviving mutants: `mutmut show NAME` prints one
+	$(PY) tools/mutation_scores.py $(MODULES)
 
 clean:
 	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from plait import bridge
+
+if "MUTANT_UNDER_TEST" in os.environ:
+    # `make mutation`: mutmut wraps each function of a mutated module in more frames,
+    # so deep walks (fingerprints of values 200 levels deep) need more room.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
 
 
 @pytest.fixture(autouse=True)

@@ -215,6 +215,13 @@ def test_two_node_cycle_shows_path() -> None:
     assert "the nodes form a cycle: " in message
     assert " -> ".join(info.value.cycle) in message
     assert "'b' consumes 'a_out' from 'a'" in message
+    # The whole message, whichever node the path starts from.
+    b_to_a, a_to_b = "'a' consumes 'b_out' from 'b'", "'b' consumes 'a_out' from 'a'"
+    acyclic = "a pipeline must be acyclic, so break the cycle by renaming an input or output"
+    assert message in (
+        f"the nodes form a cycle: b -> a -> b ({b_to_a}; {a_to_b}); {acyclic}",
+        f"the nodes form a cycle: a -> b -> a ({a_to_b}; {b_to_a}); {acyclic}",
+    )
 
 
 def test_self_cycle() -> None:

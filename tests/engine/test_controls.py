@@ -190,19 +190,18 @@ def test_async_timeout_cancels_and_names_the_node() -> None:
 
 
 def test_sync_timeout_is_reported_and_the_late_result_discarded() -> None:
-    finished = threading.Event()
+    release, finished = threading.Event(), threading.Event()
 
     @node(output_name="y", timeout=0.05)
     def blocks(x):
-        time.sleep(0.3)
+        release.wait(10)
         finished.set()
         return "late"
 
-    start = time.perf_counter()
     with pytest.raises(TimeoutError, match="cannot be stopped, so it runs to its end"):
         Pipeline([blocks]).run(inputs={"x": 1})
-    assert time.perf_counter() - start < 0.25  # reported without waiting for the thread
-    assert not finished.is_set()
+    assert not finished.is_set()  # reported without waiting for the thread
+    release.set()
     assert finished.wait(2)  # the thread itself ran on, documented
 
 
@@ -242,6 +241,55 @@ def test_a_released_slot_frees_exactly_one() -> None:
         slots.release()
         await asyncio.wait_for(second, 1)
         slots.release()
+
+    asyncio.run(main())
+
+
+def test_a_release_adds_one_free_slot_to_those_left() -> None:
+    async def main() -> None:
+        slots = Slots(3)
+        await slots.acquire()
+        await slots.acquire()
+        slots.release()  # one was free, now two: not reset to one
+        assert slots._free == 2
+        await asyncio.wait_for(slots.acquire(), 1)
+        await asyncio.wait_for(slots.acquire(), 1)
+        assert slots._free == 0
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_while_its_grant_is_on_the_way_passes_the_slot_on_once() -> None:
+    # release() handed the slot to the queued waiter (its grant is scheduled on the
+    # loop), then the waiter is cancelled before the grant lands: the grant passes
+    # the slot on; the cancelled waiter must not pass it on a second time.
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await asyncio.sleep(0)  # the grant has landed
+        assert slots._free == 1
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_after_its_grant_landed_passes_the_slot_on() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        queued = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()
+        await asyncio.sleep(0)  # the grant lands; the waiter has not resumed yet
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert slots._free == 1  # the slot it was granted is not lost
 
     asyncio.run(main())
 
@@ -501,20 +549,25 @@ def test_node_executor_instance() -> None:
 
 
 def test_controlled_thread_job_is_waited_for_on_failure() -> None:
+    # The run must not raise before a thread job it started has finished. Checked inside
+    # the engine's `with`: leaving it shuts the pool down, which waits for the job anyway.
     log: list[str] = []
-    running = threading.Event()
+    running, failing = threading.Event(), threading.Event()
 
     @node(output_name="a", executor="threaded", retries=1)
     def busy():
         running.set()
-        time.sleep(0.2)
+        failing.wait(5)
+        time.sleep(0.1)  # a run that does not wait for this job has raised meanwhile
         log.append("busy finished")
 
     @node(output_name="b")
     async def fails():
         await asyncio.to_thread(running.wait, 5)
+        failing.set()
         raise KeyError("x")
 
-    with LocalEngine() as engine, pytest.raises(KeyError):
-        Pipeline([busy, fails], engine=engine).run()
-    assert log == ["busy finished"]
+    with LocalEngine() as engine:
+        with pytest.raises(KeyError):
+            Pipeline([busy, fails], engine=engine).run()
+        assert log == ["busy finished"], "the run raised before its thread job finished"

@@ -90,27 +90,36 @@ def test_unpicklable_errors_come_back_as_a_runtime_error(engine: LocalEngine) ->
 
 
 def test_failure_terminates_the_owned_pool_so_nothing_keeps_running(tmp_path: Path) -> None:
-    marker = tmp_path / "late"
-
-    def slow_or_failing(x, marker):
+    # Item 0 fails once item 1 is running; item 1 would run for 10 s. The owned pool is
+    # terminated before the map raises: its workers are gone, so nothing is written late.
+    # (Checked on the workers themselves, not by waiting to see whether a file appears.)
+    def slow_or_failing(x, folder):
+        Path(folder, f"pid.{x}").write_text(str(os.getpid()))
         if x == 0:
-            time.sleep(0.1)
+            deadline = time.monotonic() + 5
+            while not Path(folder, "pid.1").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise ValueError("item 0 failed")
-        time.sleep(1.0)
-        Path(marker).with_suffix(f".{x}").write_text("written after the failure")
+        time.sleep(10.0)
+        Path(folder, f"late.{x}").write_text("written after the failure")
         return x
 
     with LocalEngine(map_executor="parallel", max_workers=2) as engine:
         pipe = Pipeline([node(slow_or_failing, output_name="y")], engine=engine)
         start = time.perf_counter()
         with pytest.raises(ValueError, match="item 0 failed") as info:
-            pipe.map(inputs={"x": range(4), "marker": str(marker)}, map_over="x")
-        assert time.perf_counter() - start < 0.9  # did not wait for the 1 s items
+            pipe.map(inputs={"x": range(4), "folder": str(tmp_path)}, map_over="x")
+        # Well below the 10 s item 1 would take (a pool start included): not waited for.
+        assert time.perf_counter() - start < 8
         assert "plait: in map item 0 with inputs (x=0)" in info.value.__notes__
-        time.sleep(1.5)
-        assert not list(tmp_path.iterdir())
+        pids = {int(p.read_text()) for p in tmp_path.glob("pid.*")}
+        assert len(pids) == 2  # item 1 ran beside item 0
+        for pid in pids:  # terminated and reaped before the map raised
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        assert not list(tmp_path.glob("late.*"))
         # The engine starts a fresh pool for the next map.
-        assert pipe.map(inputs={"x": [], "marker": ""}, map_over="x") == []
+        assert pipe.map(inputs={"x": [], "folder": ""}, map_over="x") == []
 
 
 def kill_on_five(x):
@@ -239,6 +248,74 @@ def test_a_dask_distributed_executor_runs_items_on_its_workers(dask_client: Any)
     with pytest.raises(ZeroDivisionError) as info:
         inverse.map(inputs={"x": [1, 0]}, map_over="x")
     assert "plait: in map item 1 with inputs (x=0)" in info.value.__notes__
+
+
+def test_a_loky_executor_failing_to_return_an_item_fails_that_item() -> None:
+    # Not the item's error: the item ran, then loky could not pickle its reply. The
+    # launcher's branch for the executor's own failure must put it on the right item.
+    loky = pytest.importorskip("loky")
+    executor = loky.get_reusable_executor(max_workers=2)
+    pipe = Pipeline(
+        [node(lock_for_two, output_name="y", name="lock")],
+        engine=LocalEngine(map_executor=executor),
+    )
+    result = pipe.map(inputs={"x": range(5)}, map_over="x", on_error="collect")
+    assert [r if isinstance(r, ItemError) else r["y"] for r in result[:2] + result[3:]] == [
+        0,
+        1,
+        3,
+        4,
+    ]
+    failed = result[2]
+    assert isinstance(failed, ItemError)
+    assert (failed.index, failed.inputs) == (2, {"x": 2})
+    assert "pickle" in str(failed.exception)
+    with pytest.raises(TypeError, match="pickle") as info:
+        pipe.map(inputs={"x": range(5)}, map_over="x")
+    notes = [n for n in info.value.__notes__ if "map item" in n]
+    assert notes == ["plait: in map item 2 with inputs (x=2)"]
+
+
+def exit_on_two(x):
+    if x == 2:
+        os._exit(3)
+    return x
+
+
+def test_a_dask_worker_dying_fails_the_item_it_was_running() -> None:
+    # The scheduler gives up on item 2's task (KilledWorker): dask's failure, not the
+    # item's. One task at a time on the one worker, so item 2 alone was on it.
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    settings = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with (
+        dask.config.set(settings),
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        engine = LocalEngine(map_executor=client.get_executor())
+        pipe = Pipeline([node(exit_on_two, output_name="y", name="exit")], engine=engine)
+        result = pipe.map(inputs={"x": range(5)}, map_over="x", on_error="collect")
+        assert [r["y"] for r in result[:2] + result[3:]] == [0, 1, 3, 4]
+        failed = result[2]
+        assert isinstance(failed, ItemError)
+        assert (failed.index, failed.inputs) == (2, {"x": 2})
+        assert isinstance(failed.exception, distributed.KilledWorker)
+        # Another node name, so dask does not hand back the task it already ran.
+        raising = Pipeline([node(exit_on_two, output_name="y", name="exit2")], engine=engine)
+        with pytest.raises(distributed.KilledWorker) as info:
+            raising.map(inputs={"x": range(5)}, map_over="x")
+        notes = [n for n in info.value.__notes__ if "map item" in n]
+        assert notes == ["plait: in map item 2 with inputs (x=2)"]
 
 
 def exit_on_three(x):

@@ -232,34 +232,50 @@ class Boom(ValueError):
     pass
 
 
-def late_writer(path: Path, delay: float, name: str) -> Any:
+def late_writer(path: Path, name: str, log: list[str]) -> Any:
+    """A node that would write ``path`` after 10 s; ``log`` records how it ended. Once
+    it reads started, cancelled, finished, nothing is left to write the file later: no
+    need to wait and see."""
+
     async def write_later() -> None:
-        await asyncio.sleep(delay)
-        path.write_text("written after the failure")  # noqa: ASYNC240 - the side effect under test
+        log.append("started")
+        try:
+            await asyncio.sleep(10)
+            path.write_text("written after the failure")  # noqa: ASYNC240 - the side effect under test
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        finally:
+            log.append("finished")
 
     return node(write_later, output_name=f"{name}_out", name=name)
 
 
+CANCELLED_AND_AWAITED = ["started", "cancelled", "finished"]
+
+
 def test_failure_cancels_siblings_before_propagating(tmp_path: Path) -> None:
     marker = tmp_path / "late.txt"
+    log: list[str] = []
 
     @node(output_name="bad")
     async def fails(x):
         await asyncio.sleep(0.01)
         raise Boom("no good")
 
-    pipe = Pipeline([fails, late_writer(marker, 0.5, "writer")])
+    pipe = Pipeline([fails, late_writer(marker, "writer", log)])
     start = time.perf_counter()
     with pytest.raises(Boom, match="no good") as info:
         pipe.run(inputs={"x": [1, 2, 3]})
-    assert time.perf_counter() - start < 0.45  # did not wait for the sibling
+    assert time.perf_counter() - start < 5  # did not wait for the 10 s sibling
     assert "plait: raised in node 'fails' (→ bad) called with (x=[1, 2, 3])" in info.value.__notes__
-    time.sleep(0.7)
+    assert log == CANCELLED_AND_AWAITED
     assert not marker.exists()
 
 
 def test_sync_failure_cancels_running_async_siblings(tmp_path: Path) -> None:
     marker = tmp_path / "late.txt"
+    log: list[str] = []
 
     @node(output_name="gate")
     async def gate():
@@ -271,9 +287,9 @@ def test_sync_failure_cancels_running_async_siblings(tmp_path: Path) -> None:
         raise KeyError("missing thing")
 
     with pytest.raises(KeyError) as info:
-        Pipeline([gate, fails, late_writer(marker, 0.5, "writer")]).run()
+        Pipeline([gate, fails, late_writer(marker, "writer", log)]).run()
     assert "plait: raised in node 'fails' (→ bad) called with (gate=1)" in info.value.__notes__
-    time.sleep(0.7)
+    assert log == CANCELLED_AND_AWAITED
     assert not marker.exists()
 
 
@@ -358,15 +374,17 @@ def test_queued_thread_jobs_never_start_and_running_ones_are_waited_for(tmp_path
 
 def test_asyncio_timeout_around_arun_cancels_the_run(tmp_path: Path) -> None:
     marker = tmp_path / "late.txt"
-    pipe = Pipeline([late_writer(marker, 0.5, "writer"), *sleepers(3, 5)])
+    log: list[str] = []
+    pipe = Pipeline([late_writer(marker, "writer", log), *sleepers(3, 5)])
 
     async def main() -> None:
-        async with asyncio.timeout(0.05):
-            await pipe.arun()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await pipe.arun()
+        # Here, before asyncio.run's own cleanup could cancel a task the run left behind.
+        assert log == CANCELLED_AND_AWAITED
 
-    with pytest.raises(TimeoutError):
-        asyncio.run(main())
-    time.sleep(0.7)
+    asyncio.run(main())
     assert not marker.exists()
 
 
