@@ -293,6 +293,14 @@ class Graph:
                 stack.extend(self._predecessors[index])
         return needed
 
+    def run_order(self, outputs: Iterable[str] | None) -> tuple[int, ...]:
+        """Positions of the nodes a run for ``outputs`` needs (all when None), in
+        topological order."""
+        if outputs is None:
+            return self._order
+        needed = self.needed_for(outputs)
+        return tuple(i for i in self._order if i in needed)
+
     def _index(self, name: str) -> int:
         self[name]  # raises the helpful KeyError
         return self._by_name[name]

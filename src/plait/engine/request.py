@@ -76,7 +76,7 @@ def check_run(
             unused.append(name)
     if unused:
         _warn_unused(graph, unused, stacklevel + 1)
-    needed = graph.order if outputs is None else _in_order(graph, graph.needed_for(outputs))
+    needed = graph.run_order(outputs)
     missing = _missing_inputs(graph, needed, given)
     if missing:
         raise missing_inputs_error(graph, missing)
@@ -123,10 +123,6 @@ def _warn_iterator(
         IteratorInputWarning,
         stacklevel=stacklevel,
     )
-
-
-def _in_order(graph: Graph, needed: set[int]) -> tuple[int, ...]:
-    return tuple(i for i in graph.order if i in needed)
 
 
 def _warn_unused(graph: Graph, unused: list[str], stacklevel: int) -> None:
@@ -263,7 +259,7 @@ def check_map(
 
 def check_map_deps(graph: Graph, outputs: tuple[str, ...] | None, mapped: Sequence[str]) -> None:
     """A dep set up once per map (``scope="run"``) must not take a mapped input."""
-    needed = graph.order if outputs is None else graph.needed_for(outputs)
+    needed = graph.run_order(outputs)
     nodes = graph.nodes
     shared = [dep for i in needed for dep in nodes[i].deps.values() if dep.scope == "run"]
     for dep in all_deps(shared):  # run-scoped deps only use run-scoped ones (see Dep)

@@ -140,24 +140,17 @@ class LocalEngine(Engine):
         values = plan.new_values(inputs)
         services = observe.resolve(pipeline, self)
         here = ENCLOSING.get()
-        nested = self._nested_engine(here.map_depth, here.map_width)
-        if services is None:
-            token = ENCLOSING.set(Enclosing(nested, here.map_depth, here.map_width))
-            try:
-                await run_with_deps(
-                    plan, values, partial(run_plan, route, values, self.runtime(plan))
-                )
-            finally:
-                ENCLOSING.reset(token)
-        else:
-            inside = Enclosing(
-                nested, here.map_depth, here.map_width, services.scope, services.cache
-            )
-            token = ENCLOSING.set(inside)
-            try:
-                await observe.observed_run(services, route, values, self.runtime(plan))
-            finally:
-                ENCLOSING.reset(token)
+        nested = self if here.map_depth == 0 else self.nested_engine(here.map_depth, here.map_width)
+        scope, cache = (None, None) if services is None else (services.scope, services.cache)
+        token = ENCLOSING.set(Enclosing(nested, here.map_depth, here.map_width, scope, cache))
+        try:
+            runtime = self.runtime(plan)
+            if services is None:
+                await run_with_deps(plan, values, partial(run_plan, route, values, runtime))
+            else:
+                await observe.observed_run(services, route, values, runtime)
+        finally:
+            ENCLOSING.reset(token)
         return plan.outputs(values)
 
     def aimap(
@@ -310,17 +303,12 @@ class LocalEngine(Engine):
 
     # --- nesting ---------------------------------------------------------------
 
-    def _nested_engine(self, depth: int, width: int) -> LocalEngine:
-        """The engine pipelines without their own run on inside this engine's work at map
-        ``depth``: this one at the top; inside an item of a map of ``width`` items in
-        flight, one sized to ⌊√width⌋; deeper, one that runs items one by one (nested
-        maps share one concurrency budget)."""
-        if depth == 0:
-            return self
-        return self.scaled(math.isqrt(width) if depth == 1 else 1)
-
-    def nested_for_items(self, depth: int, width: int) -> LocalEngine:
-        """The engine nested calls inside the items of a map at ``depth`` run on."""
+    def nested_engine(self, depth: int, width: int) -> LocalEngine:
+        """The engine pipelines without their own run on inside an item of this engine's
+        map at ``depth`` (1: not nested in another map) with ``width`` items in flight:
+        one sized to ⌊√width⌋ at depth 1, deeper one that runs items one by one, so
+        nested maps share one concurrency budget. (At the top, outside any map, nested
+        runs use this engine itself.)"""
         return self.scaled(math.isqrt(width) if depth == 1 else 1)
 
     def scaled(self, width: int) -> LocalEngine:

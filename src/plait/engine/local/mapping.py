@@ -45,7 +45,7 @@ def map_items(
     inline = runner.route.map_inline
     stream: AsyncGenerator[tuple[int, Outcome], None]
     if inline:
-        runner.enclosing = Enclosing(engine.nested_for_items(depth, 1), depth, 1)
+        runner.enclosing = Enclosing(engine.nested_engine(depth, 1), depth, 1)
         items = _lean_items if runner.lean else _inline_items
         stream = items(runner, spec, on_error)
     else:
@@ -97,19 +97,20 @@ async def _lean_items(
             values[one] = item[0]
         else:
             values = runner.values(item)
+        outcome: Outcome
         token = set_enclosing(enclosing)
         try:
             run_inline(plan, values)
+            outcome = {name: values[slot] for name, slot in output_slots}
         except Exception as exc:
             inputs = runner.inputs(item)
             annotate_item(exc, index, inputs)
             if on_error == "raise":
                 raise
-            yield index, ItemError.of(exc, index, inputs)
-            continue
+            outcome = ItemError.of(exc, index, inputs)
         finally:
             reset_enclosing(token)
-        yield index, {name: values[slot] for name, slot in output_slots}
+        yield index, outcome  # the consumer's code between items sees its own context
 
 
 @loop_optional
@@ -124,8 +125,8 @@ async def _scheduled_items(
     """Items as tasks on the loop or jobs on the map executor, ``window`` in flight."""
     await ensure_loop()
     launcher, window = _launcher(engine, runner, spec, on_error)
-    # Nested maps share the budget: see LocalEngine.nested_for_items.
-    runner.enclosing = Enclosing(engine.nested_for_items(depth, window), depth, window)
+    # Nested maps share the budget: see LocalEngine.nested_engine.
+    runner.enclosing = Enclosing(engine.nested_engine(depth, window), depth, window)
     batches = iterate(
         runner, spec.items(), launcher, window=window, on_error=on_error, ordered=ordered
     )

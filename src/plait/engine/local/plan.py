@@ -217,11 +217,7 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     Raises :class:`~plait.errors.MissingInputsError` listing every required input
     that is not in ``given``, with the nodes that need it.
     """
-    if outputs is None:
-        needed = graph.order
-    else:
-        wanted = graph.needed_for(outputs)
-        needed = tuple(i for i in graph.order if i in wanted)
+    needed = graph.run_order(outputs)
     layout = _Layout(given)
     step_of: dict[int, int] = {}
     steps: list[Step] = []
