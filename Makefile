@@ -36,13 +36,16 @@ test: install
 	$(MAKE) --no-print-directory test-ray PYTHON=$(PYTHON)
 
 # Ray listens on every network interface, even when told 127.0.0.1: the tests that
-# start it (marked `ray`, left out of a plain pytest run) run in a private network
-# namespace with only loopback. Needs root (unshare) and iproute2 (ip).
+# start it (marked `ray`, and `daft_ray` for Daft on Ray, left out of a plain pytest
+# run) run in a private network namespace with only loopback. Daft's runner is set
+# once per process: the Daft-on-Ray tests run in a pytest process of their own.
+# Needs root (unshare) and iproute2 (ip).
 IP := $(shell command -v ip 2>/dev/null || echo /usr/sbin/ip)
 test-ray: install
 	@test -x $(IP) || (apt-get update -qq && apt-get install -y -qq iproute2)
 	RAY_USAGE_STATS_ENABLED=0 PLAIT_NETNS=1 unshare -n sh -c \
-		'$(IP) link set lo up && exec $(PY) -m pytest -m ray -p no:cacheprovider'
+		'$(IP) link set lo up && $(PY) -m pytest -m ray -p no:cacheprovider && \
+		exec $(PY) -m pytest -m daft_ray -p no:cacheprovider'
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -42,6 +42,7 @@ from plait.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from plait.cache import CacheStore, DiskCache, MemoryCache
+    from plait.engine.daft import DaftEngine
     from plait.engine.local.ray_executor import RayExecutor
     from plait.kernel import KernelClient
     from plait.session import AsyncSession
@@ -57,6 +58,7 @@ __all__ = [
     "Callback",
     "CallbackContext",
     "CycleError",
+    "DaftEngine",
     "Dep",
     "DepDefinitionError",
     "DepError",
@@ -96,14 +98,15 @@ __all__ = [
 
 
 # Loaded on first use: the cache stores import diskcache and SQLite; the session
-# and kernel client are for notebooks, REPLs and agents; RayExecutor is for clusters
-# (it imports ray only when it starts its first task).
+# and kernel client are for notebooks, REPLs and agents; RayExecutor and DaftEngine
+# are for clusters (they import ray or daft only when they start work).
 _LAZY = {
     "CacheStore": "plait.cache.stores",
     "DiskCache": "plait.cache.stores",
     "MemoryCache": "plait.cache.stores",
     "AsyncSession": "plait.session",
     "RayExecutor": "plait.engine.local.ray_executor",
+    "DaftEngine": "plait.engine.daft.engine",
     "KernelClient": "plait.kernel",
 }
 _load = lazy_attributes(__name__, _LAZY)

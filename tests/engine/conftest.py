@@ -53,3 +53,34 @@ def ray_executor() -> Iterator[Any]:
         yield executor
     finally:
         executor.shutdown()
+
+
+@pytest.fixture(scope="session")
+def daft_engine() -> Iterator[Any]:
+    """A DaftEngine on Daft's native runner (in this process, no server)."""
+    pytest.importorskip("daft")
+    from plait import DaftEngine
+
+    with DaftEngine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def daft_ray_engine() -> Iterator[Any]:
+    """A DaftEngine on Daft's Ray runner, on a local Ray started inside the namespace."""
+    if os.environ.get("PLAIT_NETNS") != "1":
+        pytest.fail(
+            "Daft-on-Ray tests start Ray, which listens on every network interface: run "
+            "them with `make test-ray` (a private network namespace with only loopback)"
+        )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from plait import DaftEngine
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with DaftEngine(runner="ray") as engine:
+            yield engine
+    finally:
+        ray.shutdown()

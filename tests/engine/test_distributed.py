@@ -1,9 +1,12 @@
-"""One parity suite: the same pipelines on LocalEngine, on RayExecutor and on a Dask
-cluster of worker processes, with identical outputs, exceptions, notes and ItemErrors.
+"""One parity suite: the same pipelines on LocalEngine, on RayExecutor, on a Dask
+cluster of worker processes and on DaftEngine (native, and on Ray), with identical
+outputs, exceptions, notes, ItemErrors, callback events and cache behaviour.
 
 Each cluster starts once per test session (``tests/engine/conftest.py``). Ray tests
-are marked ``ray`` and run only inside a private network namespace (``make
-test-ray``); Dask's LocalCluster binds loopback and runs in the default suite.
+are marked ``ray`` and Daft-on-Ray tests ``daft_ray`` (Daft's runner is set once per
+process: they run in a pytest process of their own); both run only inside a private
+network namespace (``make test-ray``). Dask's LocalCluster binds loopback and Daft's
+native runner starts no server: they run in the default suite.
 """
 
 from __future__ import annotations
@@ -23,24 +26,43 @@ from typing import Any
 import numpy as np
 import pytest
 
-from plait import DiskCache, ItemError, LocalEngine, Node, Pipeline, WorkerDiedError, node
+from plait import (
+    DaftEngine,
+    DiskCache,
+    ItemError,
+    LocalEngine,
+    Node,
+    Pipeline,
+    WorkerDiedError,
+    node,
+)
 from plait.callbacks.base import EVENTS
 from plait.engine.local.clusters import ClusterExecutor
 
 pytestmark = pytest.mark.timeout(120)
 
-BACKENDS = ["dask", pytest.param("ray", marks=pytest.mark.ray)]
+EXECUTORS = ["dask", pytest.param("ray", marks=pytest.mark.ray)]
+BACKENDS = [*EXECUTORS, "daft", pytest.param("daft-ray", marks=pytest.mark.daft_ray)]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=EXECUTORS)
 def cluster(request: pytest.FixtureRequest) -> Any:
-    """The executor (or Dask client) of the backend under test."""
+    """The executor (or Dask client) of the executor backend under test."""
     name = "ray_executor" if request.param == "ray" else "dask_client"
     return request.getfixturevalue(name)
 
 
-def on(cluster: Any, pipeline: Pipeline) -> Pipeline:
-    return pipeline.with_engine(LocalEngine(map_executor=cluster))
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """The executor, Dask client or DaftEngine of the backend under test."""
+    names = {"ray": "ray_executor", "dask": "dask_client", "daft-ray": "daft_ray_engine"}
+    return request.getfixturevalue(names.get(request.param, "daft_engine"))
+
+
+def on(backend: Any, pipeline: Pipeline) -> Pipeline:
+    if isinstance(backend, DaftEngine):
+        return pipeline.with_engine(backend)
+    return pipeline.with_engine(LocalEngine(map_executor=backend))
 
 
 def local(pipeline: Pipeline) -> Pipeline:
@@ -99,31 +121,31 @@ def same_errors(got: ItemError | BaseException, want: ItemError | BaseException)
     assert got.__notes__ == want.__notes__
 
 
-def test_outputs_bound_inputs_and_output_name(cluster: Any) -> None:
+def test_outputs_bound_inputs_and_output_name(backend: Any) -> None:
     pipeline = Pipeline(nodes()).bind(k=3)
     inputs = {"x": range(20), "y": 5}
     want = local(pipeline).map(inputs, map_over="x")
-    assert on(cluster, pipeline).map(inputs, map_over="x") == want
+    assert on(backend, pipeline).map(inputs, map_over="x") == want
     assert want[1] == {"doubled": 3, "half": 1, "rest": 1, "total": 7}
-    chosen = on(cluster, pipeline).map(inputs, map_over="x", output_name="half")
+    chosen = on(backend, pipeline).map(inputs, map_over="x", output_name="half")
     assert chosen == local(pipeline).map(inputs, map_over="x", output_name="half")
 
 
-def test_product_mode_and_an_empty_map(cluster: Any) -> None:
+def test_product_mode_and_an_empty_map(backend: Any) -> None:
     pipeline = Pipeline(nodes())
     inputs = {"x": [1, 2, 3], "k": [10, 20]}
     want = local(pipeline).map(inputs, map_over=["x", "k"], map_mode="product")
-    assert on(cluster, pipeline).map(inputs, map_over=["x", "k"], map_mode="product") == want
+    assert on(backend, pipeline).map(inputs, map_over=["x", "k"], map_mode="product") == want
     assert len(want) == 6
-    assert on(cluster, pipeline).map({"x": [], "k": 1}, map_over="x") == []
+    assert on(backend, pipeline).map({"x": [], "k": 1}, map_over="x") == []
 
 
-def test_values_travel_as_python_objects(cluster: Any) -> None:
+def test_values_travel_as_python_objects(backend: Any) -> None:
     @node(output_name=("point", "mapping", "pair", "nothing", "array"))
     def shapes(x: int) -> tuple[Any, ...]:
         return Point(x, -x), {"x": x}, (x, str(x)), None, np.arange(x)
 
-    got = on(cluster, Pipeline([shapes])).map({"x": range(4)}, map_over="x")
+    got = on(backend, Pipeline([shapes])).map({"x": range(4)}, map_over="x")
     want = local(Pipeline([shapes])).map({"x": range(4)}, map_over="x")
     for a, b in zip(got, want, strict=True):
         assert a.keys() == b.keys()
@@ -138,9 +160,9 @@ def test_values_travel_as_python_objects(cluster: Any) -> None:
         assert np.array_equal(a["array"], b["array"])
 
 
-def test_collect_three_of_a_hundred_failing(cluster: Any) -> None:
+def test_collect_three_of_a_hundred_failing(backend: Any) -> None:
     pipeline = failing()
-    got = on(cluster, pipeline).map({"x": range(100)}, map_over="x", on_error="collect")
+    got = on(backend, pipeline).map({"x": range(100)}, map_over="x", on_error="collect")
     want = local(pipeline).map({"x": range(100)}, map_over="x", on_error="collect")
     errors = [i for i, outcome in enumerate(want) if isinstance(outcome, ItemError)]
     assert errors == [13, 53, 93]
@@ -151,12 +173,12 @@ def test_collect_three_of_a_hundred_failing(cluster: Any) -> None:
             assert a == b
 
 
-def test_raise_carries_the_same_type_and_notes(cluster: Any) -> None:
+def test_raise_carries_the_same_type_and_notes(backend: Any) -> None:
     pipeline = failing()
     with pytest.raises(ValueError, match="bad item 13") as want:
         local(pipeline).map({"x": range(100)}, map_over="x")
     with pytest.raises(ValueError, match="bad item") as got:
-        on(cluster, pipeline).map({"x": range(100)}, map_over="x")
+        on(backend, pipeline).map({"x": range(100)}, map_over="x")
     # Fail-fast: the first failure to arrive may be another failing item's.
     index = int(str(got.value).rsplit(" ", 1)[1])
     assert index in (13, 53, 93)
@@ -170,8 +192,8 @@ def test_raise_carries_the_same_type_and_notes(cluster: Any) -> None:
     ]
 
 
-def test_imap_ordered_unordered_and_leaving_early(cluster: Any) -> None:
-    pipeline = on(cluster, Pipeline(nodes()).bind(k=2))
+def test_imap_ordered_unordered_and_leaving_early(backend: Any) -> None:
+    pipeline = on(backend, Pipeline(nodes()).bind(k=2))
     want = local(Pipeline(nodes()).bind(k=2)).map({"x": range(50)}, map_over="x")
     ordered = list(pipeline.imap({"x": range(50)}, map_over="x", ordered=True))
     assert [i for i, _ in ordered] == list(range(50))
@@ -322,20 +344,20 @@ for _event in EVENTS:
     setattr(Recorder, _event, _record)
 
 
-def test_callback_events_and_a_disk_cache_rerun(cluster: Any, tmp_path: Path) -> None:
+def test_callback_events_and_a_disk_cache_rerun(backend: Any, tmp_path: Path) -> None:
     pipeline = failing()
     here, there = Recorder(), Recorder()
     inputs = {"x": range(20)}
     local(pipeline.with_callbacks([here])).map(inputs, map_over="x", on_error="collect")
-    on(cluster, pipeline.with_callbacks([there])).map(inputs, map_over="x", on_error="collect")
+    on(backend, pipeline.with_callbacks([there])).map(inputs, map_over="x", on_error="collect")
     assert there.events[0] == here.events[0]  # map_start
     assert there.events[-1] == here.events[-1]  # map_end
     assert there.per_item() == here.per_item()  # each item's events, in order
 
     cache = DiskCache(tmp_path / "cache")
     cached = Recorder()
-    first = on(cluster, pipeline.with_cache(cache)).map(inputs, map_over="x", on_error="collect")
-    again = on(cluster, pipeline.with_cache(cache).with_callbacks([cached]))
+    first = on(backend, pipeline.with_cache(cache)).map(inputs, map_over="x", on_error="collect")
+    again = on(backend, pipeline.with_cache(cache).with_callbacks([cached]))
     second = again.map(inputs, map_over="x", on_error="collect")
     assert [type(o) for o in second] == [type(o) for o in first]
     ends = [event[0] for event in cached.events]

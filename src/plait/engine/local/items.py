@@ -184,9 +184,11 @@ class ItemRunner:
         scope = self.services.scope if self.services is not None else None
         return None if scope is None else Replayer(scope)
 
-    def for_worker(self) -> ItemRunner:
+    def for_worker(self, *, keep_cache: bool = False) -> ItemRunner:
         """A copy to ship to another process: no executors, no limits of this process;
-        events are recorded there and replayed here (:mod:`plait.callbacks.remote`)."""
+        events are recorded there and replayed here (:mod:`plait.callbacks.remote`).
+        ``keep_cache``: the copy runs in this process after all (Daft's native
+        runner), so any cache store goes with it."""
         clone = copy.copy(self)
         clone.route = Route.in_worker(self.plan)
         clone.runtime = None
@@ -194,7 +196,7 @@ class ItemRunner:
         clone.setup = None  # rebuilt there by attach_local_runtime
         clone.shared = None  # resources do not cross processes: each item sets its own up
         if self.services is not None:
-            clone.services = self.services.for_worker()
+            clone.services = self.services.for_worker(keep_cache=keep_cache)
         return clone
 
     def attach_local_runtime(self) -> None:

@@ -45,13 +45,14 @@ class Services:
     nested: bool  # inside another run: nested events, inherited services
     parent_item: int | None  # the enclosing map item, if any
 
-    def for_worker(self) -> Services:
+    def for_worker(self, *, keep_cache: bool = False) -> Services:
         """These services as a worker process gets them: events recorded for replay
-        here, and the cache only if processes can share it."""
+        here, and the cache only if processes can share it (or ``keep_cache``: the
+        worker is in this process after all)."""
         from plait.callbacks.remote import recording_scope
 
         cache = self.cache
-        if cache is not None and not getattr(cache, "process_safe", False):
+        if cache is not None and not keep_cache and not getattr(cache, "process_safe", False):
             warnings.warn(
                 f"{type(cache).__name__} lives in one process: map items that run in worker "
                 "processes neither read nor write it. Use plait.DiskCache(path) to cache "

@@ -1,0 +1,213 @@
+"""What runs inside Daft: a pipeline's items as one UDF stage of plait's own scheduler.
+
+A query's stage is a ``daft.cls`` instance created once per Daft worker (a thread
+pool on the native runner, an actor on Ray). It loads the shipped work once: the
+map's :class:`~plait.engine.local.items.ItemRunner` (or a :class:`OneRun` for a
+single run) and runs each row's item through it, so async nodes, tuple outputs,
+node controls, ``Dep`` and nested pipelines behave exactly as on ``LocalEngine``.
+
+Values cross Daft as pickled bytes (a binary column), not as Daft values: a tuple
+stays a tuple, a dict a dict, and Daft's Python-object columns cost about ten
+times more per row. Errors cross as values in the reply, never as Daft
+exceptions (Daft turns them into ``DaftCoreException`` and loses their type).
+Each reply carries the callback events its item emitted, replayed on the driver.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Protocol
+
+import cloudpickle  # type: ignore[import-untyped]
+import daft
+from daft import DataType, Series
+
+from plait.callbacks.remote import Event, portable, recording
+from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.local import observe
+from plait.engine.local.controls import worker_runtime
+from plait.engine.local.items import ItemRunner
+from plait.engine.local.plan import Plan, Route
+from plait.engine.local.resources import run_with_deps
+from plait.engine.local.scheduler import run_plan
+from plait.engine.request import annotate_item
+
+#: A reply: (index, outputs, None, events) or (index, exception, traceback, events).
+Reply = tuple[int, Any, str | None, list[Event]]
+
+
+class Work(Protocol):
+    """What a stage runs per row (an :class:`ItemRunner`, or a :class:`OneRun`)."""
+
+    def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]: ...
+    async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]: ...
+    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]: ...
+
+
+def encode(value: Any) -> bytes:
+    """``value`` pickled (cloudpickle for what plain pickle cannot take: lambdas ...)."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return blob
+
+
+decode = pickle.loads
+
+
+class OneRun:
+    """One run of a plan (``pipeline.run`` on Daft): the work of a one-row query.
+
+    Its events are the run's own (``on_pipeline_start`` ...), not a map's.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        inputs: dict[str, Any],
+        services: observe.Services | None,
+    ) -> None:
+        self.plan = plan
+        self.given = inputs
+        self.services = services
+
+    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        return {}
+
+    def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        from plait.bridge import block_on
+
+        result: dict[str, Any] = block_on(self.arun(index, item))
+        return result
+
+    async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        plan, services = self.plan, self.services
+        route = Route.in_worker(plan)
+        values = plan.new_values(self.given)
+        runtime = worker_runtime(plan)
+        scope, cache = (None, None) if services is None else (services.scope, services.cache)
+        token = ENCLOSING.set(Enclosing(None, 0, 1, scope, cache))
+        try:
+            if services is None:
+                await run_with_deps(plan, values, partial(run_plan, route, values, runtime))
+            else:
+                await observe.observed_run(services, route, values, runtime)
+        finally:
+            ENCLOSING.reset(token)
+        return plan.outputs(values)
+
+
+#: Work of the queries running in this process, by token: on the native runner in
+#: the driver's own process the stage takes the live work, not a copy.
+_LIVE: dict[str, Work] = {}
+_LOADED: dict[str, Work] = {}
+_lock = threading.Lock()
+
+
+def register(token: str, work: Work) -> None:
+    """Make ``work`` the live work of query ``token`` in this process."""
+    with _lock:
+        _LIVE[token] = work
+
+
+def unregister(token: str) -> None:
+    with _lock:
+        _LIVE.pop(token, None)
+        _LOADED.pop(token, None)
+
+
+def _work(token: str, shipped: bytes) -> Work:
+    with _lock:
+        work = _LIVE.get(token) or _LOADED.get(token)
+        if work is not None:
+            return work
+    if not shipped:
+        raise RuntimeError(
+            f"plait: the work of Daft query {token} is not in this process and was not "
+            "shipped; DaftEngine(use_process=False) keeps stages in the driver's process"
+        )
+    work = decode(shipped)
+    if isinstance(work, ItemRunner):
+        work.attach_local_runtime()
+    with _lock:
+        return _LOADED.setdefault(token, work)
+
+
+def _failed(
+    work: Work, index: int, item: tuple[Any, ...], exc: Exception, annotate: bool
+) -> tuple[BaseException, str]:
+    if annotate:
+        annotate_item(exc, index, work.inputs(item))
+    return portable(exc), "".join(traceback.format_exception(exc))
+
+
+def run_row_blocking(work: Work, index: int, blob: bytes, annotate: bool) -> bytes:
+    """One row, to completion on this thread: its encoded reply."""
+    item = decode(blob)
+    with recording() as events:
+        try:
+            reply: Reply = (index, work.run_blocking(index, item), None, events)
+        except Exception as exc:
+            error, formatted = _failed(work, index, item, exc, annotate)
+            reply = (index, error, formatted, events)
+    return _encode_reply(work, reply)
+
+
+async def run_row(work: Work, index: int, blob: bytes, annotate: bool) -> bytes:
+    """One row, as a task on Daft's event loop: its encoded reply."""
+    item = decode(blob)
+    with recording() as events:
+        try:
+            reply: Reply = (index, await work.arun(index, item), None, events)
+        except Exception as exc:
+            error, formatted = _failed(work, index, item, exc, annotate)
+            reply = (index, error, formatted, events)
+    return _encode_reply(work, reply)
+
+
+def _encode_reply(work: Work, reply: Reply) -> bytes:
+    try:
+        return encode(reply)
+    except Exception as exc:  # an output that cannot travel back: the item fails
+        from plait.engine.local.calls import unpicklable_note
+
+        index, outputs, _, events = reply
+        exc.add_note(unpicklable_note(outputs, f"map item {index}", "output"))
+        formatted = "".join(traceback.format_exception(exc))
+        return encode((index, portable(exc), formatted, events))
+
+
+# --- the stage classes (wrapped by daft.cls per query): one per way rows run --------
+
+
+class InlineStage:
+    """Rows of a plan of plain sync calls, a batch at a time on a Daft thread."""
+
+    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+        self.work = _work(token, shipped)
+        self.annotate = annotate
+
+    @daft.method.batch(return_dtype=DataType.binary())
+    def __call__(self, index: Series, item: Series) -> Sequence[bytes]:
+        work, annotate = self.work, self.annotate
+        return [
+            run_row_blocking(work, i, blob, annotate)
+            for i, blob in zip(index.to_pylist(), item.to_pylist(), strict=True)
+        ]
+
+
+class LoopStage:
+    """Rows of a plan that needs an event loop: every row a task on Daft's loop."""
+
+    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+        self.work = _work(token, shipped)
+        self.annotate = annotate
+
+    @daft.method(return_dtype=DataType.binary())
+    async def __call__(self, index: int, item: bytes) -> bytes:
+        return await run_row(self.work, index, item, self.annotate)
