@@ -29,6 +29,7 @@ MODULES = {
     "bridge": "bench_bridge",
     "llm": "bench_llm",
     "distributed": "bench_distributed",
+    "daft": "bench_daft",
 }
 RESULTS = Path(__file__).with_name("results.json")
 COLUMNS = ("benchmark", "plait", "lower bound", "ratio", "overhead", "target", "result")

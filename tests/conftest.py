@@ -12,6 +12,9 @@ import pytest
 
 from plait import bridge
 
+# Daft phones home when imported unless told not to; the tests never should.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 if "MUTANT_UNDER_TEST" in os.environ:
     # `make mutation`: mutmut wraps each function of a mutated module in more frames,
     # so deep walks (fingerprints of values 200 levels deep) need more room.

@@ -45,6 +45,8 @@ class DaftEngine(Engine):
             runner; Ray's always are). Default False: stages run on Daft's threads
             in this process, where a ``MemoryCache`` and live objects are shared;
             True spreads CPU-bound sync nodes over processes.
+        concurrency: with ``use_process``, the number of worker processes a stage
+            of sync nodes runs in (Daft's ``max_concurrency``). Default: Daft decides.
         batch_size: rows per UDF call and per partition read back (the unit of
             streaming).
         window: items per query when a map's length is not known or is larger:
@@ -65,6 +67,7 @@ class DaftEngine(Engine):
         address: str | None = None,
         *,
         use_process: bool = False,
+        concurrency: int | None = None,
         batch_size: int = 1024,
         window: int = 100_000,
         show_plan: bool = False,
@@ -80,12 +83,16 @@ class DaftEngine(Engine):
             raise EngineError(f'DaftEngine runner must be "native" or "ray", got {runner!r}')
         if address is not None and runner != "ray":
             raise EngineError('DaftEngine(address=...) is the Ray cluster\'s: use runner="ray"')
-        for option, value in (("batch_size", batch_size), ("window", window)):
+        sizes = [("batch_size", batch_size), ("window", window)]
+        if concurrency is not None:
+            sizes.append(("concurrency", concurrency))
+        for option, value in sizes:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EngineError(f"DaftEngine {option} must be a positive int, got {value!r}")
         self.runner = runner
         self.address = address
         self.use_process = bool(use_process)
+        self.concurrency = concurrency
         self.batch_size = batch_size
         self.window = window
         self.show_plan = show_plan
@@ -247,9 +254,18 @@ class DaftEngine(Engine):
 
         from plait.engine.daft import stage
 
-        kind = stage.LoopStage if plan.needs_loop else stage.InlineStage
         names = ", ".join(step.node.name for step in plan.steps)
-        return daft.cls(kind, use_process=self.use_process, name_override=f"plait[{names}]")
+        options: dict[str, Any] = {
+            "use_process": self.use_process,
+            "name_override": f"plait[{names}]",
+        }
+        if (
+            plan.needs_loop
+        ):  # rows as tasks on one loop: Daft's max_concurrency would not bound them
+            return daft.cls(stage.LoopStage, **options)
+        if self.use_process:  # Daft runs a sync stage given max_concurrency in processes
+            options["max_concurrency"] = self.concurrency
+        return daft.cls(stage.InlineStage, **options)
 
     def _use_runner(self) -> None:
         """Set Daft's runner to this engine's, or refuse when another one is set."""
