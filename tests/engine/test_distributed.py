@@ -28,6 +28,7 @@ import pytest
 
 from plait import (
     DaftEngine,
+    Dep,
     DiskCache,
     ItemError,
     LocalEngine,
@@ -216,6 +217,27 @@ def test_imap_ordered_unordered_and_leaving_early(backend: Any) -> None:
     assert pipeline.map({"x": [1]}, map_over="x")[0]["doubled"] == 2  # still usable
 
 
+def tagger() -> Iterator[str]:
+    yield "client"
+
+
+def test_a_nested_map_and_a_dep(backend: Any) -> None:
+    @node(output_name="word")
+    def tag(letter: str, http: str = Dep(tagger, scope="item")) -> str:
+        return f"{http}:{letter}"
+
+    @node(output_name="joined")
+    def join(word: list[str]) -> str:
+        return ",".join(word)
+
+    inner = Pipeline([tag], name="inner").as_node(map_over="letter")
+    pipeline = Pipeline([inner, join])
+    inputs = {"letter": [["a", "b"], ["c"], []]}
+    want = local(pipeline).map(inputs, map_over="letter")
+    assert want[0] == {"word": ["client:a", "client:b"], "joined": "client:a,client:b"}
+    assert on(backend, pipeline).map(inputs, map_over="letter") == want
+
+
 def test_a_node_executor_runs_calls_as_tasks(cluster: Any) -> None:
     @node(output_name="pid")
     def where(x: int) -> int:
@@ -262,31 +284,42 @@ from plait import LocalEngine, Pipeline, node
 def shout(word):
     return word.upper() + "!"
 
-def executor():
+def engine():
+    if sys.argv[1] == "daft-ray":
+        from plait import DaftEngine
+        return DaftEngine(runner="ray", address=sys.argv[2])
     if sys.argv[1] == "ray":
         from plait import RayExecutor
-        return RayExecutor(address=sys.argv[2])
+        return LocalEngine(map_executor=RayExecutor(address=sys.argv[2]))
     from distributed import Client
-    return Client(sys.argv[2])
+    return LocalEngine(map_executor=Client(sys.argv[2]))
 
-pipeline = Pipeline([shout], engine=LocalEngine(map_executor=executor()))
+pipeline = Pipeline([shout], engine=engine())
 print(pipeline.map({"word": ["a", "b"]}, map_over="word"))
 """
 
 
+SCRIPT_BACKENDS = [*EXECUTORS, pytest.param("daft-ray", marks=pytest.mark.daft_ray)]
+
+
+@pytest.mark.parametrize("name", SCRIPT_BACKENDS)
 def test_a_node_of_a_script_runs_on_workers_that_cannot_import_it(
-    cluster: Any, tmp_path: Path
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    if isinstance(cluster, ClusterExecutor):  # RayExecutor
+    if name == "dask":
+        address = request.getfixturevalue("dask_client").scheduler.address
+    else:  # Ray, started by the backend's fixture
         import ray
 
-        backend, address = "ray", ray.get_runtime_context().gcs_address
-    else:
-        backend, address = "dask", cluster.scheduler.address
+        if name == "ray":
+            request.getfixturevalue("ray_executor").cpus()  # starts Ray
+        else:
+            request.getfixturevalue("daft_ray_engine")
+        address = ray.get_runtime_context().gcs_address
     done = subprocess.run(
-        [sys.executable, str(script), backend, address],
+        [sys.executable, str(script), name, address],
         capture_output=True,
         text=True,
         timeout=90,
