@@ -35,3 +35,15 @@ def test_prose_comments_are_not_checked_and_await_works() -> None:
     run_block(source, namespace, "page.md", first_line=1)
     run_block("await asyncio.sleep(0, 4)\n# 4\n", namespace, "page.md", first_line=1)
     namespace["__docs_runner__"].close()  # type: ignore[attr-defined]
+
+
+def test_a_page_runs_hidden_setup_and_skips_marked_blocks(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- invisible-code-block: python\nbase = 40\n-->\n\n"
+        "```python\nbase + 2\n# 42\n```\n\n"
+        "<!-- skip: next -->\n```python\nraise RuntimeError('an illustration')\n```\n\n"
+        "```python\nbase\n# 41\n```\n"
+    )
+    with pytest.raises(AssertionError, match="line 16 says the value is\n  41\nbut it is\n  40"):
+        run_page(page)
