@@ -13,7 +13,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-ray lint bench mutation clean
+.PHONY: install demo test test-ray lint docs bench mutation clean
 
 install: $(STAMP)
 
@@ -33,6 +33,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory docs PYTHON=$(PYTHON) SITE=$(VENV)/site
 	$(MAKE) --no-print-directory test-ray PYTHON=$(PYTHON)
 
 # Ray listens on every network interface, even when told 127.0.0.1: the tests that
@@ -53,6 +54,13 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The docs site (mkdocs.yml): strict, so a broken link or a missing API reference fails
+# (`make test` builds it too). SITE: where it goes; `make test` builds into the venv, so
+# suites of two interpreters side by side never share a directory.
+SITE ?= site
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(SITE)
+
 bench: install
 	$(PY) benchmarks/run.py
 
@@ -66,4 +74,4 @@ mutation: install
 	$(PY) tools/mutation_scores.py $(MODULES)
 
 clean:
-	rm -rf .venv .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .venv .venv-* site .pytest_cache .mypy_cache .ruff_cache .hypothesis

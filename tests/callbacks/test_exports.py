@@ -22,7 +22,8 @@ def test_importing_the_package_loads_neither_rich_nor_opentelemetry() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
-    assert result.stdout.splitlines() == ["[]", "[]", "['opentelemetry', 'rich']"]
+    # rich loads when a ProgressCallback draws on a terminal, not on import
+    assert result.stdout.splitlines() == ["[]", "[]", "['opentelemetry']"]
 
 
 def test_the_built_ins_are_exported() -> None:

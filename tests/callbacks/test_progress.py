@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from importlib.util import find_spec
 
 import pytest
 from rich.console import Console
@@ -173,15 +172,6 @@ def test_on_a_terminal_from_another_thread(clock: Clock) -> None:
     assert "50/50 items" in out.getvalue()
 
 
-@pytest.mark.skipif(find_spec("ipywidgets") is not None, reason="ipywidgets is installed")
-def test_in_jupyter_without_ipywidgets_it_writes_plain_lines() -> None:
-    out = io.StringIO()
-    progress = ProgressCallback(console=Console(file=out, force_jupyter=True), plain_interval=60)
-    src = Source(progress)
-    src.play(map_(src, Map("scrape", 3, nodes("fetch"))))
-    assert out.getvalue().startswith("plait: map 'scrape' 3/3 items (100.0%), done in")
-
-
 @pytest.mark.parametrize("transient", [True, False])
 def test_transient_clears_the_display_at_the_end(transient: bool) -> None:
     out = io.StringIO()
@@ -194,17 +184,28 @@ def test_transient_clears_the_display_at_the_end(transient: bool) -> None:
     assert erased == transient
 
 
-def test_without_rich_the_error_says_what_to_install() -> None:
+def test_without_rich_plain_lines_work_and_a_terminal_says_what_to_install() -> None:
     code = (
-        "import sys; sys.modules['rich'] = None\n"
-        "import plait.callbacks\n"
-        "try:\n    from plait.callbacks import ProgressCallback\n"
+        "import io, sys; sys.modules['rich'] = None\n"
+        "from plait import Pipeline, node\n"
+        "from plait.callbacks import ProgressCallback\n"
+        "out = io.StringIO()\n"
+        "pipeline = Pipeline([node(lambda x: x, output_name='y')], name='p',\n"
+        "                    callbacks=[ProgressCallback(file=out)])\n"
+        "pipeline.map(inputs={'x': [1, 2]}, map_over='x')\n"
+        "print(out.getvalue().splitlines()[0])\n"
+        "class Tty(io.StringIO):\n"
+        "    def isatty(self): return True\n"
+        "try:\n    ProgressCallback(file=Tty())\n"
         "except ImportError as e:\n    print(e)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
-    assert "pip install 'plait[progress]'" in result.stdout
+    line, error = result.stdout.splitlines()
+    assert line.startswith("plait: map 'p' 2/2 items (100.0%), done in")
+    assert error.startswith("ProgressCallback draws bars on a terminal with rich")
+    assert "pip install 'plait[progress]'" in error
 
 
 def test_one_instance_serves_runs_in_several_threads_at_once() -> None:

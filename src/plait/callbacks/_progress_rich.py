@@ -73,7 +73,7 @@ class RichDisplay:
         self.transient = transient
         self.progress: Progress | None = None
 
-    def add(self, stats: ScopeStats, order: tuple[int, ...]) -> TaskID:
+    def add(self, stats: ScopeStats, order: tuple[int, ...]) -> int:
         """A new bar for ``stats``, placed by ``order`` (its parent's order plus one number)."""
         if self.progress is None:
             self.progress = _TreeProgress(
@@ -94,20 +94,21 @@ class RichDisplay:
         description = f"{indent}{stats.kind} [bold]{escape(name)}[/]"
         return self.progress.add_task(description, total=stats.total, stats=stats, order=order)
 
-    def update(self, task: TaskID, stats: ScopeStats) -> None:
+    def update(self, task: int, stats: ScopeStats) -> None:
         if self.progress is not None:
-            self.progress.update(task, completed=stats.done)
+            self.progress.update(TaskID(task), completed=stats.done)
 
-    def finish(self, task: TaskID, stats: ScopeStats, remove: bool) -> None:
+    def finish(self, task: int, stats: ScopeStats, remove: bool) -> None:
         """The scope ended: drop its bar, or leave it full (its final counts) on screen."""
         if self.progress is None:
             return
+        task_id = TaskID(task)
         if remove:
-            self.progress.remove_task(task)
+            self.progress.remove_task(task_id)
         else:
             total = stats.done if stats.total is None else stats.total
-            self.progress.update(task, total=total, completed=stats.done)
-            self.progress.stop_task(task)
+            self.progress.update(task_id, total=total, completed=stats.done)
+            self.progress.stop_task(task_id)
 
     def close(self) -> None:
         """No scope is live: stop the display (a new one starts with the next scope)."""

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
-from importlib.util import find_spec
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
-try:
-    from rich.console import Console
-    from rich.progress import TaskID
-
-    from plait.callbacks import _progress_rich
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "ProgressCallback draws with rich, which is not installed: pip install 'plait[progress]'"
-    ) from exc
-
-from plait.callbacks import _progress_stats
+from plait.callbacks import _progress_html, _progress_stats
 from plait.callbacks._progress_stats import ScopeStats
 from plait.callbacks.base import Callback, CallbackContext
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _Display(Protocol):
+    """A live display: rich bars on a terminal, an HTML table in Jupyter."""
+
+    def add(self, stats: ScopeStats, order: tuple[int, ...]) -> int: ...
+    def update(self, task: int, stats: ScopeStats) -> None: ...
+    def finish(self, task: int, stats: ScopeStats, remove: bool) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -28,23 +30,26 @@ class _Entry:
     parent_id: int | None
     top: bool  # no parent this callback saw: a top-level run, or a scope only it observes
     order: tuple[int, ...]  # sorts a bar under its parent's
-    task: TaskID | None = None  # its bar, on a live display
+    task: int | None = None  # its bar, on a live display
 
 
 class ProgressCallback(Callback):
     """Show how far runs and maps have got.
 
-    On a terminal or in Jupyter (with ipywidgets): a live rich display with a bar
-    per top-level run (nodes done) and per map (items done/total, rate, ETA, cached
-    and failed counts); maps of nested pipelines show under their parent's bar,
-    those inside map items only while they run. Elsewhere (a log file, CI): a plain
+    On a terminal: a live rich display with a bar per top-level run (nodes done) and
+    per map (items done/total, rate, ETA, cached and failed counts); maps of nested
+    pipelines show under their parent's bar, those inside map items only while they
+    run. In Jupyter: the same as an HTML table updated in place (no ipywidgets), whose
+    final state stays in the saved notebook. Elsewhere (a log file, CI): a plain
     line per top-level run or map at most every ``plain_interval`` seconds while it
     progresses, and one when it ends::
 
         plait: map 'scrape' 700/10000 items (7.0%), 12.3 items/s, ETA 12m34s, 3 cached, 1 failed
 
+    rich is needed (``pip install 'plait[progress]'``) only to draw on a terminal.
+
     Args:
-        file: where to write; stderr by default.
+        file: where to write; stderr by default (in Jupyter, the cell's output).
         console: a ``rich.console.Console`` to draw on instead of ``file``.
         refresh_per_second: redraws per second of the live display.
         plain_interval: seconds between plain progress lines.
@@ -60,15 +65,16 @@ class ProgressCallback(Callback):
         plain_interval: float = 10.0,
         transient: bool = False,
     ) -> None:
-        if console is None:
-            console = Console(file=file) if file is not None else Console(stderr=True)
-        self.console = console
         self.plain_interval = plain_interval
-        # rich draws in Jupyter through ipywidgets; without it a live display shows nothing
-        live = console.is_terminal or (console.is_jupyter and find_spec("ipywidgets") is not None)
-        self._display = (
-            _progress_rich.RichDisplay(console, refresh_per_second, transient) if live else None
-        )
+        self._file: IO[str] = file if file is not None else sys.stderr
+        self._display: _Display | None = None
+        if console is None and file is None and _progress_html.in_jupyter():
+            self._display = _progress_html.HtmlDisplay(refresh_per_second)
+        elif console is not None or self._file.isatty():
+            console = _console(self._file, console)
+            self._file = console.file
+            if console.is_terminal:
+                self._display = _rich_display(console, refresh_per_second, transient)
         self._lock = threading.RLock()
         self._scopes: dict[int, _Entry] = {}
         self._count = 0  # numbers scopes for the display order
@@ -197,6 +203,27 @@ class ProgressCallback(Callback):
                 self._write(entry.stats.line())
 
     def _write(self, line: str) -> None:
-        file = self.console.file
-        file.write(line + "\n")
-        file.flush()
+        self._file.write(line + "\n")
+        self._file.flush()
+
+
+_NO_RICH = (
+    "ProgressCallback draws bars on a terminal with rich, which is not installed: "
+    "pip install 'plait[progress]' (off a terminal and in Jupyter it needs no rich)"
+)
+
+
+def _console(file: IO[str], console: Console | None) -> Console:
+    if console is not None:
+        return console
+    try:
+        from rich.console import Console
+    except ImportError as exc:
+        raise ImportError(_NO_RICH) from exc
+    return Console(file=file)
+
+
+def _rich_display(console: Console, refresh_per_second: float, transient: bool) -> _Display:
+    from plait.callbacks._progress_rich import RichDisplay
+
+    return RichDisplay(console, refresh_per_second, transient)
