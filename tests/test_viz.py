@@ -89,7 +89,7 @@ def test_dot_shows_inputs_nodes_outputs_and_edges() -> None:
     assert nodes["in:scale"] == "scale | = 2"  # optional, with its default
     assert nodes["in:minimum"] == "minimum | = 1"  # optional inside the nested pipeline
     assert nodes["node:fetch"] == (
-        "fetch | async · max_concurrent=8 · retries=3 | timeout=30 · rate_limit=20/1s"
+        "fetch | async · max_concurrent=8 · retries=3 | timeout=30 · rate_limit=20/s"
     )
     assert nodes["node:total"] == "total | sync"
     assert nodes["out:total"] == "total"
@@ -205,6 +205,18 @@ def test_labels_are_escaped() -> None:
     assert "#quot;quoted#quot; #lt;name#gt; #amp; more" in mermaid
 
 
+def test_rate_limits_read_as_they_are_written() -> None:
+    from plait.options import RateLimit
+
+    assert [str(RateLimit(20, p)) for p in (1.0, 60.0, 3600.0, 10.0, 0.4)] == [
+        "20/s",
+        "20/min",
+        "20/h",
+        "20/10s",
+        "20/0.4s",
+    ]
+
+
 def test_orient_and_bad_arguments() -> None:
     assert parse_dot(report().to_dot(orient="LR"))["rankdir"] == "LR"
     assert report().to_mermaid(orient="LR").startswith("flowchart LR\n")
@@ -248,7 +260,7 @@ def test_text_lists_inputs_nodes_and_outputs() -> None:
         "  scale = 2      optional\n"
         "nodes:\n"
         "  fetch(urls, model='small') → texts  [async, max_concurrent=8, retries=3, timeout=30,"
-        " rate_limit=20/1s]\n"
+        " rate_limit=20/s]\n"
         "  docs  [pipeline 'per_doc', map over texts]\n"
         "    inputs:\n"
         "      texts → text  from outside, each item\n"
