@@ -361,3 +361,15 @@ def test_without_dot_the_error_names_the_program(monkeypatch: pytest.MonkeyPatch
     assert not render.available()
     with pytest.raises(ImportError, match="No `dot` program is on PATH"):
         report().visualize()
+
+
+def test_the_pictures_in_docs_visualization_md_are_current() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "visualization.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    pipeline = namespace["pipeline"]
+    (mermaid,) = re.findall(r"```mermaid\n(.*?)```", text, re.S)
+    assert mermaid == pipeline.to_mermaid()
+    (plain_text,) = re.findall(r"```\n(Pipeline 'report'.*?)```", text, re.S)
+    assert plain_text == render_text(pipeline)

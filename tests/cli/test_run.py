@@ -238,3 +238,13 @@ def test_python_dash_m_plait_and_exit_statuses(workdir: Path) -> None:
     usage = run("run", "orders:shop", "--bogus")
     assert usage.returncode == 2
     assert usage.stderr == "plait: error: unrecognized arguments: --bogus (see plait --help)\n"
+
+
+def test_warnings_print_in_one_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shared = workdir / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    status, out, err = plait(capsys, "run", "orders:shop", "-i", "item=apple", "--cache", "shared")
+    assert (status, out) == (0, "price = 0.5\nlabel = '0.50 EUR'\n")
+    assert err.startswith(f"plait: CacheWarning: cache directory '{shared}' is accessible by")
+    assert err.count("\n") == 1
