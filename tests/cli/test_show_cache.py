@@ -61,6 +61,11 @@ def test_show_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         "plait show: error: no node produces output 'lable'. Did you mean 'label'? "
         "Available outputs: 'price', 'label'\n"
     )
+    status, _, err = plait(capsys, "show", "orders:shop", "--orient", "up")
+    assert (status, err) == (
+        2,
+        "plait show: error: orient must be one of 'TB', 'LR', 'BT', 'RL', got 'up'\n",
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["show", "orders:shop", "--depth", "-1"])
     assert exit_info.value.code == 2

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from plait.cli.failure import UsageError
-from plait.cli.target import check_inputs, load_pipeline, read_inputs
+from plait.cli.target import add_target_options, check_inputs, load_pipeline, read_inputs
 
 HELP = "run a pipeline (or map it over inputs) and print its outputs"
 
@@ -41,7 +41,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("target", metavar="MODULE:PIPELINE", help="the pipeline to run")
+    add_target_options(parser, "print only this output and run only the nodes it needs")
     parser.add_argument(
         "--input",
         "-i",
@@ -66,14 +66,6 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         choices=("zip", "product"),
         default="zip",
         help="pair mapped inputs item by item (zip, the default) or run every combination",
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="print only this output and run only the nodes it needs (repeat for more)",
     )
     parser.add_argument(
         "--node-executor",

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from plait.cli.failure import UsageError
-from plait.cli.target import load_pipeline
+from plait.cli.target import add_target_options, load_pipeline
 
 FORMATS = ("text", "mermaid", "dot", "svg")
 
@@ -31,7 +31,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("target", metavar="MODULE:PIPELINE", help="the pipeline to show")
+    add_target_options(parser, "show only the nodes this output needs")
     parser.add_argument("--format", "-f", choices=FORMATS, default="text", help="default: text")
     parser.add_argument(
         "--depth",
@@ -41,15 +41,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="levels of nested pipelines to expand (default 1; 0: none; all)",
     )
     parser.add_argument(
-        "--orient", choices=("TB", "LR", "BT", "RL"), default="TB", help="default: TB"
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="show only the nodes this output needs (repeat for more)",
+        "--orient", default="TB", help="TB (top to bottom, the default), LR, BT or RL"
     )
     parser.set_defaults(handler=show)
 
@@ -75,12 +67,16 @@ def show(args: argparse.Namespace) -> int:
         "depth": args.depth,
         "orient": args.orient,
     }
+    try:
+        picture = viz.figure(pipeline, **options)  # checks the options once, up front
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.format == "text":
-        print(viz.to_text(viz.figure(pipeline, **options)), end="")
+        print(viz.to_text(picture), end="")
     elif args.format == "mermaid":
-        print(pipeline.to_mermaid(**options), end="")
+        print(viz.to_mermaid(picture), end="")
     elif args.format == "dot":
-        print(pipeline.to_dot(**options), end="")
+        print(viz.to_dot(picture), end="")
     else:
         try:
             drawing = pipeline.visualize(format="svg", **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -14,6 +15,19 @@ from typing import Any
 from plait._text import did_you_mean, quoted
 from plait.cli.failure import UsageError
 from plait.pipeline import Pipeline
+
+
+def add_target_options(parser: argparse.ArgumentParser, outputs_help: str) -> None:
+    """The options ``run`` and ``show`` share: the pipeline, and ``--output NAME ...``."""
+    parser.add_argument("target", metavar="MODULE:PIPELINE", help="the pipeline")
+    parser.add_argument(
+        "--output",
+        "-o",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"{outputs_help} (repeat for more)",
+    )
 
 
 def load_pipeline(target: str) -> Pipeline:
