@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plait.cli import main
 from plait.cli.target import parse_value
-
-
-def plait(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(args)
-    out, err = capsys.readouterr()
-    return status, out, err
+from tests.cli import plait
 
 
 @pytest.mark.usefixtures("workdir")

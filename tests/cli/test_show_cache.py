@@ -13,12 +13,7 @@ import pytest
 from plait import DiskCache
 from plait.cli import main
 from plait.cli.target import load_pipeline
-
-
-def plait(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(args)
-    out, err = capsys.readouterr()
-    return status, out, err
+from tests.cli import plait
 
 
 @pytest.mark.usefixtures("workdir")
