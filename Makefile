@@ -13,9 +13,16 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-ray lint docs bench mutation clean
+.PHONY: install graphviz demo test test-ray lint docs bench mutation clean
 
-install: $(STAMP)
+install: $(STAMP) graphviz
+
+# Pipeline.visualize() draws with Graphviz's `dot` (Debian's graphviz package).
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+		echo "no dot program; installing Debian's graphviz"; \
+		apt-get update -qq && apt-get install -y -qq graphviz; \
+	}
 
 # Debian's python3 ships without venv/ensurepip; install python3-venv when that is the case.
 $(STAMP): pyproject.toml

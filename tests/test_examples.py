@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SLOW_STEP = re.compile(r"Executing <.*> took \d+\.\d+ seconds")
 
 
-def run_example(name: str) -> str:
+def run_example(name: str, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(EXAMPLES / name)],
+        [sys.executable, "-X", "dev", "-W", "error", str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -94,3 +96,19 @@ def test_etl_resume() -> None:
     assert cached + computed == 40
     assert cached >= first - 1  # at most the record in flight at the kill runs again
     assert "resumed: 40 rows, in order" in out
+
+
+def test_visualize(tmp_path: Path) -> None:
+    out = run_example("visualize.py", str(tmp_path))
+    assert out.startswith("Report: 18 words\n- text of a.html text of (9 words)\n")
+    assert "flowchart TB\n" in out
+    assert "subgraph c7[\"<b>summaries</b><br/><small>pipeline 'per_page' · map over pages" in out
+    assert "only what 'pages' needs: 3 edges" in out
+    svg = ET.parse(tmp_path / "report.svg").getroot()
+    clusters = [g for g in svg.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "cluster"]
+    assert len(clusters) == 1
+    png = (tmp_path / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    width, height = struct.unpack(">II", png[16:24])
+    assert f"wrote {tmp_path / 'report.png'} ({width}x{height} pixels)" in out
+    assert width > 2 * height  # drawn left to right

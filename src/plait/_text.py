@@ -8,17 +8,24 @@ import reprlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-_repr = reprlib.Repr()
-_repr.maxstring = 60
-_repr.maxother = 60
-_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 5
-_repr.maxlevel = 3
+
+def _shortener(text: int, items: int, levels: int) -> reprlib.Repr:
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = text
+    shortener.maxlist = shortener.maxtuple = shortener.maxset = shortener.maxdict = items
+    shortener.maxlevel = levels
+    return shortener
 
 
-def short_repr(value: object) -> str:
-    """A repr that stays short for large or deeply nested values."""
+_repr = _shortener(text=60, items=5, levels=3)
+_brief = _shortener(text=24, items=3, levels=2)
+
+
+def short_repr(value: object, *, brief: bool = False) -> str:
+    """A repr that stays short for large or deeply nested values; ``brief``: shorter
+    still, for labels in a picture."""
     try:
-        return _repr.repr(value)
+        return (_brief if brief else _repr).repr(value)
     except Exception:  # a broken __repr__ must not hide the real error
         return f"<{type(value).__name__} object (repr failed)>"
 

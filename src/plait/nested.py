@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from plait._text import did_you_mean, quoted
 from plait.engine.base import ItemError, Outcome
@@ -12,12 +14,17 @@ from plait.engine.context import NESTED_NODE
 from plait.errors import InputError, NodeDefinitionError, UnknownOutputError
 from plait.node import Node
 
+if TYPE_CHECKING:
+    from plait.graph import Graph
+
 
 class Nestable(Protocol):
     """What a nested node needs of the pipeline it runs (:class:`plait.Pipeline` has it)."""
 
     @property
     def name(self) -> str | None: ...
+    @property
+    def graph(self) -> Graph: ...
     @property
     def nodes(self) -> tuple[Node[..., Any], ...]: ...
     @property
@@ -41,6 +48,34 @@ class Nestable(Protocol):
         output_name: Any = ...,
         on_error: Any = ...,
     ) -> list[Outcome]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Nesting:
+    """How a node made by :meth:`Pipeline.as_node` runs its pipeline (see :func:`nesting`)."""
+
+    pipeline: Nestable
+    #: The node's parameter (outer name) -> the inner input it feeds.
+    inputs: Mapping[str, str]
+    #: The inner output -> the node's output (outer name) it becomes.
+    outputs: Mapping[str, str]
+    #: The parameters the node maps the pipeline over; empty when it runs it once.
+    map_over: tuple[str, ...]
+    map_mode: str
+
+
+def nesting(item: Node[..., Any]) -> Nesting | None:
+    """How ``item`` runs a nested pipeline, or None when it is not a nested node."""
+    call = item.func
+    if not isinstance(call, _NestedCall):
+        return None
+    return Nesting(
+        pipeline=call.pipeline,
+        inputs=MappingProxyType(dict(call.params)),
+        outputs=MappingProxyType(dict(zip(call.selected, item.outputs, strict=True))),
+        map_over=call.mapped,
+        map_mode=call.map_mode,
+    )
 
 
 class _InnerDefault:

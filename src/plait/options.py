@@ -46,7 +46,9 @@ class RateLimit:
     period: float
 
     def __str__(self) -> str:
-        return f"{self.count}/{self.period:g}s"
+        """``20/s``, ``100/min``, ``1000/h``, ``5/10s``: as it is written in ``rate_limit``."""
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period, f"{self.period:g}s")
+        return f"{self.count}/{unit}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from plait import bridge
+from plait import bridge, viz
 from plait._text import did_you_mean, quoted
 from plait.engine.base import Engine, MapMode, OnError, Outcome
 from plait.engine.context import ENCLOSING
@@ -25,6 +26,7 @@ from plait.errors import InputError
 from plait.graph import Graph
 from plait.nested import as_node
 from plait.node import Node
+from plait.viz import render
 
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
@@ -372,6 +374,62 @@ class Pipeline:
             on_error=on_error,
             ordered=ordered,
         )
+
+    # --- pictures ---------------------------------------------------------------
+
+    def to_dot(
+        self, *, output_name: OutputSelection = None, depth: int | None = 1, orient: str = "TB"
+    ) -> str:
+        """The pipeline's picture as Graphviz DOT text (needs nothing installed).
+
+        It shows the inputs (required; optional with their default; bound with their
+        value), the nodes (sync or async, with the controls they set), the outputs,
+        edges named after the value they carry, and nested pipelines as clusters,
+        ``depth`` levels deep (0: as single boxes; None: all levels), with what they
+        map over. With ``output_name`` only the nodes a run for those outputs needs
+        are drawn. ``orient`` is ``"TB"`` (top to bottom), ``"LR"``, ``"BT"`` or ``"RL"``.
+        """
+        return viz.to_dot(self._figure(output_name, depth, orient))
+
+    def to_mermaid(
+        self, *, output_name: OutputSelection = None, depth: int | None = 1, orient: str = "TB"
+    ) -> str:
+        """The picture as Mermaid flowchart text, for Markdown and GitHub; see :meth:`to_dot`."""
+        return viz.to_mermaid(self._figure(output_name, depth, orient))
+
+    def visualize(
+        self,
+        filename: str | os.PathLike[str] | None = None,
+        format: str | None = None,
+        *,
+        output_name: OutputSelection = None,
+        depth: int | None = 1,
+        orient: str = "TB",
+    ) -> Any:
+        """Draw the picture (:meth:`to_dot`) with Graphviz; returns a ``graphviz.Source``,
+        which a notebook displays.
+
+        With ``filename`` it is also written there, as ``format`` (``"svg"``, ``"png"``,
+        ...; by default the filename's suffix, else SVG). Needs the extra ``plait[viz]``
+        and Graphviz's ``dot`` program; an ImportError names both when either is missing.
+        """
+        picture = self._figure(output_name, depth, orient)
+        drawing = render.source(viz.to_dot(picture), render.format_for(filename, format))
+        if filename is not None:
+            render.write(drawing, filename)
+        return drawing
+
+    def _repr_mimebundle_(
+        self, include: Container[str] | None = None, exclude: Container[str] | None = None
+    ) -> dict[str, str]:
+        """Jupyter shows a pipeline as its picture: SVG with Graphviz, else Mermaid."""
+        picture = self._figure(None, 1, "TB")
+        return render.mimebundle(
+            viz.to_dot(picture), viz.to_mermaid(picture), repr(self), include, exclude
+        )
+
+    def _figure(self, output_name: OutputSelection, depth: int | None, orient: str) -> viz.Figure:
+        return viz.figure(self, output_name=output_name, depth=depth, orient=orient)
 
     # --- shared preparation ---------------------------------------------------
 

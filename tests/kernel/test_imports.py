@@ -13,7 +13,9 @@ from plait.kernel import KernelClient
 from plait.session import capture
 
 SRC = pathlib.Path(plait.kernel.protocol.__file__).resolve().parents[1]
-MODULES = sorted([*(SRC / "session").glob("*.py"), *(SRC / "kernel").glob("*.py"), SRC / "cli.py"])
+MODULES = sorted(
+    [*(SRC / "session").glob("*.py"), *(SRC / "kernel").glob("*.py"), *(SRC / "cli").glob("*.py")]
+)
 
 
 def plait_imports(tree: ast.Module) -> tuple[set[str], list[str]]:
