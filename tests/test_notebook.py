@@ -67,3 +67,13 @@ def test_progress_keeps_its_final_state_in_the_saved_notebook(executed: dict[str
     assert "map <b>demo</b>" in html
     assert "30/30 items" in html
     assert display["data"]["text/plain"].startswith("plait: map 'demo' 30/30 items (100.0%), done")
+
+
+@pytest.mark.timeout(120)
+def test_a_pipeline_displays_as_its_picture(executed: dict[str, Any]) -> None:
+    (shown,) = [out for out in executed["picture"] if out["output_type"] == "execute_result"]
+    svg = shown["data"]["image/svg+xml"]
+    assert svg.lstrip().startswith(("<?xml", "<svg"))
+    for name in ("double", "add_one", "doubled", "total"):  # its nodes and values, drawn
+        assert name in svg
+    assert shown["data"]["text/plain"].startswith("Pipeline(")
