@@ -154,6 +154,13 @@ def test_a_process_scoped_dep_is_made_once_per_worker(cluster: Any, tmp_path: Pa
     assert all(pid == made_in for pid, made_in, _ in where)
     assert len({(pid, ident) for pid, _, ident in where}) == len(made)  # one object each
     assert str(os.getpid()) not in made
+    # As a node executor: the run sets the dep up here, each call uses its worker's own.
+    runs = pipeline.with_engine(LocalEngine(node_executor=cluster))
+    called = [runs.run({"x": x})["where"] for x in range(10)]
+    made = log.read_text().split()
+    assert len(made) == len(set(made)), made
+    assert str(os.getpid()) in made
+    assert all(pid == made_in for pid, made_in, _ in called)
 
 
 def test_product_mode_and_an_empty_map(backend: Any) -> None:

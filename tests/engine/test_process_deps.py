@@ -275,3 +275,20 @@ def test_instances_left_are_torn_down_when_the_process_exits(tmp_path: Path) -> 
     )
     assert done.stdout.split() == ["up", "exiting", "down"]
     assert done.stderr == ""
+
+
+def test_node_calls_on_a_process_pool_use_the_worker_s_instance(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    pipeline = counted(log)
+    with LocalEngine(node_executor="parallel", max_workers=2) as engine:
+        got = [
+            pipeline.with_engine(engine).run(inputs={"x": x, "model_name": "m"})["y"]
+            for x in range(20)
+        ]
+        made = [line.split()[1] for line in lines(log) if line.startswith("up")]
+    assert len(made) == len(set(made)), made  # one per process
+    assert str(os.getpid()) in made  # the run sets its deps up here first
+    assert [x for x, _, _ in got] == list(range(20))
+    assert {str(pid) for _, _, pid in got} == set(made) - {str(os.getpid())}
+    downs = sorted(line.split()[1] for line in lines(log) if line.startswith("down"))
+    assert downs == sorted(made)  # the workers' at their exit, this one at close

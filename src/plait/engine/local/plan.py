@@ -39,6 +39,7 @@ class Step:
         "out_slots",
         "payload",
         "positional",
+        "sends_deps",
         "successors",
         "unpacks",
     )
@@ -68,6 +69,8 @@ class Step:
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()
+        #: It takes process-scoped deps: sent to another process, it uses that one's.
+        self.sends_deps = any(dep.scope == "process" for dep in node.deps.values())
         #: The node cloudpickled, with a digest, once it is first sent to a process pool.
         self.payload: tuple[bytes, str] | None = None
         #: (code fingerprint, hasher fed with the fixed part of its cache key), memoized

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plait.bridge import drive_inline
@@ -52,6 +52,8 @@ class _Instance:
 
 _instances: dict[Key, _Instance] = {}
 _made: list[tuple[Key, _Instance]] = []  # in order of setup: torn down in reverse
+#: (dep identity, id(instance)) -> the inputs it was made with, to send it by reference.
+_origins: dict[tuple[object, int], dict[str, Any]] = {}
 _lock = threading.Lock()
 _exit_hook: object | None = None  # the multiprocessing finalizer, once registered
 
@@ -94,6 +96,7 @@ def release(owner: object) -> None:
                 if not instance.owners and not instance.pinned:
                     dropped.append(instance)
                     del _instances[key]
+                    _origins.pop((key[0], id(instance.value)), None)
         _made[:] = [(key, kept) for key, kept in _made if kept not in dropped]
     _tear_down(dropped)
 
@@ -104,7 +107,62 @@ def close_all() -> None:
         dropped = [instance for _, instance in reversed(_made)]
         _instances.clear()
         _made.clear()
+        _origins.clear()
     _tear_down(dropped)
+
+
+class InWorker:
+    """A process-scoped dep's instance sent to another process by reference: the node
+    parameter that takes it (the node goes too) and the inputs it was made with."""
+
+    __slots__ = ("param", "taken")
+
+    def __init__(self, param: str, taken: dict[str, Any]) -> None:
+        self.param = param
+        self.taken = taken
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InWorker, (self.param, self.taken))
+
+
+def by_reference(
+    deps: Mapping[str, Dep[Any]],
+    positional: Sequence[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of a call about to go to another process, each instance of a
+    process-scoped dep in them (by parameter: ``deps``) replaced by an :class:`InWorker`,
+    so the worker uses its own instead of a pickled copy of this one."""
+    sent_args, sent_kwargs = list(args), dict(kwargs)
+
+    def reference(param: str, dep: Dep[Any], value: Any) -> Any:
+        taken = _origins.get((_identity(dep), id(value)))
+        return value if taken is None else InWorker(param, taken)
+
+    for param, dep in deps.items():
+        if dep.scope != "process":
+            continue
+        if param in sent_kwargs:
+            sent_kwargs[param] = reference(param, dep, sent_kwargs[param])
+        elif param in positional and positional.index(param) < len(sent_args):
+            at = positional.index(param)
+            sent_args[at] = reference(param, dep, sent_args[at])
+    return tuple(sent_args), sent_kwargs
+
+
+def with_instances(
+    deps: Mapping[str, Dep[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """In the worker: each :class:`InWorker` among the arguments of a call of a node
+    whose deps are ``deps``, as this process's instance."""
+
+    def own(value: Any) -> Any:
+        if not isinstance(value, InWorker):
+            return value
+        return process_instance(deps[value.param], value.taken)
+
+    return tuple(own(a) for a in args), {k: own(v) for k, v in kwargs.items()}
 
 
 def _make(
@@ -121,6 +179,7 @@ def _make(
     instance.value, instance.scope = value, scope
     with _lock:
         _made.append((key, instance))
+        _origins[(key[0], id(value))] = dict(taken)
     _at_exit()
 
 
@@ -200,6 +259,7 @@ def _forget_in_child() -> None:
     global _exit_hook, _lock
     _instances.clear()
     _made.clear()
+    _origins.clear()
     _lock = threading.Lock()
     _exit_hook = None
 
