@@ -95,7 +95,7 @@ def release(owner: object) -> None:
                 instance.owners.discard(owner)
                 if not instance.owners and not instance.pinned:
                     dropped.append(instance)
-                    del _instances[key]
+                    _instances.pop(key, None)
                     _origins.pop((key[0], id(instance.value)), None)
         _made[:] = [(key, kept) for key, kept in _made if kept not in dropped]
     _tear_down(dropped)
@@ -178,6 +178,7 @@ def _make(
         raise  # the instance stays unmade: the next request tries again
     instance.value, instance.scope = value, scope
     with _lock:
+        _instances.setdefault(key, instance)  # made again after a release raced with it
         _made.append((key, instance))
         _origins[(key[0], id(value))] = dict(taken)
     _at_exit()
@@ -186,9 +187,11 @@ def _make(
 def _tear_down(instances: list[_Instance]) -> None:
     errors: list[BaseException] = []
     for instance in instances:
-        assert instance.scope is not None  # only made ones are listed
+        with instance.lock:  # a request racing with this one makes a new instance
+            scope, instance.scope, instance.value = instance.scope, None, None
+        assert scope is not None  # only made ones are listed
         try:
-            drive_inline(instance.scope.aclose())
+            drive_inline(scope.aclose())
         except BaseException as exc:
             errors.append(exc)
     if errors:
