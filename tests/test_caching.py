@@ -110,6 +110,55 @@ def test_unfingerprintable_input_warns_and_is_never_a_wrong_hit() -> None:
     assert calls["lock_name"] == 2
 
 
+class Prompting:
+    """A plain settings object: cached by its type and its attributes."""
+
+    def __init__(self, model: str, temperature: float) -> None:
+        self.model = model
+        self._temperature = temperature  # private storage behind a property counts too
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+
+class WithClient:
+    def __init__(self, model: str) -> None:
+        self.settings = Prompting(model, 0.0)
+        self.settings.client = threading.Lock()  # type: ignore[attr-defined]
+        self.model = model
+        self.temperature = 0.0
+
+
+def test_plain_objects_are_cached_by_their_state_and_a_lock_inside_is_named() -> None:
+    @node(output_name="answer")
+    def ask(prompt, settings):
+        calls["ask"] += 1
+        return f"{settings.model}@{settings.temperature}: {prompt}"
+
+    p = Pipeline([ask], cache=MemoryCache())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CacheWarning
+        assert p.run(inputs={"prompt": "hi", "settings": Prompting("m", 0.2)}) == {
+            "answer": "m@0.2: hi"
+        }
+        assert p.run(inputs={"prompt": "hi", "settings": Prompting("m", 0.2)}) == {
+            "answer": "m@0.2: hi"
+        }
+        assert calls["ask"] == 1  # an equal object: a hit
+        assert p.run(inputs={"prompt": "hi", "settings": Prompting("m", 0.9)}) == {
+            "answer": "m@0.9: hi"
+        }
+        assert calls["ask"] == 2  # another temperature: a miss, never a wrong hit
+    with pytest.warns(CacheWarning) as record:
+        p.run(inputs={"prompt": "hi", "settings": WithClient("m")})
+    (message,) = _cache_warnings(record)
+    assert "'ask' is not cached" in message
+    assert "at input 'settings' → .settings → .client" in message
+    assert "Define __cache_key__() on tests.test_caching.Prompting, which holds it" in message
+    assert calls["ask"] == 3
+
+
 def _cache_warnings(record: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in record if issubclass(w.category, CacheWarning)]
 

@@ -166,7 +166,7 @@ def test_dep_survives_pickling() -> None:
 def test_dep_definition_errors() -> None:
     with pytest.raises(DepDefinitionError, match=r"Dep\(\) needs a function .* got int: 3"):
         Dep(3)  # type: ignore[call-overload]
-    with pytest.raises(DepDefinitionError, match=r"scope must be 'run' .* or 'item'"):
+    with pytest.raises(DepDefinitionError, match=r"scope must be 'run' .*, 'item' .* or 'process'"):
         Dep(make_config, scope="request")  # type: ignore[call-overload]
     with pytest.raises(DepDefinitionError, match=r"takes \*args, but .* wired by name"):
         Dep(lambda *args: None)

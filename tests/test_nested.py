@@ -219,3 +219,71 @@ def test_nested_nodes_and_pipelines_pickle() -> None:
     assert pipe.run(inputs={"doc": "a b"}) == {"n": 2}
     assert pipe.name == "outer"
     assert pipe.bound_inputs == {"min_len": 1}
+
+
+@node(output_name="report")
+def report(count):
+    calls.append("report")
+    return f"{count} words"
+
+
+def test_only_the_inner_nodes_of_the_outputs_the_outer_run_uses_run() -> None:
+    outer = Pipeline([PER_DOC.as_node(), report])
+    assert outer.run(inputs={"text": "a bb ccc"}, output_name="report") == {"report": "3 words"}
+    assert calls == ["tokenize", "count", "report"]  # longest did not run
+    calls.clear()
+    assert outer.run(inputs={"text": "a bb"}, output_name=["report", "longest"]) == {
+        "report": "2 words",
+        "longest": "bb",
+    }
+    assert sorted(calls) == ["count", "longest", "report", "tokenize"]
+    calls.clear()
+    assert outer.run(inputs={"text": "a bb"}, output_name="words") == {"words": ["a", "bb"]}
+    assert calls == ["tokenize"]
+    calls.clear()
+    everything = outer.run(inputs={"text": "a bb"})  # every output is asked for
+    assert everything == {"words": ["a", "bb"], "count": 2, "longest": "bb", "report": "2 words"}
+    assert sorted(calls) == ["count", "longest", "report", "tokenize"]
+
+
+def test_only_what_is_used_with_map_over_and_in_a_map() -> None:
+    docs = PER_DOC.as_node(map_over="text", name="docs")
+
+    @node(output_name="total")
+    def total(count):
+        calls.append("total")
+        return sum(count)
+
+    outer = Pipeline([docs, total])
+    texts = ["a bb", "ccc", "d e f"]
+    assert outer.run(inputs={"text": texts}, output_name="total") == {"total": 6}
+    assert sorted(calls) == ["count"] * 3 + ["tokenize"] * 3 + ["total"]
+    calls.clear()
+    got = outer.map(inputs={"text": [texts, texts[:1]]}, map_over="text", output_name="longest")
+    assert got == [{"longest": ["bb", "ccc", "d"]}, {"longest": ["bb"]}]
+    assert sorted(calls) == ["longest"] * 4 + ["tokenize"] * 4
+
+
+def test_a_narrowed_nested_node_is_cached_apart_and_pickles() -> None:
+    from plait import MemoryCache
+
+    cache = MemoryCache()
+    outer = Pipeline([PER_DOC.as_node(), report], cache=cache)
+    assert outer.run(inputs={"text": "a bb"}, output_name="report") == {"report": "2 words"}
+    calls.clear()
+    # All outputs now: the narrowed node's entry (count alone) is not a hit for this one.
+    assert outer.run(inputs={"text": "a bb"})["longest"] == "bb"
+    assert "longest" in calls
+    calls.clear()
+    assert outer.run(inputs={"text": "a bb"}, output_name="report") == {"report": "2 words"}
+    assert calls == []  # both are cached now
+    narrowed = PER_DOC.as_node().narrowed(("count",))
+    assert narrowed is not None
+    assert narrowed.outputs == ("count",)
+    assert narrowed.output_name == "count"
+    assert pickle.loads(pickle.dumps(narrowed)).outputs == ("count",)
+    assert report.narrowed(("report",)) is None  # a plain function cannot leave outputs out
+    with LocalEngine(map_executor="parallel", max_workers=2) as engine:
+        on_workers = Pipeline([PER_DOC.as_node(), report], engine=engine)
+        got = on_workers.map(inputs={"text": ["a", "b c"]}, map_over="text", output_name="report")
+        assert got == [{"report": "1 words"}, {"report": "2 words"}]

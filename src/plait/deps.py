@@ -44,8 +44,14 @@ from plait.errors import DepDefinitionError, PlaitError
 
 T = TypeVar("T")
 
-Scope = Literal["run", "item"]
-_SCOPES: Final = ("run", "item")
+Scope = Literal["run", "item", "process"]
+_SCOPES: Final = ("run", "item", "process")
+#: What each scope may take as a dep parameter: a resource lives no longer than those it uses.
+_MAY_USE: Final = {
+    "process": ("process",),
+    "run": ("process", "run"),
+    "item": ("process", "run", "item"),
+}
 
 
 class DepKind(Enum):
@@ -58,6 +64,8 @@ class DepKind(Enum):
 
 
 _AWAITED: Final = (DepKind.ASYNC, DepKind.AGEN)
+
+_LIFETIME: Final = {"process": "for the process", "run": "per run", "item": "per map item"}
 
 # The dep functions whose Dep is being built in this thread: a function seen
 # twice means the deps form a cycle (possible with string annotations).
@@ -73,7 +81,11 @@ class Dep(Generic[T]):
     is its teardown). Its parameters are pipeline inputs, wired by name
     (:attr:`params`), or other deps (:attr:`deps`). ``scope="run"`` (default)
     sets it up once per run and shares it with every node and map item;
-    ``scope="item"`` sets it up once per map item.
+    ``scope="item"`` sets it up once per map item; ``scope="process"`` once per
+    process (per value of its inputs), on first use, kept across runs and maps,
+    and torn down when the engines using it close or the process exits: a model
+    loaded once per worker (:mod:`plait.engine.local.process_deps`). A
+    process-scoped dep is sync and uses only process-scoped deps.
 
     Two ``Dep`` of the same function and scope are equal: they are the same
     resource wherever they are declared.
@@ -127,7 +139,8 @@ class Dep(Generic[T]):
         if scope not in _SCOPES:
             raise DepDefinitionError(
                 f"Dep({name}, scope={scope!r}): scope must be 'run' (once per run, shared "
-                "by every node and map item) or 'item' (once per map item)"
+                "by every node and map item), 'item' (once per map item) or 'process' "
+                "(once per process, kept across runs and maps)"
             )
         try:
             self._hash = hash((func, scope))
@@ -151,11 +164,12 @@ class Dep(Generic[T]):
                 )
         deps = _find_deps_guarded(func, self._signature)
         for param_name, sub in deps.items():
-            if scope == "run" and sub.scope == "item":
+            if sub.scope not in _MAY_USE[scope]:
                 raise DepDefinitionError(
-                    f"{self!r} is run-scoped but its parameter {param_name!r} is {sub!r}: a "
-                    "resource shared by the whole run cannot use one made per map item. Make "
-                    f"it Dep({name}, scope='item'), or make {sub.name} run-scoped."
+                    f"{self!r} is {scope}-scoped but its parameter {param_name!r} is {sub!r}: "
+                    f"a resource kept {_LIFETIME[scope]} cannot use one made "
+                    f"{_LIFETIME[sub.scope]}. Make it Dep({name}, scope={sub.scope!r}), or "
+                    f"give {sub.name} scope={scope!r}."
                 )
         self.deps = MappingProxyType(deps)
         self.params = tuple(p for p in self._signature.parameters if p not in deps)
@@ -171,6 +185,12 @@ class Dep(Generic[T]):
             or self.inner_kind in _AWAITED
             or any(d.is_async for d in deps.values())
         )
+        if scope == "process" and self.is_async:
+            raise DepDefinitionError(
+                f"{self!r} is async, but a process-scoped resource outlives every event loop "
+                "(an async client belongs to the loop it was made on). Load it with a sync "
+                "function or generator, or make it Dep(..., scope='run') to get one per run."
+            )
         # (name, positional-only, default) per parameter, for building the call.
         self._layout = tuple(
             (p.name, p.kind is p.POSITIONAL_ONLY, p.default)

@@ -109,7 +109,9 @@ def as_node(
     exposed = _exposed_outputs(pipeline, node_name, output_mapping)
     selected = list(exposed)
     mapped = _mapped_inputs(node_name, params, map_over)
-    call = _NestedCall(pipeline, params, selected, mapped, map_mode, node_name)
+    call = _NestedCall(
+        pipeline, params, selected, [exposed[o] for o in selected], mapped, map_mode, node_name
+    )
     optional = set(pipeline.optional_inputs)
     call.__signature__ = inspect.Signature(
         [
@@ -191,13 +193,15 @@ class _NestedCall:
         pipeline: Nestable,
         params: dict[str, str],
         selected: list[str],
+        outputs: list[str],
         mapped: tuple[str, ...],
         map_mode: str,
         name: str,
     ) -> None:
         self.pipeline = pipeline
         self.params = params  # outer parameter -> inner input
-        self.selected = selected
+        self.selected = selected  # the inner outputs it returns
+        self.outputs = outputs  # their outer names
         self.mapped = mapped
         self.map_mode = map_mode
         self.__name__ = name
@@ -220,6 +224,22 @@ class _NestedCall:
             self.mapped,
             self.map_mode,
         )
+
+    def __plait_select__(self, outputs: tuple[str, ...]) -> _NestedCall:
+        """This call returning only ``outputs`` (outer names): the inner pipeline then
+        runs only the inner nodes they need (see :meth:`plait.Node.narrowed`)."""
+        inner = dict(zip(self.outputs, self.selected, strict=True))
+        chosen = _NestedCall(
+            self.pipeline,
+            self.params,
+            [inner[o] for o in outputs],
+            list(outputs),
+            self.mapped,
+            self.map_mode,
+            self.__name__,
+        )
+        chosen.__signature__ = self.__signature__
+        return chosen
 
     async def __call__(self, **kwargs: Any) -> Any:
         inputs = {self.params[k]: v for k, v in kwargs.items() if v is not INNER_DEFAULT}

@@ -140,9 +140,32 @@ class Node(Generic[P, R]):
 
         :class:`~plait.Graph` uses it to tell apart nodes whose default names collide.
         """
+        return self._copy(name=_check_name(name))
+
+    def narrowed(self, outputs: tuple[str, ...]) -> Node[..., Any] | None:
+        """A copy of this node that computes only ``outputs`` (some of its own, in its
+        order), or None when its function cannot leave the others out.
+
+        A function can when it has ``__plait_select__(outputs)``, returning a function
+        of the same parameters that returns those outputs (one value for one name, a
+        tuple for several): a nested pipeline's node runs only the inner nodes they
+        need. A plan uses it for a node of which the run uses only some outputs.
+        """
+        select = getattr(self.func, "__plait_select__", None)
+        if select is None:
+            return None
+        func = select(outputs)
+        return self._copy(
+            func=func,
+            __wrapped__=func,
+            output_name=outputs[0] if len(outputs) == 1 else outputs,
+            outputs=outputs,
+        )
+
+    def _copy(self, **changes: Any) -> Node[Any, Any]:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
-        copy.name = _check_name(name)
+        copy.__dict__.update(changes)
         return copy
 
     def __repr__(self) -> str:

@@ -407,8 +407,53 @@ class BadKey:
 
 
 class Opaque:
+    """Holds something that cannot be fingerprinted, under a plain attribute."""
+
     def __init__(self) -> None:
         self.x = 1
+        self.inner = Plain(2, "b")
+        self.inner.guard = threading.Lock()
+
+
+class Plain:
+    """A plain class: its instances count by their type and their state."""
+
+    def __init__(self, threshold: int, name: str, _private: float = 0.5) -> None:
+        self.threshold = threshold
+        self.name = name
+        self._private = _private
+
+
+class PlainTwin:
+    def __init__(self, threshold: int, name: str, _private: float = 0.5) -> None:
+        self.threshold = threshold
+        self.name = name
+        self._private = _private
+
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Any, b: Any = None) -> None:
+        self.a = a
+        if b is not None:
+            self.b = b
+
+
+class SlottedChild(Slotted):
+    __slots__ = ("c",)
+
+    def __init__(self, a: Any, c: Any) -> None:
+        super().__init__(a)
+        self.c = c
+
+
+class Empty:
+    pass
+
+
+class OwnThread(threading.Thread):
+    """A user class on a library base: the base may hold state plait cannot see."""
 
 
 def test_cache_key_method() -> None:
@@ -448,12 +493,74 @@ def test_unfingerprintable_socket() -> None:
             fp(Holder(sock))
 
 
-def test_unfingerprintable_user_class_suggests_cache_key() -> None:
+def test_plain_objects_count_by_type_and_state() -> None:
+    assert fp(Plain(3, "a")) == fp(Plain(3, "a"))
+    assert all_distinct(
+        [
+            Plain(3, "a"),
+            Plain(4, "a"),
+            Plain(3, "b"),
+            Plain(3, "a", _private=0.7),  # attributes starting with _ count too
+            PlainTwin(3, "a"),  # another class with the same state
+            {"threshold": 3, "name": "a", "_private": 0.5},
+            Empty(),
+        ]
+    )
+    later = Plain(3, "a")
+    del later.name
+    later.name = "a"  # set in another order: the same state
+    assert fp(later) == fp(Plain(3, "a"))
+    added = Plain(3, "a")
+    added.extra = None  # type: ignore[attr-defined]
+    assert fp(added) != fp(Plain(3, "a"))
+    assert fp(Empty()) == fp(Empty())
+    assert fp([Plain(1, "x"), {"k": Plain(2, "y")}]) == fp([Plain(1, "x"), {"k": Plain(2, "y")}])
+    assert fp(Plain(1, Plain(2, "inner"))) != fp(Plain(1, Plain(2, "other")))  # type: ignore[arg-type]
+
+
+def test_slotted_objects_count_by_their_slots() -> None:
+    assert fp(Slotted(1, 2)) == fp(Slotted(1, 2))
+    assert all_distinct([Slotted(1, 2), Slotted(1, 3), Slotted(1), SlottedChild(1, 2)])
+    assert fp(SlottedChild(1, [2])) == fp(SlottedChild(1, [2]))
+
+
+def test_plain_objects_fingerprint_alike_in_another_process() -> None:
+    code = (
+        "from tests.cache.test_fingerprint import Plain, Slotted\n"
+        "from plait.cache.fingerprint import fingerprint_value as fp\n"
+        "print(fp([Plain(3, 'a'), Slotted(1, (2.5, None))]).hex())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
+    assert done.stdout.strip() == fp([Plain(3, "a"), Slotted(1, (2.5, None))]).hex()
+
+
+def test_a_plain_object_holding_something_unfingerprintable_names_the_path() -> None:
     with pytest.raises(Unfingerprintable) as info:
-        fp([Opaque()])
-    message = str(info.value)
-    assert f"Define __cache_key__() on {__name__}.Opaque" in message
-    assert "at [0]" in message
+        fp([Opaque()], where="input 'config'")
+    error = info.value
+    assert error.type_name == "_thread.lock"
+    assert error.path == ("input 'config'", "[0]", ".inner", ".guard")
+    message = str(error)
+    assert "at input 'config' → [0] → .inner → .guard" in message
+    # The advice names the innermost plain class holding it.
+    assert f"Define __cache_key__() on {__name__}.Plain, which holds it" in message
+
+
+def test_objects_of_library_classes_and_cycles_stay_unfingerprintable() -> None:
+    with pytest.raises(Unfingerprintable, match=r"type tests\.cache\.test_fingerprint\.OwnThread"):
+        fp(OwnThread())
+    looped = Plain(1, "a")
+    looped.name = looped  # type: ignore[assignment]
+    with pytest.raises(Unfingerprintable, match="contains itself") as info:
+        fp(looped)
+    assert "which holds it" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,39 @@ def test_outputs_bound_inputs_and_output_name(backend: Any) -> None:
     assert chosen == local(pipeline).map(inputs, map_over="x", output_name="half")
 
 
+def test_a_process_scoped_dep_is_made_once_per_worker(backend: Any, tmp_path: Path) -> None:
+    log = tmp_path / "made"
+
+    def load_model() -> dict[str, int]:
+        with log.open("a") as file:
+            file.write(f"{os.getpid()}\n")
+        return {"pid": os.getpid()}
+
+    @node(output_name="where")
+    def predict(x: int, model: dict[str, int] = Dep(load_model, scope="process")) -> Any:
+        return (os.getpid(), model["pid"], id(model))
+
+    pipeline = Pipeline([predict])
+    first = on(backend, pipeline).map({"x": range(200)}, map_over="x")
+    second = on(backend, pipeline).map({"x": range(200)}, map_over="x")  # shipped anew
+    made = log.read_text().split()
+    assert len(made) == len(set(made)), made  # no worker made it twice
+    where = [o["where"] for o in first + second]
+    assert {str(pid) for pid, _, _ in where} == set(made)
+    assert all(pid == made_in for pid, made_in, _ in where)
+    assert len({(pid, ident) for pid, _, ident in where}) == len(made)  # one object each
+    if isinstance(backend, DaftEngine):
+        return  # Daft's native runner may run UDFs in this process: its own is fine
+    assert str(os.getpid()) not in made
+    # As a node executor: the run sets the dep up here, each call uses its worker's own.
+    runs = pipeline.with_engine(LocalEngine(node_executor=backend))
+    called = [runs.run({"x": x})["where"] for x in range(10)]
+    made = log.read_text().split()
+    assert len(made) == len(set(made)), made
+    assert str(os.getpid()) in made
+    assert all(pid == made_in for pid, made_in, _ in called)
+
+
 def test_product_mode_and_an_empty_map(backend: Any) -> None:
     pipeline = Pipeline(nodes())
     inputs = {"x": [1, 2, 3], "k": [10, 20]}

@@ -37,7 +37,16 @@ import weakref
 from typing import Any, Final
 
 from plait._text import quoted
-from plait.cache.fingerprint import Encoder, Failure, new_hash, qualified_name, step, text
+from plait.cache.fingerprint import (
+    Encoder,
+    Failure,
+    instance_state,
+    is_user_class,
+    new_hash,
+    qualified_name,
+    step,
+    text,
+)
 from plait.node import Node
 
 _SALT: Final = text(f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}")
@@ -256,9 +265,9 @@ class _Walk:
             return b"K" + text(qualified_name(cls)) + key
         if not callable(obj):
             raise Failure(obj, "it is not callable")
-        if not all(is_user_module(k.__module__) for k in cls.__mro__[:-1]):
+        if not is_user_class(cls):
             return self.library_object_ref(obj)
-        state = _instance_state(obj)
+        state = instance_state(obj)
         if state:
             raise Failure(obj, f"it is a callable object with instance state ({quoted(state)})")
         return b"O" + self.ref(cls)
@@ -529,17 +538,6 @@ def _immutable(value: object) -> bool:
             continue
         return False
     return True
-
-
-def _instance_state(obj: object) -> list[str]:
-    """Names of the attributes an object holds itself (``__dict__`` and slots)."""
-    names = list(getattr(obj, "__dict__", None) or ())
-    for klass in type(obj).__mro__:
-        slots = vars(klass).get("__slots__", ())
-        for slot in (slots,) if isinstance(slots, str) else slots:
-            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
-                names.append(slot)
-    return names
 
 
 # ---- which modules are the user's ------------------------------------------------------

@@ -91,6 +91,8 @@ class Failure(Exception):
         self.structural = structural
         self.shown = short_repr(value)
         self.path: list[str] = []  # innermost step first
+        #: The innermost instance of a user class holding the value, by qualified name.
+        self.holder: str | None = None
 
     def error(self, where: str | None) -> Unfingerprintable:
         """The public error, with ``where`` (``"input 'config'"``) heading the path."""
@@ -106,6 +108,12 @@ class Failure(Exception):
                     f"Define __cache_key__() on {self.type_name} returning a fingerprintable "
                     "value (for example a tuple of the settings that determine what it "
                     "computes), or "
+                )
+            elif self.holder is not None:
+                advice = (
+                    f"Define __cache_key__() on {self.holder}, which holds it, returning a "
+                    "fingerprintable value (for example a tuple of the settings that "
+                    "determine what it computes), or "
                 )
             else:
                 advice = (
@@ -442,6 +450,15 @@ def _other(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
         if encode is not None:
             _subclass(enc, h, value, encode)
             return
+    if not callable(value) and is_user_class(cls):
+        h.update(b"U" + text(qualified_name(cls)))
+        try:
+            enc.fields(h, value, sorted(instance_state(value)))
+        except Failure as fail:
+            if fail.holder is None and not fail.structural:
+                fail.holder = qualified_name(cls)
+            raise
+        return
     if callable(value):
         h.update(b"C")
         if enc.code is not None:
@@ -452,6 +469,26 @@ def _other(enc: Encoder, h: hashlib.blake2b, value: Any) -> None:
             h.update(_code.digest(value))
         return
     raise Failure(value)
+
+
+def is_user_class(cls: type) -> bool:
+    """Whether ``cls`` and every base but ``object`` come from the user's own modules:
+    its instances are fingerprinted by their state (a library's may hide theirs)."""
+    from plait.cache._code import is_user_module  # late: _code imports this module
+
+    bases = cls.__mro__[:-1]
+    return bool(bases) and all(is_user_module(k.__module__) for k in bases)
+
+
+def instance_state(obj: object) -> list[str]:
+    """Names of the attributes an object holds itself (``__dict__`` and slots)."""
+    names = list(getattr(obj, "__dict__", None) or ())
+    for klass in type(obj).__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                names.append(slot)
+    return names
 
 
 def _subclass(enc: Encoder, h: hashlib.blake2b, value: Any, encode: Encode) -> None:

@@ -5,7 +5,8 @@
 ``controls`` (retries, timeouts, limits), ``executors`` and ``async_executor``
 (where sync work runs), ``mapping``, ``items``, ``launchers`` and ``processes``
 (maps), ``clusters`` and ``ray_executor`` (maps and calls on Ray and Dask),
-``resources`` and ``dep_scope`` (``Dep`` setup and teardown),
+``resources``, ``dep_scope`` and ``process_deps`` (``Dep`` setup and teardown, and
+the process-scoped instances this process keeps),
 ``observe``, ``hooks`` and ``signatures`` (cache and callbacks around nodes).
 """
 

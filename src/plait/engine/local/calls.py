@@ -29,6 +29,15 @@ def submit_call(
     """
     if isinstance(executor, ThreadPoolExecutor):
         return executor.submit(contextvars.copy_context().run, step.func, *args, **kwargs)
+    elsewhere = isinstance(executor, ProcessPoolExecutor) or getattr(
+        executor, "other_processes", False
+    )
+    if step.sends_deps and elsewhere:  # each worker process uses its own instances
+        from plait.engine.local.process_deps import by_reference
+
+        args, kwargs = by_reference(step.node.deps, step.node.positional, args, kwargs)
+        if not isinstance(executor, ProcessPoolExecutor):
+            return executor.submit(call_with_instances, step.node, *args, **kwargs)
     if not isinstance(executor, ProcessPoolExecutor):
         return executor.submit(step.node, *args, **kwargs)
     if step.payload is None:
@@ -107,5 +116,15 @@ def call_pickled(digest: str, blob: bytes, sent: Any) -> Any:
             _NODES.pop(next(iter(_NODES)))
         _NODES[digest] = node
     args, kwargs = sent
-    result = node(*args, **kwargs)
+    result = call_with_instances(node, *args, **kwargs)
     return Sent(result, output_parts(node.outputs, result), f"node {node.name!r}", "output")
+
+
+def call_with_instances(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """In a worker: call ``node``, with this process's instance of each process-scoped
+    dep sent by reference (:class:`~plait.engine.local.process_deps.InWorker`)."""
+    if node.deps and any(dep.scope == "process" for dep in node.deps.values()):
+        from plait.engine.local.process_deps import with_instances
+
+        args, kwargs = with_instances(node.deps, args, kwargs)
+    return node(*args, **kwargs)

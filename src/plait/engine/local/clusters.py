@@ -70,6 +70,8 @@ class ClusterExecutor(Executor):
     backend = "cluster"
     #: Seconds one task's round trip (submit to result) costs on this backend.
     round_trip = 0.003
+    #: Calls run in other processes (a node's process-scoped deps go by reference).
+    other_processes = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

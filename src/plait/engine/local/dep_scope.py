@@ -71,7 +71,9 @@ class DepScope:
     not deps are looked up there. With a ``parent`` this is an item scope:
     run-scoped deps are taken from (and created in) the outermost scope, so all
     items share them; item-scoped deps live here. Without a parent, item-scoped
-    deps live in this scope too (a plain run is a single item).
+    deps live in this scope too (a plain run is a single item). Process-scoped deps
+    come from this process's instances (:func:`~plait.engine.local.process_deps.process_instance`),
+    kept for ``owner`` (an engine) and torn down when it releases them, not by this scope.
 
     Use it from one event loop (or, when every dep is sync, from plain code
     driving the coroutines inline: nothing suspends then)::
@@ -80,9 +82,20 @@ class DepScope:
             values = await scope.resolve([Dep(make_client)])
     """
 
-    def __init__(self, inputs: Mapping[str, Any], parent: DepScope | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, Any],
+        parent: DepScope | None = None,
+        *,
+        owner: object | None = None,
+        making: Dep[Any] | None = None,
+    ) -> None:
         self.inputs = inputs
         self.parent = parent
+        #: What process-scoped deps taken here are kept for (an engine; None: the process).
+        self.owner: object | None = parent.owner if parent is not None else owner
+        #: The process-scoped dep this scope sets up itself (a process instance's own scope).
+        self._making = making
         self._root: DepScope = parent._root if parent is not None else self
         self._setups: dict[Dep[Any], _Setup] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,6 +133,11 @@ class DepScope:
         """Set ``dep`` up here: synchronously when possible, else in a task."""
         setup = self._setups[dep] = _Setup(dep)
         try:
+            if dep.scope == "process" and dep is not self._making:
+                from plait.engine.local.process_deps import process_instance
+
+                self._finish(setup, process_instance(dep, self.inputs, self.owner), None)
+                return setup
             self._check_inputs(dep)
             subs = {name: self._get(sub) for name, sub in dep.deps.items()}
             waiting = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -146,9 +147,10 @@ class LocalEngine(Engine):
         try:
             runtime = self.runtime(plan)
             if services is None:
-                await run_with_deps(plan, values, partial(run_plan, route, values, runtime))
+                run = partial(run_plan, route, values, runtime)
+                await run_with_deps(plan, values, run, owner=self)
             else:
-                await observe.observed_run(services, route, values, runtime)
+                await observe.observed_run(services, route, values, runtime, self)
         finally:
             ENCLOSING.reset(token)
         return plan.outputs(values)
@@ -180,6 +182,7 @@ class LocalEngine(Engine):
             elif isinstance(pool, AsyncExecutor):
                 _check_async_executor_deps(route.plan)
         runner = ItemRunner(route, inputs, spec.names, self.runtime(route.plan, threads))
+        runner.owner = self
         services = observe.resolve(pipeline, self)
         if services is not None:
             runner.observe(services)
@@ -367,7 +370,8 @@ class LocalEngine(Engine):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
-        """Shut down the executors this engine created (waiting for their jobs)."""
+        """Shut down the executors this engine created (waiting for their jobs), then
+        tear down the process-scoped deps its runs made here that no other engine holds."""
         with self._lock:
             self._closed = True
             owned, self._owned = self._owned, []
@@ -378,6 +382,9 @@ class LocalEngine(Engine):
             pool.shutdown(wait=True)
         for engine in scaled:
             engine.close()
+        process_deps = sys.modules.get("plait.engine.local.process_deps")
+        if process_deps is not None:  # loaded once a run took a process-scoped dep
+            process_deps.release(self)
 
     def __enter__(self) -> LocalEngine:
         return self

@@ -43,6 +43,7 @@ class ItemRunner:
         "base",
         "enclosing",
         "names",
+        "owner",
         "plan",
         "route",
         "runtime",
@@ -75,6 +76,8 @@ class ItemRunner:
         self.setup: CacheSetup | None = None
         #: The map's run-scoped deps, set up once for all items.
         self.shared: DepScope | None = None
+        #: What keeps the process-scoped deps items take (the engine; None in a worker).
+        self.owner: object | None = None
 
     @property
     def lean(self) -> bool:
@@ -133,7 +136,7 @@ class ItemRunner:
                 hooks, start = self._item_start(index)
                 try:
                     run = partial(run_plan, self.route, values, self.runtime, hooks)
-                    await run_with_deps(plan, values, run, self.shared)
+                    await run_with_deps(plan, values, run, self.shared, self.owner)
                 except BaseException as exc:
                     self._item_end(index, hooks, start, exc)
                     raise
@@ -195,6 +198,7 @@ class ItemRunner:
         clone.enclosing = None  # a worker process is its own top level
         clone.setup = None  # rebuilt there by attach_local_runtime
         clone.shared = None  # resources do not cross processes: each item sets its own up
+        clone.owner = None  # process-scoped deps there are the worker's, kept until it exits
         if self.services is not None:
             clone.services = self.services.for_worker(keep_cache=keep_cache)
         return clone

@@ -52,7 +52,7 @@ def map_items(
         stream = _scheduled_items(engine, runner, spec, depth, on_error, ordered)
     plan = runner.plan
     if plan.deps:
-        runner.shared = map_scope(plan, runner.base, spec.names)
+        runner.shared = map_scope(plan, runner.base, spec.names, runner.owner)
         if runner.shared is not None:
             stream = around_map(runner.shared, plan, stream, inline)
     services = runner.services

@@ -104,7 +104,11 @@ def resolve(pipeline: PipelineView, engine: LocalEngine) -> Services | None:
 
 
 async def observed_run(
-    services: Services, route: Route, values: list[Any], runtime: NodeRuntime | None
+    services: Services,
+    route: Route,
+    values: list[Any],
+    runtime: NodeRuntime | None,
+    owner: object | None = None,
 ) -> None:
     """One run of ``route``'s plan with its cache and its start and end events."""
     plan = route.plan
@@ -112,11 +116,11 @@ async def observed_run(
     run = partial(run_plan, route, values, runtime, hooks)
     scope = services.scope
     if scope is None:
-        await run_with_deps(plan, values, run)
+        await run_with_deps(plan, values, run, owner=owner)
         return
     kind = "nested_pipeline" if services.nested else "pipeline"
     with _lifetime(scope, kind, item=services.parent_item):
-        await run_with_deps(plan, values, run)
+        await run_with_deps(plan, values, run, owner=owner)
 
 
 @loop_optional

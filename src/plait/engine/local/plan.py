@@ -39,6 +39,7 @@ class Step:
         "out_slots",
         "payload",
         "positional",
+        "sends_deps",
         "successors",
         "unpacks",
     )
@@ -68,6 +69,8 @@ class Step:
         #: (parameter, slot) for every argument, for error notes.
         self.arg_slots = tuple(zip(node.positional, positional, strict=True)) + keyword
         self.successors: tuple[int, ...] = ()
+        #: It takes process-scoped deps: sent to another process, it uses that one's.
+        self.sends_deps = any(dep.scope == "process" for dep in node.deps.values())
         #: The node cloudpickled, with a digest, once it is first sent to a process pool.
         self.payload: tuple[bytes, str] | None = None
         #: (code fingerprint, hasher fed with the fixed part of its cache key), memoized
@@ -221,9 +224,16 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
     layout = _Layout(given)
     step_of: dict[int, int] = {}
     steps: list[Step] = []
+    # Names the run uses: selected, or read by a node it runs (None: every output).
+    used = None
+    if outputs is not None:
+        used = {p for i in needed for p in graph.nodes[i].inputs}.union(outputs)
     for index in needed:
         step_of[index] = len(steps)
-        steps.append(layout.step(graph.nodes[index]))
+        item = graph.nodes[index]
+        if used is not None and len(item.outputs) > 1:
+            item = _narrowed(item, used)
+        steps.append(layout.step(item))
     if layout.missing:  # the pipeline checks this first; kept for direct engine calls
         raise missing_inputs_error(graph, layout.missing)
 
@@ -242,6 +252,15 @@ def compile_plan(graph: Graph, outputs: Sequence[str] | None, given: Collection[
         tuple((name, layout.output_slot[name]) for name in selected),
         tuple(layout.dep_slot.items()),
     )
+
+
+def _narrowed(item: Node[..., Any], used: set[str]) -> Node[..., Any]:
+    """``item``, computing only its outputs in ``used`` when it can leave the others
+    out (a nested pipeline's node: :meth:`Node.narrowed`)."""
+    kept = tuple(o for o in item.outputs if o in used)
+    if len(kept) == len(item.outputs):
+        return item
+    return item.narrowed(kept) or item
 
 
 class _Layout:

@@ -26,14 +26,16 @@ async def run_with_deps(
     values: list[Any],
     run: Callable[[], Awaitable[None]],
     parent: DepScope | None = None,
+    owner: object | None = None,
 ) -> None:
-    """``await run()`` with ``plan``'s deps (if any) set up in ``values`` around it."""
+    """``await run()`` with ``plan``'s deps (if any) set up in ``values`` around it.
+    ``owner`` (the engine) keeps the process-scoped ones (see :mod:`.process_deps`)."""
     if not plan.deps:
         await run()
         return
     from plait.engine.local.dep_scope import DepScope  # loaded by the first run with deps
 
-    scope = DepScope(plan.input_values(values), parent)
+    scope = DepScope(plan.input_values(values), parent, owner=owner)
     try:
         resolved = await scope.resolve(dep for dep, _ in plan.deps)
         for dep, slot in plan.deps:
@@ -45,7 +47,9 @@ async def run_with_deps(
     await scope.aclose()
 
 
-def map_scope(plan: Plan, base: list[Any], mapped: Collection[str]) -> DepScope | None:
+def map_scope(
+    plan: Plan, base: list[Any], mapped: Collection[str], owner: object | None
+) -> DepScope | None:
     """The scope a map's items share their run-scoped deps through, or None without any
     (the pipeline has checked that no run-scoped dep takes a mapped input)."""
     if not any(dep.scope == "run" for dep, _ in plan.deps):
@@ -53,7 +57,7 @@ def map_scope(plan: Plan, base: list[Any], mapped: Collection[str]) -> DepScope 
     from plait.engine.local.dep_scope import DepScope
 
     inputs = {name: value for name, value in plan.input_values(base).items() if name not in mapped}
-    return DepScope(inputs)
+    return DepScope(inputs, owner=owner)
 
 
 async def setup_shared(scope: DepScope, plan: Plan) -> None:

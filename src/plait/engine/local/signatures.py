@@ -132,13 +132,29 @@ class Signer:
                     part = b"v" + fingerprint_value(value) if has_key else b"d"
                 h.update(bytes((len(part),)) + part)
         except Unfingerprintable as exc:
-            setup.warn(
-                setup.plan.steps[index].node.name, f"an input cannot be fingerprinted ({exc})"
-            )
+            step = setup.plan.steps[index]
+            named = self._named(index, values) or exc
+            setup.warn(step.node.name, f"an input cannot be fingerprinted ({named})")
             return None
         signature: bytes = h.digest()
         signatures[index] = signature
         return signature.hex()
+
+    def _named(self, index: int, values: Sequence[Any]) -> Unfingerprintable | None:
+        """The error of the first fingerprinted argument of step ``index`` that cannot be,
+        its path starting at the parameter's name (looked for once a key has failed)."""
+        step = self.setup.plan.steps[index]
+        arguments = self.setup.arguments[index]
+        for (param, slot), (kind, _, producer, _) in zip(step.arg_slots, arguments, strict=True):
+            if kind == _UPSTREAM and self.signatures[producer] is not None:
+                continue  # keyed by the producer's signature
+            if kind == _DEP and not hasattr(values[slot], "__cache_key__"):
+                continue  # a dep without a key is not fingerprinted
+            try:
+                fingerprint_value(values[slot], where=f"input {param!r}")
+            except Unfingerprintable as exc:
+                return exc
+        return None
 
 
 Layout = list[tuple[tuple[int, int, int, bytes], ...]]
