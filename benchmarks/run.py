@@ -28,6 +28,7 @@ MODULES = {
     "cache_store": "bench_cache_store",
     "bridge": "bench_bridge",
     "llm": "bench_llm",
+    "batch": "bench_batch",
     "distributed": "bench_distributed",
     "daft": "bench_daft",
 }

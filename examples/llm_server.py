@@ -1,11 +1,13 @@
 """A local OpenAI-compatible chat server that misbehaves like a real provider.
 
 ``POST /v1/chat/completions`` answers after ``latency`` seconds with an echo of
-the last user message. A deterministic share of prompts is refused on their
-first attempt: ``rate_limited`` of them with ``429`` and a ``Retry-After``
-header, ``failing`` of them with ``500``. The server counts every request and
-every successful answer per prompt, so a test can check that nothing was lost
-and nothing was answered twice. It binds 127.0.0.1 only.
+the last user message; ``POST /v1/embeddings`` answers after ``latency`` seconds
+plus ``per_input`` per input, with a small deterministic vector for each input.
+A deterministic share of prompts is refused on their first attempt:
+``rate_limited`` of them with ``429`` and a ``Retry-After`` header, ``failing``
+of them with ``500``. The server counts every request and every successful
+answer per prompt, so a test can check that nothing was lost and nothing was
+answered twice. It binds 127.0.0.1 only.
 
     with serve(latency=0.05) as server:
         client = openai.AsyncOpenAI(base_url=server.url, api_key="local", max_retries=0)
@@ -36,6 +38,8 @@ class Stats:
     #: (prompt, seconds between a 429 and the retry that followed it)
     waits: list[tuple[str, float]] = field(default_factory=list)
     retry_after: dict[str, float] = field(default_factory=dict)
+    #: Inputs of each embeddings request, in arrival order.
+    embedding_requests: list[int] = field(default_factory=list)
     _refused_at: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -67,6 +71,7 @@ class Server:
         self.rate_limited = rate_limited
         self.failing = failing
         self.retry_after = retry_after
+        self.per_input = 0.0
         self.stats = Stats()
         self.url = ""
         self._lock = threading.Lock()
@@ -102,6 +107,27 @@ class Server:
             stats.answers[prompt] += 1
         return web.json_response(_completion(body.get("model", "local"), f"echo: {prompt}"))
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        with self._lock:
+            self.stats.embedding_requests.append(len(texts))
+        await asyncio.sleep(self.latency + self.per_input * len(texts))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(text)}
+            for i, text in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return web.json_response(
+            {"object": "list", "data": data, "model": body.get("model", "local"), "usage": usage}
+        )
+
+
+def _vector(text: str) -> list[float]:
+    """Four numbers that depend only on ``text``."""
+    digest = zlib.crc32(text.encode())
+    return [((digest >> shift) & 0xFF) / 255 for shift in (0, 8, 16, 24)]
+
 
 def _completion(model: str, text: str) -> dict[str, Any]:
     return {
@@ -126,11 +152,14 @@ def serve(
     rate_limited: float = 0.05,
     failing: float = 0.02,
     retry_after: float = 0.2,
+    per_input: float = 0.0,
 ) -> Iterator[Server]:
     """Run the server on 127.0.0.1 (a free port) in a thread for the block's duration."""
     server = Server(latency, rate_limited, failing, retry_after)
+    server.per_input = per_input
     app = web.Application()
     app.router.add_post("/v1/chat/completions", server.completions)
+    app.router.add_post("/v1/embeddings", server.embeddings)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None)
     ready = threading.Event()

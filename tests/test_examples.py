@@ -67,6 +67,11 @@ PRINTS = {
         "warned: ['RunningLoopWarning']",
         "in async code, await the async form: ['W0', 'W1', 'W2']",
     ],
+    "batch_embeddings.py": [
+        "batch form: 400 vectors from 7 requests (largest 64 texts)",
+        "single form: 400 requests",
+        "same vectors, same order: True",
+    ],
     "kernel_client.py": [
         "[stdout] thinking\n"
         "result: 42\n"

@@ -14,6 +14,7 @@ from plait.callbacks import Callback, CallbackContext
 from plait.deps import Dep
 from plait.engine import AsyncExecutor, Engine, ItemError, LocalEngine
 from plait.errors import (
+    BatchLengthError,
     CacheError,
     CacheWarning,
     CycleError,
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncExecutor",
     "AsyncSession",
+    "BatchLengthError",
     "CacheError",
     "CacheStore",
     "CacheWarning",

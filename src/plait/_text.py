@@ -55,3 +55,14 @@ def callable_name(func: Callable[..., Any]) -> str:
         inner = inner.func
     name = getattr(inner, "__name__", None)
     return name if isinstance(name, str) else type(inner).__name__
+
+
+def spans(indices: Iterable[int]) -> str:
+    """Indices as sorted ranges: ``0-3, 7, 9-12``."""
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -63,6 +63,11 @@ class OutputArityError(PlaitError, TypeError):
     """A node with a tuple ``output_name`` did not return a tuple of that length."""
 
 
+class BatchLengthError(PlaitError, ValueError):
+    """A node's batch function returned a different number of results than it was given
+    items (for a node with several outputs: for one of its outputs)."""
+
+
 class EngineError(PlaitError, ValueError):
     """An engine or executor was configured wrongly."""
 

@@ -12,6 +12,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
 from plait._inspect import is_async_callable, unwrap_partial
 from plait._text import callable_name
+from plait.batching import AsyncOneItem, Batching, OneItem, make_batching
 from plait.deps import Dep, all_deps, find_deps
 from plait.errors import NodeDefinitionError
 from plait.options import Backoff, NodeOptions, make_options
@@ -53,6 +54,8 @@ class Node(Generic[P, R]):
     outputs: tuple[str, ...]
     is_async: bool
     cache: bool
+    #: The node's batch form (``batch_size=...``), or None: see :mod:`plait.batching`.
+    batching: Batching | None
 
     def __init__(
         self,
@@ -70,6 +73,9 @@ class Node(Generic[P, R]):
         retry_after: bool = True,
         timeout: float | None = None,
         rate_limit: str | float | None = None,
+        batch_size: int | None = None,
+        batch: Callable[..., Any] | None = None,
+        max_wait: float | None = None,
     ) -> None:
         if isinstance(func, Node):
             func = func.func
@@ -110,6 +116,22 @@ class Node(Generic[P, R]):
         self.inputs: tuple[str, ...] = tuple(
             p for p in self.positional + self.keyword if p not in self.deps
         )
+        self.batching = make_batching(
+            self.name, func, batch=batch, batch_size=batch_size, max_wait=max_wait
+        )
+        self._one_item: OneItem | None = None
+        #: The batch form as a node of its own (same name, outputs and controls): what
+        #: one batch call runs, on lists; None for a node without a batch form.
+        self.batch_node: Node[..., Any] | None = None
+        if self.batching is not None:
+            _check_batch_deps(self.name, self.deps)
+            if not self.batching.separate:
+                one = AsyncOneItem if self.batching.is_async else OneItem
+                self._one_item = one(self, frozenset(self.deps))
+            self.batch_node = Node(
+                self.batching.func, output_name=self.output_name, name=self.name, cache=cache
+            )
+            self.batch_node.options = self.options
         #: Default values of the optional inputs, by parameter name (read-only).
         self.defaults: Mapping[str, Any] = MappingProxyType(self._defaults)
         #: Parameters without a default: something must provide them.
@@ -120,6 +142,16 @@ class Node(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
+
+    @property
+    def item_func(self) -> Callable[..., Any]:
+        """What one item's call runs: the function, or for a node whose function is its
+        batch form, that form on lists of one (:class:`~plait.batching.OneItem`)."""
+        return self.func if self._one_item is None else self._one_item
+
+    def call_item(self, *args: Any, **kwargs: Any) -> Any:
+        """One item's call (:attr:`item_func`): what an executor in another process runs."""
+        return self.item_func(*args, **kwargs)
 
     def describe(self) -> str:
         """``name(a, b=1) → y``: the node as error messages show it."""
@@ -166,6 +198,10 @@ class Node(Generic[P, R]):
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.__dict__.update(changes)
+        if copy._one_item is not None:  # a batch-only node's single call is bound to it
+            copy._one_item = type(copy._one_item)(copy, copy._one_item.deps)
+        if copy.batch_node is not None and "name" in changes:
+            copy.batch_node = copy.batch_node.renamed(copy.name)
         return copy
 
     def __repr__(self) -> str:
@@ -185,9 +221,11 @@ class Node(Generic[P, R]):
         # A copy of such a Node (renamed, or node(decorated, ...)): its function is
         # reachable only through that Node, which rebuilding unwraps.
         func = found if isinstance(found, Node) and found.func is self.func else self.func
+        batching = self.batching
         return (
             _rebuild,
-            (func, self.output_name, self.name, self.cache, self.options, self.name_given),
+            (func, self.output_name, self.name, self.cache, self.options, self.name_given)
+            + (() if batching is None else (batching,)),
         )
 
 
@@ -198,8 +236,19 @@ def _rebuild(
     cache: bool,
     options: NodeOptions,
     name_given: bool = True,
+    batching: Batching | None = None,
 ) -> Node[..., Any]:
-    rebuilt = Node(func, output_name=output_name, name=name, cache=cache)
+    batch = None if batching is None or not batching.separate else batching.func
+    size, wait = (None, None) if batching is None else (batching.size, batching.max_wait)
+    rebuilt = Node(
+        func,
+        output_name=output_name,
+        name=name,
+        cache=cache,
+        batch=batch,
+        batch_size=size,
+        max_wait=wait,
+    )
     rebuilt.options = options
     rebuilt.name_given = name_given
     return rebuilt
@@ -258,10 +307,28 @@ def node(
                 @node(output_name="answer", retries=3, timeout=30, max_concurrent=8,
                       rate_limit="20/s")
                 async def ask_llm(prompt): ...
+
+            and whether it has a batch form: ``batch_size`` (the most items per batch
+            call), ``batch`` (a batch function beside a single-item one), ``max_wait``
+            (see :mod:`plait.batching` and docs/batch.md)::
+
+                @node(output_name="vec", batch_size=64)
+                def embed(text): return model.encode(text)   # a list in, a list out
     """
     if func is None:
         return lambda f: Node(f, output_name=output_name, name=name, cache=cache, **controls)
     return Node(func, output_name=output_name, name=name, cache=cache, **controls)
+
+
+def _check_batch_deps(node_name: str, deps: Mapping[str, Dep[Any]]) -> None:
+    """One batch call serves many items: it cannot take a resource set up per item."""
+    per_item = [param for param, dep in deps.items() if dep.scope == "item"]
+    if per_item:
+        raise NodeDefinitionError(
+            f"node {node_name!r} has a batch form, and one batch call serves many items, "
+            f"but its dep parameter {per_item[0]!r} is set up per item (scope='item'): "
+            "give that Dep the default scope='run'"
+        )
 
 
 def _check_name(name: object) -> str:

@@ -21,6 +21,11 @@ started the run, in this order:
   the events of one item are always in this order, also when the item ran on a
   thread or in a worker process (whose events are replayed in the parent when
   the item completes);
+* a batch node in a map: each item has its own node events (``on_node_start``
+  when it reaches the node, ``on_node_end`` when the batch call serving it
+  returned), and each batch call emits ``on_batch_start`` and ``on_batch_end``
+  with ``items``, the map items it serves; a retry of a batch call is one
+  ``on_node_retry`` with ``items`` set;
 * a failure: ``on_error`` for the node that raised, in place of its
   ``on_node_end``, then the end event of each scope it aborted (the item's
   ``on_map_item_end``, the run's or map's end), with ``ctx.error`` set.
@@ -44,6 +49,8 @@ EVENTS: Final = (
     "on_node_start",
     "on_node_retry",
     "on_node_cached",
+    "on_batch_start",
+    "on_batch_end",
     "on_node_end",
     "on_error",
     "on_map_item_cached",
@@ -74,6 +81,8 @@ class CallbackContext:
         item: the map item's index, for item events and for node events inside a
             map item; on the start and end events of a pipeline or map nested in a
             map item, that enclosing item (None otherwise).
+        items: for batch events (and a batch call's ``on_node_retry``), the indices of
+            the map items one batch call serves.
         total: for map events, how many items the map has when that is known.
         duration: seconds, on end events (``*_end``, ``on_map_item_cached``).
         error: the exception, on ``on_error`` and on end events of scopes it aborted.
@@ -90,6 +99,7 @@ class CallbackContext:
     parent_id: int | None = None
     node: str | None = None
     item: int | None = None
+    items: tuple[int, ...] | None = None
     total: int | None = None
     duration: float | None = None
     error: BaseException | None = None
@@ -135,6 +145,12 @@ class Callback:
 
     def on_node_retry(self, ctx: CallbackContext) -> None:
         """A node's attempt failed and will be retried after ``ctx.delay`` seconds."""
+
+    def on_batch_start(self, ctx: CallbackContext) -> None:
+        """A batch call of a node starts, for the map items ``ctx.items``."""
+
+    def on_batch_end(self, ctx: CallbackContext) -> None:
+        """A batch call of a node returned (``ctx.duration``) or raised (``ctx.error``)."""
 
     def on_error(self, ctx: CallbackContext) -> None:
         """A node (or map item) raised ``ctx.error``."""

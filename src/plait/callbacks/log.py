@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any
 
+from plait._text import spans
 from plait.callbacks.base import Callback, CallbackContext
 
 
@@ -15,8 +16,9 @@ class LoggingCallback(Callback):
     Runs, nested runs and maps (start, end with duration, a map's item counts) log
     at ``level``; so do node ends and cache hits outside map items. Inside map
     items, where there may be thousands, everything but retries and errors logs at
-    DEBUG. Retries log at WARNING, failures at ERROR with the traceback (once per
-    exception, however many scopes it ends). Each message names the pipeline's
+    DEBUG, and so do the batch calls of batch nodes. Retries log at WARNING,
+    failures at ERROR with the traceback (once per exception, however many scopes
+    it ends). Each message names the pipeline's
     path (``corpus/docs/per_doc``), the node, and the item index when there is one.
 
         >>> pipeline.with_callbacks([LoggingCallback("myapp.pipeline")]).map(...)
@@ -95,6 +97,13 @@ class LoggingCallback(Callback):
             ctx.error,
             ctx.delay,
         )
+
+    def on_batch_end(self, ctx: CallbackContext) -> None:
+        # Its items' errors are logged by on_error; a batch that served them, at DEBUG.
+        items = ctx.items or ()
+        outcome = "done" if ctx.error is None else "failed"
+        message = f"batch call of %d items {outcome} in %.3fs (items %s)"
+        self._log(logging.DEBUG, ctx, message, len(items), ctx.duration, spans(items))
 
     def on_error(self, ctx: CallbackContext) -> None:
         error = ctx.error

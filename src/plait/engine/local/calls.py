@@ -39,7 +39,7 @@ def submit_call(
         if not isinstance(executor, ProcessPoolExecutor):
             return executor.submit(call_with_instances, step.node, *args, **kwargs)
     if not isinstance(executor, ProcessPoolExecutor):
-        return executor.submit(step.node, *args, **kwargs)
+        return executor.submit(step.node.call_item, *args, **kwargs)
     if step.payload is None:
         blob = cloudpickle.dumps(step.node)
         step.payload = (blob, hashlib.blake2b(blob, digest_size=16).hexdigest())
@@ -127,4 +127,4 @@ def call_with_instances(node: Any, *args: Any, **kwargs: Any) -> Any:
         from plait.engine.local.process_deps import with_instances
 
         args, kwargs = with_instances(node.deps, args, kwargs)
-    return node(*args, **kwargs)
+    return node.call_item(*args, **kwargs)

@@ -239,10 +239,10 @@ async def _attempt(
     if executor is None:  # inline, through the portal (see plait.bridge.portal)
         result = portal.call(step.func, *args, **kwargs)
         return await result.finish() if type(result) is portal.Suspended else result
-    return await _await_job(submit_call(executor, step, args, kwargs), step, limit, executor)
+    return await await_job(submit_call(executor, step, args, kwargs), step, limit, executor)
 
 
-async def _await_job(
+async def await_job(
     job: JobFuture[Any], step: Step, limit: float | None, executor: Executor
 ) -> Any:
     """Await an executor job. If cancelled, cancel it or wait for it to finish.

@@ -17,6 +17,7 @@ from plait.engine.base import Engine, MapMode, OnError, Outcome, PipelineView
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local import executors, observe
 from plait.engine.local.async_executor import AsyncExecutor
+from plait.engine.local.batches import items_route
 from plait.engine.local.controls import NodeRuntime, timed_on_threads
 from plait.engine.local.executors import terminate_pool, worker_count
 from plait.engine.local.items import ItemRunner
@@ -181,11 +182,15 @@ class LocalEngine(Engine):
                 route, threads = _items_route(route, pool), pool
             elif isinstance(pool, AsyncExecutor):
                 _check_async_executor_deps(route.plan)
+        if route.plan.batched:
+            route = items_route(route)
         runner = ItemRunner(route, inputs, spec.names, self.runtime(route.plan, threads))
         runner.owner = self
         services = observe.resolve(pipeline, self)
         if services is not None:
             runner.observe(services)
+        if route.plan.batched:
+            runner.batch()
         return map_items(self, runner, spec, on_error, ordered)
 
     # --- routes and executors --------------------------------------------------
@@ -207,7 +212,8 @@ class LocalEngine(Engine):
         limit = self._max_concurrent if self._node_spec == "async" else None
         executor = None if limit is not None else self.node_pool()
         inline = executor is None and limit is None and not plan.needs_loop
-        map_inline = inline and self._map_spec == "sequential"
+        # A map of batch nodes runs its items together, as tasks: see local/batches.py.
+        map_inline = inline and self._map_spec == "sequential" and not plan.batched
         return Route(plan, inline, map_inline, executor, limit, self._items_on_loop(plan))
 
     def _items_on_loop(self, plan: Plan) -> bool:
@@ -222,7 +228,8 @@ class LocalEngine(Engine):
         threads; a plan of plain sync calls still runs whole items on them.
         """
         spec = self._map_spec
-        return plan.needs_loop and (spec == "threaded" or isinstance(spec, ThreadPoolExecutor))
+        on_loop = plan.needs_loop or bool(plan.batched)  # batch calls gather items on a loop
+        return on_loop and (spec == "threaded" or isinstance(spec, ThreadPoolExecutor))
 
     def node_pool(self) -> Executor | None:
         """The executor for sync nodes, created on first use; None when inline."""

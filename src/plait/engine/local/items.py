@@ -8,6 +8,7 @@ or pickled to a worker process (:meth:`ItemRunner.for_worker`).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import traceback
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from plait.bridge import block_on, ensure_loop, loop_optional
 from plait.callbacks.remote import Event, Replayer, portable, recording
 from plait.engine.context import ENCLOSING, TOP, Enclosing
+from plait.engine.local.batches import MapBatches
 from plait.engine.local.controls import NodeRuntime, worker_runtime
+from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_inline, run_plan
@@ -41,6 +44,7 @@ class ItemRunner:
 
     __slots__ = (
         "base",
+        "batches",
         "enclosing",
         "names",
         "owner",
@@ -78,6 +82,8 @@ class ItemRunner:
         self.shared: DepScope | None = None
         #: What keeps the process-scoped deps items take (the engine; None in a worker).
         self.owner: object | None = None
+        #: The map's batch calls, when the plan has batch nodes (see :meth:`batch`).
+        self.batches: MapBatches | None = None
 
     @property
     def lean(self) -> bool:
@@ -88,6 +94,12 @@ class ItemRunner:
         """Run items with this map's cache and callbacks."""
         self.services = services
         self.setup = services.setup(self.plan, varying=[s for s in self.slots if s >= 0])
+
+    def batch(self) -> None:
+        """Group this map's items into batch calls at its batch nodes (call it once the
+        runner has its services): items then run as tasks on one event loop."""
+        scope = self.services.scope if self.services is not None else None
+        self.batches = MapBatches(self.plan, self.route, self.runtime, scope)
 
     def values(self, item: tuple[Any, ...]) -> list[Any]:
         values = self.base.copy()
@@ -127,15 +139,19 @@ class ItemRunner:
             await ensure_loop()
         values = self.values(item)
         enclosing = self._enclosing(index)
+        batches = self.batches
+        if batches is not None:
+            batches.enter(index)
+        batch = None if batches is None else batches.item(index)
         token = ENCLOSING.set(enclosing) if enclosing else None
         try:
             plan = self.plan
             if self.services is None and not plan.deps:
-                await run_plan(self.route, values, self.runtime)
+                await run_plan(self.route, values, self.runtime, None, batch)
             else:
                 hooks, start = self._item_start(index)
                 try:
-                    run = partial(run_plan, self.route, values, self.runtime, hooks)
+                    run = partial(run_plan, self.route, values, self.runtime, hooks, batch)
                     await run_with_deps(plan, values, run, self.shared, self.owner)
                 except BaseException as exc:
                     self._item_end(index, hooks, start, exc)
@@ -144,6 +160,8 @@ class ItemRunner:
         finally:
             if token is not None:
                 ENCLOSING.reset(token)
+            if batches is not None:
+                batches.leave(index)
         return self.plan.outputs(values)
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
@@ -199,6 +217,7 @@ class ItemRunner:
         clone.setup = None  # rebuilt there by attach_local_runtime
         clone.shared = None  # resources do not cross processes: each item sets its own up
         clone.owner = None  # process-scoped deps there are the worker's, kept until it exits
+        clone.batches = None  # each chunk of items batches on its own (run_items)
         if self.services is not None:
             clone.services = self.services.for_worker(keep_cache=keep_cache)
         return clone
@@ -215,24 +234,61 @@ def run_items(
     runner: ItemRunner, first: int, items: Sequence[tuple[Any, ...]], *, stop_on_error: bool
 ) -> Reply:
     """Run consecutive items in a worker process; exceptions come back as values with
-    their tracebacks, events as a list to replay."""
+    their tracebacks, events as a list to replay. Items of a plan with batch nodes run
+    together, as tasks on one loop, so that they share batch calls."""
     results: list[Result] = []
     with recording() as events:
+        if runner.plan.batched:
+            block_on(_run_together(runner, first, items, results, stop_on_error))
+            return results, events
         for offset, item in enumerate(items):
             index = first + offset
             try:
                 results.append((index, runner.run_blocking(index, item)))
             except Exception as exc:
-                annotate_item(exc, index, runner.inputs(item))
-                formatted = "".join(traceback.format_exception(exc))
-                results.append((index, portable(exc), formatted))
+                results.append(_failed(runner, index, item, exc))
                 if stop_on_error:
                     break
     return results, events
 
 
-def run_elsewhere(runner: ItemRunner, index: int, item: tuple[Any, ...]) -> Reply:
-    """One item on another executor's worker, with node limits of its own."""
+def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Result:
+    """Item ``index`` raised ``exc`` in a worker: its result, to send back as a value."""
+    annotate_item(exc, index, runner.inputs(item))
+    return (index, portable(exc), "".join(traceback.format_exception(exc)))
+
+
+async def _run_together(
+    runner: ItemRunner,
+    first: int,
+    items: Sequence[tuple[Any, ...]],
+    results: list[Result],
+    stop_on_error: bool,
+) -> None:
+    """Run the items as tasks on this loop, sharing the chunk's batch calls."""
+    together = copy.copy(runner)
+    together.batch()
+    inflight: InFlight[tuple[int, tuple[Any, ...]]] = InFlight(asyncio.get_running_loop())
+    for offset, item in enumerate(items):
+        inflight.start_task(together.arun(first + offset, item), (first + offset, item))
+    try:
+        while inflight:
+            await inflight.wait_any()
+            while (done := inflight.pop_done()) is not None:
+                future, (index, item) = done
+                try:
+                    results.append((index, future.result()))
+                except Exception as exc:
+                    results.append(_failed(runner, index, item, exc))
+                    if stop_on_error:
+                        return
+    finally:
+        await inflight.cancel_all()
+
+
+def run_elsewhere(runner: ItemRunner, first: int, items: Sequence[tuple[Any, ...]]) -> Reply:
+    """Consecutive items (one, unless the plan has batch nodes) on another executor's
+    worker, with node limits of its own."""
     if runner.runtime is None:
         runner.attach_local_runtime()
-    return run_items(runner, index, [item], stop_on_error=True)
+    return run_items(runner, first, items, stop_on_error=True)

@@ -9,6 +9,7 @@ from concurrent.futures import Future as JobFuture
 from typing import Any
 
 from plait.engine.local.async_executor import AsyncExecutor
+from plait.engine.local.batches import largest_batch
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner, Reply, Result, run_elsewhere
 
@@ -57,7 +58,8 @@ class ExecutorLauncher(Launcher):
 
     Threads share this process: they see the caller's contextvars and the map's
     node limits. Any other executor (loky, dask ...) may run the job elsewhere, so
-    each job carries a self-contained runner (pickled by that executor).
+    each job carries a self-contained runner (pickled by that executor), and for a
+    plan with batch nodes a chunk of items the size of its largest batch, run together.
     """
 
     def __init__(self, runner: ItemRunner, executor: Executor) -> None:
@@ -66,9 +68,11 @@ class ExecutorLauncher(Launcher):
         self.in_process = isinstance(executor, (ThreadPoolExecutor, AsyncExecutor))
         self.remote = None if self.in_process else runner.for_worker()
         self.replayer = None if self.in_process else runner.replayer()
+        if not self.in_process:
+            self.chunk_size = max(1, largest_batch(runner.plan))
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        ((index, item),) = chunk
+        index, item = chunk[0]
         job: JobFuture[Any]
         if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
             job = self.executor.submit(self.runner.arun, index, item)
@@ -77,7 +81,8 @@ class ExecutorLauncher(Launcher):
             job = self.executor.submit(ctx.run, self.runner.run_blocking, index, item)
         else:
             assert self.remote is not None
-            job = self.executor.submit(run_elsewhere, self.remote, index, item)
+            items = [item for _, item in chunk]
+            job = self.executor.submit(run_elsewhere, self.remote, chunk[0][0], items)
         inflight.add_job(job, chunk)
 
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
@@ -86,8 +91,8 @@ class ExecutorLauncher(Launcher):
         try:
             reply: Reply = future.result()
             results, events = reply
-        except Exception as exc:  # the executor's own failure, not the item's
-            return [(chunk[0][0], exc, None)]
+        except Exception as exc:  # the executor's own failure, not the items'
+            return [(index, exc, None) for index, _ in chunk]
         if self.replayer is not None:
             self.replayer.replay(events)
         return results

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from plait.bridge import ensure_loop, loop_optional
 from plait.engine.base import ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, TOP, Enclosing
+from plait.engine.local.batches import largest_batch
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
 from plait.engine.local.inflight import InFlight
@@ -125,6 +126,9 @@ async def _scheduled_items(
     """Items as tasks on the loop or jobs on the map executor, ``window`` in flight."""
     await ensure_loop()
     launcher, window = _launcher(engine, runner, spec, on_error)
+    # Room for two whole batches (a sequential map of a plan with batch nodes too): one
+    # fills while the items of the other finish.
+    window = max(window, 2 * largest_batch(runner.plan))
     # Nested maps share the budget: see LocalEngine.nested_engine.
     runner.enclosing = Enclosing(engine.nested_engine(depth, window), depth, window)
     batches = iterate(
@@ -163,7 +167,8 @@ def _launcher(
             runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
         )
         return cluster, cluster.window
-    return ExecutorLauncher(runner, executor), engine.map_window(executor)
+    jobs = ExecutorLauncher(runner, executor)  # chunks of a batch on other processes
+    return jobs, engine.map_window(executor) * jobs.chunk_size
 
 
 async def iterate(

@@ -52,7 +52,7 @@ class Step:
         out_slots: tuple[int, ...],
     ) -> None:
         self.node = node
-        self.func: Callable[..., Any] = node.func
+        self.func: Callable[..., Any] = node.item_func
         self.is_async = node.is_async
         #: Runs through call_controlled (retries, timeout, limits, its own executor).
         self.controlled = node.options.controlled
@@ -107,6 +107,7 @@ class Plan:
 
     __slots__ = (
         "__weakref__",
+        "batched",
         "dep_slots",
         "deps",
         "has_controls",
@@ -137,6 +138,8 @@ class Plan:
         self.input_index = dict(input_slots)
         self.output_slots = output_slots
         self.has_controls = any(s.controlled for s in steps)
+        #: Steps of batch nodes (a map groups their items into batch calls).
+        self.batched = tuple(i for i, s in enumerate(steps) if s.node.batching is not None)
         #: False when every step is a plain sync call: the run never suspends.
         self.needs_loop = (
             self.has_controls or any(s.is_async for s in steps) or any(d.is_async for d, _ in deps)
@@ -191,8 +194,9 @@ class Route:
 
     @classmethod
     def in_worker(cls, plan: Plan) -> Route:
-        """The route of a plan shipped to a worker: no executor of its own."""
-        inline = not plan.needs_loop
+        """The route of a plan shipped to a worker: no executor of its own (items of a
+        plan with batch nodes run as tasks on one loop, to share batch calls)."""
+        inline = not plan.needs_loop and not plan.batched
         return cls(plan, inline, inline)
 
 

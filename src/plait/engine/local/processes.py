@@ -31,6 +31,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from plait.callbacks.remote import portable
+from plait.engine.local.batches import chunk_size
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner, Reply, Result, run_items
@@ -139,7 +140,7 @@ class ProcessLauncher(ChunkLauncher):
         self.executor = executor
         # About four chunks per worker: few round trips, yet work stays balanced.
         per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
-        self.chunk_size = max(1, min(per_worker, 256))
+        self.chunk_size = chunk_size(runner.plan, max(1, min(per_worker, 256)))
         self.token = uuid.uuid4().hex
         self.on_abort = on_abort
         self.broken = False

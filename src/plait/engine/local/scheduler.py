@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from types import CoroutineType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait._text import plural, short_repr
 from plait.bridge import portal
@@ -27,12 +27,16 @@ from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Plan, Route, Step
 from plait.errors import NodeDefinitionError, OutputArityError
 
+if TYPE_CHECKING:
+    from plait.engine.local.batches import ItemBatches
+
 
 async def run_plan(
     route: Route,
     values: list[Any],
     runtime: NodeRuntime | None = None,
     hooks: NodeHooks | None = None,
+    batch: ItemBatches | None = None,
 ) -> None:
     """Run every step of ``route``'s plan, writing results into ``values``.
 
@@ -44,7 +48,8 @@ async def run_plan(
     ``route.limit`` nodes in flight (the ``"async"`` node executor). ``runtime``
     holds the limits and executors of controlled nodes and is required when the
     plan has any. ``hooks`` (a cache or callbacks in effect) are called around
-    each node; a cache hit skips the call.
+    each node; a cache hit skips the call. ``batch`` (a map item's, when the plan
+    has batch nodes and its route is not inline) takes the calls of batch steps.
     """
     plan = route.plan
     if route.inline:
@@ -55,7 +60,7 @@ async def run_plan(
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks).run()
+    await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks, batch).run()
 
 
 def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
@@ -167,6 +172,7 @@ class _Dataflow:
     """State of one run of a plan that has async nodes or an executor."""
 
     __slots__ = (
+        "batch",
         "deferred",
         "executor",
         "failing",
@@ -189,9 +195,11 @@ class _Dataflow:
         runtime: NodeRuntime | None,
         limit: int | None = None,
         hooks: NodeHooks | None = None,
+        batch: ItemBatches | None = None,
     ) -> None:
         self.plan = plan
         self.hooks = hooks
+        self.batch = batch
         self.hits: deque[int] = deque()  # cache hits, released by run() (no recursion)
         self.failing: int | None = None  # the step whose exception ends the run
         self.limit = limit
@@ -235,9 +243,10 @@ class _Dataflow:
         index = self.deferred.pop()
         step = self.plan.steps[index]
         try:
-            result = await self._coroutine(step)
+            result = await self._coroutine(index, step)
         except Exception as exc:
-            annotate(exc, step, self.values)
+            if not self._batched(step):
+                annotate(exc, step, self.values)
             self.failing = index
             raise
         self._finish(index, result, inline)
@@ -248,7 +257,7 @@ class _Dataflow:
         room = len(deferred) if self.limit is None else self.limit - len(inflight)
         if room > 0:
             for index in deferred[:room]:
-                coro = self._coroutine(steps[index])
+                coro = self._coroutine(index, steps[index])
                 inflight.start_task(coro, index, f"plait node {steps[index].node.name}")
             del deferred[:room]
             self.launched = True
@@ -272,7 +281,8 @@ class _Dataflow:
             try:
                 result = future.result()
             except BaseException as exc:
-                annotate(exc, steps[index], self.values, worker_thread=self._on_thread(index))
+                if not self._batched(steps[index]):
+                    annotate(exc, steps[index], self.values, worker_thread=self._on_thread(index))
                 self.failing = index
                 raise
             self._finish(index, result, inline)
@@ -312,22 +322,34 @@ class _Dataflow:
             if cached is not MISS:
                 _store(step, self.values, cached)
                 self.hits.append(index)
+                if self.batch is not None:
+                    self.batch.passed(index)
                 return
-        if step.controlled:
+        batched = self.batch is not None and step.node.batching is not None
+        if step.controlled and not batched:
             assert self.runtime is not None
             on_retry = None if hooks is None else hooks.retry
             coro = call_controlled(step, index, self.values, self.runtime, on_retry)
             self.inflight.start_task(coro, index, f"plait node {step.node.name}")
             self.launched = True
-        elif step.is_async or self.limit is not None:
+        elif step.is_async or self.limit is not None or batched:
             self.deferred.append(index)  # started (or awaited) by run()
         elif self.executor is not None:
             self._submit(index, step)
         else:
             inline.append(index)
 
-    def _coroutine(self, step: Step) -> Any:
-        """The awaitable for a deferred step: the async call, or a sync call on a thread."""
+    def _batched(self, step: Step) -> bool:
+        """Whether this item's calls of ``step`` go into its map's batch calls (whose
+        errors carry a note naming the node and the batch's items instead)."""
+        return self.batch is not None and step.node.batching is not None
+
+    def _coroutine(self, index: int, step: Step) -> Any:
+        """The awaitable for a deferred step: the async call, a sync call on a thread, or
+        this item's share of a batch call."""
+        batch = self.batch
+        if batch is not None and step.node.batching is not None:
+            return batch.submit(index, self.values)
         if step.is_async:
             return _call(step, self.values)  # errors creating the coroutine are annotated
         return asyncio.to_thread(step.func, *step.args(self.values), **step.kwargs(self.values))

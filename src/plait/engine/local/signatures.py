@@ -58,6 +58,8 @@ class CacheSetup:
             return None
         try:
             code = fingerprint_code(node.func)
+            if node.batching is not None and node.batching.separate:  # both forms count
+                code += fingerprint_code(node.batching.func)
         except Unfingerprintable as exc:
             self.warn(node.name, f"its function cannot be fingerprinted ({exc})")
             return None
