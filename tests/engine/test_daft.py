@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from plait import DaftEngine, Dep, EngineError, LocalEngine, MemoryCache, Pipeline, node
+from plait import (
+    DaftEngine,
+    Dep,
+    EngineError,
+    ItemError,
+    LocalEngine,
+    MemoryCache,
+    Pipeline,
+    node,
+)
 from plait.callbacks.progress import ProgressCallback
 
 daft = pytest.importorskip("daft")
@@ -205,3 +214,33 @@ def test_daft_max_concurrency_does_not_bound_async_rows() -> None:
     slow = daft.func(_slow_row, return_dtype=daft.DataType.int64(), max_concurrency=1)
     daft.from_pydict({"x": list(range(200))}).select(slow(daft.col("x"))).collect()
     assert _ROWS.peak > 1  # why plait's own limits hold node calls on Daft
+
+
+def test_batch_nodes_share_batch_calls_within_a_daft_batch() -> None:
+    sizes: list[int] = []
+
+    @node(output_name="vec", batch_size=8)
+    def embed(text: list[str]) -> list[int]:
+        sizes.append(len(text))
+        if "boom" in text:
+            raise ValueError("bad batch")
+        return [len(t) for t in text]
+
+    @node(output_name="score")
+    async def score(vec: int, k: int) -> int:
+        return vec * k
+
+    pipeline = Pipeline([embed, score]).bind(k=2)
+    texts = ["a" * i for i in range(30)]
+    want = pipeline.map({"text": texts}, map_over="text")
+    sizes.clear()
+    engine = DaftEngine(batch_size=16)  # rows per Daft batch: two batch calls of 8 each
+    assert pipeline.with_engine(engine).map({"text": texts}, map_over="text") == want
+    assert sorted(sizes) == [6, 8, 8, 8]
+    results = pipeline.with_engine(engine).map(
+        {"text": ["x", "boom", *texts[:14]]}, map_over="text", on_error="collect"
+    )
+    failed = [r.index for r in results if isinstance(r, ItemError)]
+    assert failed == list(range(8))  # the first batch of 8 failed as a whole
+    assert results[8:] == want[6:14]
+    assert "batch call of node 'embed'" in results[0].exception.__notes__[0]

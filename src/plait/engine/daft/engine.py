@@ -233,7 +233,7 @@ class DaftEngine(Engine):
         shipped = b"" if self._in_process else stage.encode(work)
         try:
             df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
-            udf = self._stage(plan)(token, shipped, annotate)
+            udf = self._stage(plan, work)(token, shipped, annotate)
             query = df.into_batches(self.batch_size).select(
                 udf(df["index"], df["item"]).alias("reply")
             )
@@ -249,7 +249,7 @@ class DaftEngine(Engine):
         finally:
             stage.unregister(token)
 
-    def _stage(self, plan: Plan) -> Any:
+    def _stage(self, plan: Plan, work: Work) -> Any:
         import daft
 
         from plait.engine.daft import stage
@@ -259,9 +259,11 @@ class DaftEngine(Engine):
             "use_process": self.use_process,
             "name_override": f"plait[{names}]",
         }
+        if plan.batched and isinstance(work, ItemRunner):  # a map: its rows share batch calls
+            return daft.cls(stage.BatchedStage, **options)
         if (
             plan.needs_loop
-        ):  # rows as tasks on one loop: Daft's max_concurrency would not bound them
+        ):  # rows as tasks on one loop (Daft's max_concurrency does not bound them)
             return daft.cls(stage.LoopStage, **options)
         if self.use_process:  # Daft runs a sync stage given max_concurrency in processes
             options["max_concurrency"] = self.concurrency

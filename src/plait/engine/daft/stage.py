@@ -30,7 +30,7 @@ from plait.callbacks.remote import Event, portable, recording
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local import observe
 from plait.engine.local.controls import worker_runtime
-from plait.engine.local.items import ItemRunner
+from plait.engine.local.items import ItemRunner, Result, run_together
 from plait.engine.local.plan import Plan, Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
@@ -170,6 +170,29 @@ async def run_row(work: Work, index: int, blob: bytes, annotate: bool) -> bytes:
     return _encode_reply(work, reply)
 
 
+def run_rows_together(runner: ItemRunner, indices: list[int], blobs: list[bytes]) -> list[bytes]:
+    """A batch of rows of a plan with batch nodes, as tasks on one loop so that they
+    share batch calls: their encoded replies, in row order (the batch's events, which
+    cannot be told apart per row, travel with its first reply)."""
+    from plait.bridge import block_on
+
+    items = [(index, decode(blob)) for index, blob in zip(indices, blobs, strict=True)]
+    results: list[Result] = []
+    with recording() as events:
+        block_on(run_together(runner, items, results, stop_on_error=False))
+    by_index = {result[0]: result for result in results}
+    replies = []
+    for row, index in enumerate(indices):
+        result = by_index[index]
+        carried = events if row == 0 else []
+        if len(result) == 2:
+            reply: Reply = (index, result[1], None, carried)
+        else:
+            reply = (index, result[1], result[2], carried)
+        replies.append(_encode_reply(runner, reply))
+    return replies
+
+
 def _encode_reply(work: Work, reply: Reply) -> bytes:
     try:
         return encode(reply)
@@ -199,6 +222,20 @@ class InlineStage:
             run_row_blocking(work, i, blob, annotate)
             for i, blob in zip(index.to_pylist(), item.to_pylist(), strict=True)
         ]
+
+
+class BatchedStage:
+    """Rows of a plan with batch nodes: a batch of rows at a time, together on one
+    loop, so that items of the batch share the batch nodes' calls."""
+
+    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+        work = _work(token, shipped)
+        assert isinstance(work, ItemRunner)
+        self.runner = work
+
+    @daft.method.batch(return_dtype=DataType.binary())
+    def __call__(self, index: Series, item: Series) -> Sequence[bytes]:
+        return run_rows_together(self.runner, index.to_pylist(), item.to_pylist())
 
 
 class LoopStage:

@@ -239,7 +239,8 @@ def run_items(
     results: list[Result] = []
     with recording() as events:
         if runner.plan.batched:
-            block_on(_run_together(runner, first, items, results, stop_on_error))
+            numbered = [(first + offset, item) for offset, item in enumerate(items)]
+            block_on(run_together(runner, numbered, results, stop_on_error))
             return results, events
         for offset, item in enumerate(items):
             index = first + offset
@@ -258,19 +259,19 @@ def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exceptio
     return (index, portable(exc), "".join(traceback.format_exception(exc)))
 
 
-async def _run_together(
+async def run_together(
     runner: ItemRunner,
-    first: int,
-    items: Sequence[tuple[Any, ...]],
+    items: Sequence[tuple[int, tuple[Any, ...]]],
     results: list[Result],
     stop_on_error: bool,
 ) -> None:
-    """Run the items as tasks on this loop, sharing the chunk's batch calls."""
+    """Run the items (index, item) as tasks on this loop, sharing their batch calls;
+    their results are appended to ``results`` as they finish."""
     together = copy.copy(runner)
     together.batch()
     inflight: InFlight[tuple[int, tuple[Any, ...]]] = InFlight(asyncio.get_running_loop())
-    for offset, item in enumerate(items):
-        inflight.start_task(together.arun(first + offset, item), (first + offset, item))
+    for index, item in items:
+        inflight.start_task(together.arun(index, item), (index, item))
     try:
         while inflight:
             await inflight.wait_any()
