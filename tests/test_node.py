@@ -271,3 +271,18 @@ def test_a_lambda_needs_an_output_name(func: Any) -> None:
         "node(fn, output_name='y')"
     )
     assert node(func, output_name="y").outputs == ("y",)
+
+
+def test_resources_are_checked_and_are_not_a_control() -> None:
+    @node(output_name="y", resources={"cpus": 2, "gpus": 0.5})
+    def f(x: int) -> int:
+        return x
+
+    assert (f.options.resources.cpus, f.options.resources.gpus) == (2.0, 0.5)  # type: ignore[union-attr]
+    assert str(f.options.resources) == "cpus=2, gpus=0.5"
+    assert not f.options.controlled  # a plain call wherever it runs
+    assert node(f.func, output_name="y", resources={"cpus": 1}, retries=1).options.controlled
+    with pytest.raises(NodeDefinitionError, match=r"node 'f': resources must be a dict with keys"):
+        node(f.func, output_name="y", resources={"gpu": 1})
+    with pytest.raises(NodeDefinitionError, match=r"resources\['cpus'\] must be a number > 0"):
+        node(f.func, output_name="y", resources={"cpus": 0})

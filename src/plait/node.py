@@ -15,7 +15,7 @@ from plait._text import callable_name
 from plait.batching import AsyncOneItem, Batching, OneItem, make_batching
 from plait.deps import Dep, all_deps, find_deps
 from plait.errors import NodeDefinitionError
-from plait.options import Backoff, NodeOptions, make_options
+from plait.options import Backoff, NodeOptions, Resources, make_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,6 +73,7 @@ class Node(Generic[P, R]):
         retry_after: bool = True,
         timeout: float | None = None,
         rate_limit: str | float | None = None,
+        resources: Mapping[str, float] | Resources | None = None,
         batch_size: int | None = None,
         batch: Callable[..., Any] | None = None,
         max_wait: float | None = None,
@@ -104,6 +105,7 @@ class Node(Generic[P, R]):
             retry_after=retry_after,
             timeout=timeout,
             rate_limit=rate_limit,
+            resources=resources,
         )
         signature = _signature(func, self.name)
         self._defaults, self.positional, self.keyword = _read_parameters(signature, self.name)
@@ -308,6 +310,8 @@ def node(
                       rate_limit="20/s")
                 async def ask_llm(prompt): ...
 
+            what one call needs where it runs, for engines that place work:
+            ``resources={"cpus": 2, "gpus": 1}`` (``DaftEngine`` asks Daft for them);
             and whether it has a batch form: ``batch_size`` (the most items per batch
             call), ``batch`` (a batch function beside a single-item one), ``max_wait``
             (see :mod:`plait.batching` and docs/batch.md)::

@@ -6,9 +6,9 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -52,6 +52,23 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """What one call of a node needs where it runs (``@node(resources={"gpus": 1})``).
+
+    A placement request, read by engines that place work: ``DaftEngine`` asks Daft
+    for them for the stage that runs the node. ``LocalEngine`` runs every node where
+    its executor says and reads none of it.
+    """
+
+    cpus: float | None = None
+    gpus: float | None = None
+
+    def __str__(self) -> str:
+        given = (("cpus", self.cpus), ("gpus", self.gpus))
+        return ", ".join(f"{name}={value:g}" for name, value in given if value is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeOptions:
     """How a node's calls are made. The defaults make a plain call.
 
@@ -70,6 +87,8 @@ class NodeOptions:
             openai SDK, aiohttp, requests); see :func:`server_delay`.
         timeout: seconds one attempt may take.
         rate_limit: most call starts in any window of its period, across one run or map.
+        resources: what one call needs where it runs (CPUs, GPUs), for engines that
+            place work; not a control (a node with only resources is a plain call).
     """
 
     executor: str | Executor | None = None
@@ -81,10 +100,13 @@ class NodeOptions:
     retry_after: bool = True
     timeout: float | None = None
     rate_limit: RateLimit | None = None
+    resources: Resources | None = None
 
     @property
     def controlled(self) -> bool:
         """True when calls need more than a plain call (a task, a slot, a retry loop)."""
+        if self.resources is not None:
+            return replace(self, resources=None) != _PLAIN
         return self != _PLAIN
 
     def delay(self, attempt: int, exc: BaseException, jitter: float) -> float:
@@ -175,7 +197,26 @@ def make_options(node_name: str, **given: Any) -> NodeOptions:
         retry_after=_check_flag(node_name, "retry_after", given.get("retry_after", True)),
         timeout=_check_timeout(node_name, given["timeout"]),
         rate_limit=parse_rate(node_name, given["rate_limit"]),
+        resources=_check_resources(node_name, given.get("resources")),
     )
+
+
+def _check_resources(node_name: str, resources: object) -> Resources | None:
+    """``{"cpus": 2, "gpus": 1}`` (or a :class:`Resources`) checked; None for None."""
+    if resources is None or isinstance(resources, Resources):
+        return resources
+    known = ("cpus", "gpus")
+    if not isinstance(resources, Mapping) or not set(resources) <= set(known):
+        raise NodeDefinitionError(
+            f"node {node_name!r}: resources must be a dict with keys among "
+            f"{', '.join(repr(k) for k in known)}, such as {{'gpus': 1}}; got {resources!r}"
+        )
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise NodeDefinitionError(
+                f"node {node_name!r}: resources[{key!r}] must be a number > 0, got {value!r}"
+            )
+    return Resources(**{key: float(value) for key, value in resources.items()})
 
 
 def parse_rate(node_name: str, rate: object) -> RateLimit | None:

@@ -244,3 +244,24 @@ def test_batch_nodes_share_batch_calls_within_a_daft_batch() -> None:
     assert failed == list(range(8))  # the first batch of 8 failed as a whole
     assert results[8:] == want[6:14]
     assert "batch call of node 'embed'" in results[0].exception.__notes__[0]
+
+
+def test_declared_resources_are_the_stage_s_request() -> None:
+    @node(output_name="y", resources={"cpus": 2, "gpus": 0.5})
+    def embed(x: int) -> int:
+        return x + 1
+
+    @node(output_name="z", resources={"cpus": 1})
+    def after(y: int) -> int:
+        return 2 * y
+
+    pipeline = Pipeline([embed, after])
+    shown = io.StringIO()
+    with redirect_stdout(shown):
+        got = pipeline.with_engine(DaftEngine(show_plan=True)).map({"x": [1, 2]}, map_over="x")
+    assert got == pipeline.map({"x": [1, 2]}, map_over="x")  # LocalEngine reads none of it
+    assert "Resource request = { num_cpus = 2, num_gpus = 0.5 }" in shown.getvalue()
+
+    greedy = node(lambda x: x, output_name="q", name="greedy", resources={"gpus": 1.5})
+    with pytest.raises(EngineError, match="node 'greedy' asks for 1.5 GPUs"):
+        Pipeline([greedy], engine=DaftEngine()).run({"x": 1})

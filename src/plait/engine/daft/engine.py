@@ -258,6 +258,7 @@ class DaftEngine(Engine):
         options: dict[str, Any] = {
             "use_process": self.use_process,
             "name_override": f"plait[{names}]",
+            **_requested(plan),
         }
         if plan.batched and isinstance(work, ItemRunner):  # a map: its rows share batch calls
             return daft.cls(stage.BatchedStage, **options)
@@ -304,6 +305,30 @@ def _partitions(query: Any) -> Generator[Any, None, None]:
     """The query's results as Arrow record batches, as Daft produces them (on either
     runner: ``iter_partitions`` gives Ray object references on Ray)."""
     yield from query.to_arrow_iter()
+
+
+def _requested(plan: Plan) -> dict[str, float]:
+    """What the stage asks Daft for: the most CPUs and GPUs any of its nodes declares
+    (``@node(resources=...)``); the stage runs every node of the plan."""
+    declared = [s.node.options.resources for s in plan.steps if s.node.options.resources]
+    requested: dict[str, float] = {}
+    for kind in ("cpus", "gpus"):
+        amounts = [getattr(r, kind) for r in declared if getattr(r, kind) is not None]
+        if amounts:
+            requested[kind] = max(amounts)
+    gpus = requested.get("gpus")
+    if gpus is not None and gpus > 1 and not gpus.is_integer():
+        node = next(s.node.name for s in plan.steps if _gpus(s.node) == gpus)
+        raise EngineError(
+            f"node {node!r} asks for {gpus:g} GPUs: Daft takes a fraction of one GPU "
+            "(such as 0.5) or a whole number of them"
+        )
+    return requested
+
+
+def _gpus(node: Any) -> float | None:
+    resources = node.options.resources
+    return None if resources is None else resources.gpus
 
 
 class _Order:
