@@ -75,7 +75,7 @@ class MapBatches:
     """The batchers of one map (or one chunk of a map in a worker), and which of its
     items may still reach each of them."""
 
-    __slots__ = ("batchers", "pending", "waiting")
+    __slots__ = ("batchers", "pending", "refill", "supplied", "waiting")
 
     def __init__(
         self,
@@ -92,6 +92,11 @@ class MapBatches:
         self.pending: dict[int, set[int]] = {}
         #: Items waiting in a queue, with how many queues each waits in.
         self.waiting: dict[int, int] = {}
+        #: A map feeds these batches more items as others finish (:meth:`supply`);
+        #: items run together (a worker's chunk, a Daft batch) all start at once.
+        self.supplied = False
+        #: An item finished and the map has not yet started the ones taking its room.
+        self.refill = False
 
     def enter(self, item: int) -> None:
         """Item ``item`` starts: until it passes them, it may reach every batch step."""
@@ -111,6 +116,15 @@ class MapBatches:
         """Item ``item`` is done (finished, failed or cancelled)."""
         for step in self.pending.pop(item, ()):
             self.batchers[step].expected -= 1
+        if self.supplied:
+            self.refill = True  # until the map has started what takes its room
+        self.settle()
+
+    def supply(self, more: bool) -> None:
+        """The map has started every item its window has room for; ``more``: items
+        may still come as others finish (False once the input is exhausted)."""
+        self.supplied = more
+        self.refill = False
         self.settle()
 
     def queued(self, item: int, change: int) -> None:
@@ -122,8 +136,9 @@ class MapBatches:
             self.waiting.pop(item, None)
 
     def stalled(self) -> bool:
-        """Every item in flight waits in a queue: none will finish and make room."""
-        return len(self.waiting) >= len(self.pending)
+        """Every item in flight waits in a queue: none will finish and make room, and
+        the map is not about to start items in the room of those that finished."""
+        return not self.refill and len(self.waiting) >= len(self.pending)
 
     def settle(self) -> None:
         """Start what is due in every queue (a plan has few batch steps)."""

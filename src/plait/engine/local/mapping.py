@@ -192,6 +192,7 @@ async def iterate(
     running = 0  # items in flight
     next_index = 0
     exhausted = False
+    batches = runner.batches  # told when the items taking finished ones' room started
     try:
         while True:
             while not exhausted and running + len(waiting) < window:
@@ -205,6 +206,8 @@ async def iterate(
                     break
                 launcher.launch(inflight, chunk)
                 running += len(chunk)
+            if batches is not None:
+                batches.supply(not exhausted)
             if not inflight:
                 return
             await inflight.wait_any()
