@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def _executor(kind: str) -> Any:
     if kind == "thread-pool":
         return ThreadPoolExecutor(2)
     if kind == "process-pool":
-        return ProcessPoolExecutor(2)
+        return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
     return kind
 
 

@@ -122,10 +122,17 @@ class MapBatches:
 
     def supply(self, more: bool) -> None:
         """The map has started every item its window has room for; ``more``: items
-        may still come as others finish (False once the input is exhausted)."""
+        may still come as others finish (False once the input is exhausted).
+
+        Called from the map's loop, which need not be the items' (an
+        ``AsyncExecutor`` runs them on its own): the queues are checked on theirs.
+        """
         self.supplied = more
         self.refill = False
-        self.settle()
+        for batcher in self.batchers.values():
+            if batcher.queue:
+                batcher.queue[0].future.get_loop().call_soon_threadsafe(self.settle)
+                return
 
     def queued(self, item: int, change: int) -> None:
         """Item ``item`` joined (``change=1``) or left (-1) a queue."""
