@@ -123,25 +123,26 @@ class ItemRunner:
         if not self.route.inline:
             await ensure_loop()
         values = self.values(item)
-        enclosing = self._enclosing(index)
-        token = ENCLOSING.set(enclosing) if enclosing else None
+        plan = self.plan
+        token = ENCLOSING.set(self.item_enclosing(index))
         try:
-            plan = self.plan
             if self.services is None and not plan.deps:
                 await run_plan(self.route, values, self.runtime)
             else:
-                hooks, start = self._item_start(index)
+                hooks, start = self.item_start(index)
                 try:
-                    run = partial(run_plan, self.route, values, self.runtime, hooks)
-                    await run_with_deps(plan, values, run, self.shared)
+                    if plan.deps:
+                        run = partial(run_plan, self.route, values, self.runtime, hooks)
+                        await run_with_deps(plan, values, run, self.shared)
+                    else:
+                        await run_plan(self.route, values, self.runtime, hooks)
                 except BaseException as exc:
-                    self._item_end(index, hooks, start, exc)
+                    self.item_end(index, hooks, start, exc)
                     raise
-                self._item_end(index, hooks, start)
+                self.item_end(index, hooks, start)
         finally:
-            if token is not None:
-                ENCLOSING.reset(token)
-        return self.plan.outputs(values)
+            ENCLOSING.reset(token)
+        return plan.outputs(values)
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` to completion in a worker (a thread or a process)."""
@@ -149,7 +150,7 @@ class ItemRunner:
             return self.run_plain(index, item)
         return block_on(self.arun(index, item))
 
-    def _enclosing(self, index: int) -> Enclosing:
+    def item_enclosing(self, index: int) -> Enclosing:
         """What code inside item ``index`` sees as its enclosing run."""
         services = self.services
         outer = self.enclosing or TOP
@@ -159,7 +160,7 @@ class ItemRunner:
             outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
         )
 
-    def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
+    def item_start(self, index: int) -> tuple[NodeHooks | None, float]:
         services = self.services
         if services is None:
             return None, 0.0
@@ -167,7 +168,7 @@ class ItemRunner:
             services.scope.emit("on_map_item_start", item=index)
         return services.hooks(self.plan, self.setup, index), perf_counter()
 
-    def _item_end(
+    def item_end(
         self, index: int, hooks: NodeHooks | None, start: float, error: BaseException | None = None
     ) -> None:
         scope = self.services.scope if self.services is not None else None

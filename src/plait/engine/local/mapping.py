@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from plait.bridge import ensure_loop, loop_optional
+from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, TOP, Enclosing
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
@@ -35,6 +35,7 @@ from plait.engine.request import MapSpec, annotate_item
 
 if TYPE_CHECKING:
     from plait.engine.local.engine import LocalEngine
+    from plait.engine.local.hooks import NodeHooks
 
 
 def map_items(
@@ -42,15 +43,15 @@ def map_items(
 ) -> AsyncIterator[tuple[int, Outcome]]:
     """The stream of ``(index, outcome)`` of a map, with its deps and events around it."""
     depth = ENCLOSING.get().map_depth + 1
+    plan = runner.plan
     inline = runner.route.map_inline
     stream: AsyncGenerator[tuple[int, Outcome], None]
     if inline:
         runner.enclosing = Enclosing(engine.nested_engine(depth, 1), depth, 1)
-        items = _lean_items if runner.lean else _inline_items
+        items = _inline_items if plan.deps else _lean_items
         stream = items(runner, spec, on_error)
     else:
         stream = _scheduled_items(engine, runner, spec, depth, on_error, ordered)
-    plan = runner.plan
     if plan.deps:
         runner.shared = map_scope(plan, runner.base, spec.names)
         if runner.shared is not None:
@@ -83,14 +84,17 @@ async def _inline_items(
 async def _lean_items(
     runner: ItemRunner, spec: MapSpec, on_error: OnError
 ) -> AsyncGenerator[tuple[int, Outcome], None]:
-    """:func:`_inline_items` without cache, callbacks or deps: the hot loop of a plain
-    sequential map, written out (no call per item beyond the nodes' own; the twin of
-    :meth:`ItemRunner.run_plain`)."""
+    """:func:`_inline_items` of a plan without deps: the hot loop of a sequential map,
+    written out (no call per item beyond the nodes' own, and the cache and callback
+    hooks when the map has them; the twin of :meth:`ItemRunner.arun`)."""
     plan = runner.plan
     base, slots, enclosing = runner.base, runner.slots, runner.enclosing or TOP
     output_slots = plan.output_slots
     one = slots[0] if len(slots) == 1 else -1
     set_enclosing, reset_enclosing = ENCLOSING.set, ENCLOSING.reset
+    observed = runner.services is not None
+    hooks: NodeHooks | None = None
+    start = 0.0
     for index, item in enumerate(spec.items()):
         if one >= 0:
             values = base.copy()
@@ -98,9 +102,23 @@ async def _lean_items(
         else:
             values = runner.values(item)
         outcome: Outcome
-        token = set_enclosing(enclosing)
+        if observed:
+            token = set_enclosing(runner.item_enclosing(index))
+            hooks, start = runner.item_start(index)
+        else:
+            token = set_enclosing(enclosing)
         try:
-            run_inline(plan, values)
+            if hooks is None:
+                run_inline(plan, values)
+            else:  # through the portal, as run_plan calls it: a node may await
+                try:
+                    pending = portal.call(run_inline, plan, values, hooks)
+                    if type(pending) is portal.Suspended:
+                        await pending.finish()
+                except BaseException as exc:
+                    runner.item_end(index, hooks, start, exc)
+                    raise
+                runner.item_end(index, hooks, start)
             outcome = {name: values[slot] for name, slot in output_slots}
         except Exception as exc:
             inputs = runner.inputs(item)

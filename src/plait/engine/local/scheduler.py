@@ -78,8 +78,10 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
                 hooks.failed(index, exc)
                 raise
             hooks.after(index, result)
-        else:
+        elif step.unpacks:
             _store(step, values, result)
+        else:  # a cached result: stored as a node returned it, never a coroutine
+            values[step.out_slots[0]] = result
 
 
 def _call(step: Step, values: list[Any]) -> Any:
