@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
@@ -26,7 +26,13 @@ from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner
-from plait.engine.local.launchers import Chunk, ExecutorLauncher, Launcher, TaskLauncher
+from plait.engine.local.launchers import (
+    Chunk,
+    ExecutorLauncher,
+    Launcher,
+    TaskLauncher,
+    ThreadChunkLauncher,
+)
 from plait.engine.local.observe import observed_map
 from plait.engine.local.processes import ProcessLauncher
 from plait.engine.local.resources import around_map, map_scope
@@ -181,6 +187,12 @@ def _launcher(
             runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
         )
         return cluster, cluster.window
+    if isinstance(executor, ThreadPoolExecutor):
+        workers = worker_count(executor, engine.max_workers)
+        threads = ThreadChunkLauncher(
+            runner, executor, workers, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
+        )
+        return threads, 2 * workers * threads.chunk_size
     return ExecutorLauncher(runner, executor), engine.map_window(executor)
 
 

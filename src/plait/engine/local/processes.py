@@ -34,7 +34,7 @@ from plait.callbacks.remote import portable
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner, Reply, Result, run_items
-from plait.engine.local.launchers import Chunk, Launcher
+from plait.engine.local.launchers import Chunk, Launcher, chunk_size
 from plait.engine.request import annotate_item
 from plait.errors import WorkerDiedError
 
@@ -137,9 +137,7 @@ class ProcessLauncher(ChunkLauncher):
     ) -> None:
         super().__init__(runner, stop_on_error)
         self.executor = executor
-        # About four chunks per worker: few round trips, yet work stays balanced.
-        per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
-        self.chunk_size = max(1, min(per_worker, 256))
+        self.chunk_size = chunk_size(size_hint, workers)
         self.token = uuid.uuid4().hex
         self.on_abort = on_abort
         self.broken = False
