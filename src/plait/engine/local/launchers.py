@@ -64,9 +64,8 @@ class ThreadChunkLauncher(Launcher):
 
     One job per item would cost a pool round trip per item, more than a small item's
     own work. Each item still runs in its own copy of the caller's contextvars and
-    fails alone; with ``stop_on_error`` a chunk stops at its first failure, and after
-    a failure (or when the consumer stops) chunks already running stop before their
-    next item.
+    fails alone; with ``stop_on_error`` the first failure stops every running chunk
+    before its next item, and so does the consumer stopping early.
     """
 
     def __init__(
@@ -98,6 +97,7 @@ class ThreadChunkLauncher(Launcher):
             except Exception as exc:
                 results.append((index, exc, None))
                 if self.stop_on_error:
+                    self.stopped = True  # the chunks beside it stop now, not when the loop sees it
                     break
         return results
 

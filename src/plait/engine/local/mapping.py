@@ -14,6 +14,7 @@ million items keeps memory flat.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -41,7 +42,6 @@ from plait.engine.request import MapSpec, annotate_item
 
 if TYPE_CHECKING:
     from plait.engine.local.engine import LocalEngine
-    from plait.engine.local.hooks import NodeHooks
 
 
 def map_items(
@@ -92,15 +92,21 @@ async def _lean_items(
 ) -> AsyncGenerator[tuple[int, Outcome], None]:
     """:func:`_inline_items` of a plan without deps: the hot loop of a sequential map,
     written out (no call per item beyond the nodes' own, and the cache and callback
-    hooks when the map has them; the twin of :meth:`ItemRunner.arun`)."""
+    hooks when the map has them; the twin of :meth:`ItemRunner.arun`).
+
+    Without hooks, items run in one copy of the caller's context, made when the map
+    starts, that holds the map's :data:`ENCLOSING`: entering it costs less than
+    setting and resetting that per item, and the consumer's code between items keeps
+    its own context. (With hooks, each item sets its own, which names the item.)
+    """
     plan = runner.plan
-    base, slots, enclosing = runner.base, runner.slots, runner.enclosing or TOP
+    base, slots = runner.base, runner.slots
     output_slots = plan.output_slots
     one = slots[0] if len(slots) == 1 else -1
-    set_enclosing, reset_enclosing = ENCLOSING.set, ENCLOSING.reset
     observed = runner.services is not None
-    hooks: NodeHooks | None = None
-    start = 0.0
+    items_context = contextvars.copy_context()
+    items_context.run(ENCLOSING.set, runner.enclosing or TOP)
+    enter = items_context.run
     for index, item in enumerate(spec.items()):
         if one >= 0:
             values = base.copy()
@@ -108,23 +114,11 @@ async def _lean_items(
         else:
             values = runner.values(item)
         outcome: Outcome
-        if observed:
-            token = set_enclosing(runner.item_enclosing(index))
-            hooks, start = runner.item_start(index)
-        else:
-            token = set_enclosing(enclosing)
         try:
-            if hooks is None:
-                run_inline(plan, values)
-            else:  # through the portal, as run_plan calls it: a node may await
-                try:
-                    pending = portal.call(run_inline, plan, values, hooks)
-                    if type(pending) is portal.Suspended:
-                        await pending.finish()
-                except BaseException as exc:
-                    runner.item_end(index, hooks, start, exc)
-                    raise
-                runner.item_end(index, hooks, start)
+            if observed:
+                await _observed_item(runner, index, values)
+            else:
+                enter(run_inline, plan, values)
             outcome = {name: values[slot] for name, slot in output_slots}
         except Exception as exc:
             inputs = runner.inputs(item)
@@ -132,9 +126,25 @@ async def _lean_items(
             if on_error == "raise":
                 raise
             outcome = ItemError.of(exc, index, inputs)
-        finally:
-            reset_enclosing(token)
-        yield index, outcome  # the consumer's code between items sees its own context
+        yield index, outcome
+
+
+async def _observed_item(runner: ItemRunner, index: int, values: list[Any]) -> None:
+    """One item of :func:`_lean_items` with its cache and callback hooks, through the
+    portal as :func:`~plait.engine.local.scheduler.run_plan` calls it: a node may await."""
+    token = ENCLOSING.set(runner.item_enclosing(index))
+    try:
+        hooks, start = runner.item_start(index)
+        try:
+            pending = portal.call(run_inline, runner.plan, values, hooks)
+            if type(pending) is portal.Suspended:
+                await pending.finish()
+        except BaseException as exc:
+            runner.item_end(index, hooks, start, exc)
+            raise
+        runner.item_end(index, hooks, start)
+    finally:
+        ENCLOSING.reset(token)
 
 
 @loop_optional
