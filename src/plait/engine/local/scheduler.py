@@ -233,16 +233,21 @@ class _Dataflow:
             raise
 
     async def _await_only(self, inline: deque[int]) -> None:
-        """The one deferred step is the only work there is: await it here, without a task."""
-        index = self.deferred.pop()
-        step = self.plan.steps[index]
-        try:
-            result = await self._coroutine(step)
-        except Exception as exc:
-            annotate(exc, step, self.values)
-            self.failing = index
-            raise
-        self._finish(index, result, inline)
+        """The one deferred step is the only work there is: await it here, without a task,
+        and so on while each step readies just one more (a chain of async nodes)."""
+        deferred, steps, inflight = self.deferred, self.plan.steps, self.inflight
+        while True:
+            index = deferred.pop()
+            step = steps[index]
+            try:
+                result = await self._coroutine(step)
+            except Exception as exc:
+                annotate(exc, step, self.values)
+                self.failing = index
+                raise
+            self._finish(index, result, inline)
+            if len(deferred) != 1 or inline or inflight or self.hits:
+                return
 
     def _start_deferred(self) -> None:
         """Start ready async steps as tasks (as many as the limit leaves room for)."""
