@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from plait import Pipeline, node
+from plait import MemoryCache, Pipeline, node
+from plait.errors import NodeDefinitionError
 
 
 def async_chain(n: int, fail_at: int = -1, called: list[int] | None = None) -> list[Any]:
@@ -46,3 +47,40 @@ def test_an_async_chain_with_a_branch_runs_every_node() -> None:
 
     result = Pipeline([*async_chain(20), side, both]).run({"v0": 0})
     assert result["both"] == 10
+
+
+def test_a_lone_async_node_fails_with_its_note_and_a_returned_coroutine_is_refused() -> None:
+    @node(output_name="y")
+    async def lone(x: int) -> int:
+        raise KeyError(f"lone {x}")
+
+    with pytest.raises(KeyError) as info:
+        Pipeline([lone]).run({"x": 1})
+    assert info.value.__notes__ == ["plait: raised in node 'lone' (→ y) called with (x=1)"]
+
+    async def inner() -> int:
+        return 1
+
+    @node(output_name="y")
+    async def nests(x: int) -> Any:
+        return inner()
+
+    with pytest.raises(NodeDefinitionError, match="returned a coroutine"):
+        Pipeline([nests]).run({"x": 1})
+
+
+def test_a_lone_async_node_with_a_cache_or_a_retry_takes_the_dataflow() -> None:
+    calls: list[int] = []
+
+    @node(output_name="y", retries=1, backoff=0)
+    async def once_flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise OSError("first try")
+        return x + 1
+
+    assert Pipeline([once_flaky]).run({"x": 1}) == {"y": 2}
+    cached = Pipeline([node(once_flaky.func, output_name="y")], cache=MemoryCache())
+    assert cached.run({"x": 5}) == {"y": 6}
+    assert cached.run({"x": 5}) == {"y": 6}
+    assert calls == [1, 1, 5]

@@ -55,7 +55,20 @@ async def run_plan(
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
+    if len(plan.steps) == 1 and hooks is None and not plan.has_controls and plan.steps[0].is_async:
+        await _await_lone(plan.steps[0], values)  # one async call (a batch item): no dataflow
+        return
     await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks).run()
+
+
+async def _await_lone(step: Step, values: list[Any]) -> None:
+    """A plan of one plain async step, awaited here as the dataflow would await it."""
+    try:
+        result = await _call(step, values)
+    except Exception as exc:
+        annotate(exc, step, values)
+        raise
+    _store(step, values, result)
 
 
 def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
