@@ -13,7 +13,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-ray lint bench mutation clean
+.PHONY: install demo test test-ray lint bench bench-peers mutation clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# plait beside HyperNodes, pipefunc, Apache Hamilton and daglite (pinned, one venv each under
+# benchmarks/peers/.venvs/, made on first use): docs/performance.md. Not part of `make test`.
+bench-peers: install
+	$(PY) benchmarks/peers/run.py $(PEERS)
 
 # Mutation testing, not in CI (docs/development.md): `make mutation MODULES="graph engine.local.controls"`.
 # Modules are dotted under plait; the set mutmut may mutate is [tool.mutmut] in pyproject.toml.
