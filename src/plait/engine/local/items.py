@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -128,18 +128,15 @@ class ItemRunner:
         try:
             if self.services is None and not plan.deps:
                 await run_plan(self.route, values, self.runtime)
+            elif plan.deps:
+
+                async def with_deps(hooks: NodeHooks | None) -> None:
+                    run = partial(run_plan, self.route, values, self.runtime, hooks)
+                    await run_with_deps(plan, values, run, self.shared)
+
+                await self.observed(index, with_deps)
             else:
-                hooks, start = self.item_start(index)
-                try:
-                    if plan.deps:
-                        run = partial(run_plan, self.route, values, self.runtime, hooks)
-                        await run_with_deps(plan, values, run, self.shared)
-                    else:
-                        await run_plan(self.route, values, self.runtime, hooks)
-                except BaseException as exc:
-                    self.item_end(index, hooks, start, exc)
-                    raise
-                self.item_end(index, hooks, start)
+                await self.observed(index, partial(run_plan, self.route, values, self.runtime))
         finally:
             ENCLOSING.reset(token)
         return plan.outputs(values)
@@ -160,7 +157,19 @@ class ItemRunner:
             outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
         )
 
-    def item_start(self, index: int) -> tuple[NodeHooks | None, float]:
+    async def observed(
+        self, index: int, run: Callable[[NodeHooks | None], Awaitable[None]]
+    ) -> None:
+        """``await run(hooks)`` for item ``index``, between its start and end events."""
+        hooks, start = self._item_start(index)
+        try:
+            await run(hooks)
+        except BaseException as exc:
+            self._item_end(index, hooks, start, exc)
+            raise
+        self._item_end(index, hooks, start)
+
+    def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
         services = self.services
         if services is None:
             return None, 0.0
@@ -168,7 +177,7 @@ class ItemRunner:
             services.scope.emit("on_map_item_start", item=index)
         return services.hooks(self.plan, self.setup, index), perf_counter()
 
-    def item_end(
+    def _item_end(
         self, index: int, hooks: NodeHooks | None, start: float, error: BaseException | None = None
     ) -> None:
         scope = self.services.scope if self.services is not None else None

@@ -18,6 +18,7 @@ import contextvars
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
@@ -134,15 +135,7 @@ async def _observed_item(runner: ItemRunner, index: int, values: list[Any]) -> N
     portal as :func:`~plait.engine.local.scheduler.run_plan` calls it: a node may await."""
     token = ENCLOSING.set(runner.item_enclosing(index))
     try:
-        hooks, start = runner.item_start(index)
-        try:
-            pending = portal.call(run_inline, runner.plan, values, hooks)
-            if type(pending) is portal.Suspended:
-                await pending.finish()
-        except BaseException as exc:
-            runner.item_end(index, hooks, start, exc)
-            raise
-        runner.item_end(index, hooks, start)
+        await runner.observed(index, partial(portal.acall, run_inline, runner.plan, values))
     finally:
         ENCLOSING.reset(token)
 
