@@ -50,9 +50,10 @@ class LocalEngine(Engine):
             at most ``max_concurrent`` at once (the way to run 10,000 async calls);
             ``"threaded"``: chunks of items on the threads of a pool the engine owns
             (each item in its own copy of the caller's context; a plan
-            that needs an event loop runs items as tasks on the map's loop, where its
-            deps and loop-bound clients live, and only its plain sync nodes on the
-            threads: :attr:`Route.items_on_loop <plait.engine.local.plan.Route>`);
+            that needs an event loop, or has batch nodes, runs items as tasks on the
+            map's loop, where its deps and loop-bound clients live and its items can
+            share batch calls, and only its plain sync nodes on the threads:
+            :attr:`Route.items_on_loop <plait.engine.local.plan.Route>`);
             ``"parallel"``: chunks of items on a process pool it owns; an
             ``Executor`` instance: each item submitted to it (chunks of items to a
             ``ThreadPoolExecutor``).

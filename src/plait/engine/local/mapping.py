@@ -4,11 +4,11 @@ How items run is decided once (:class:`~plait.engine.local.plan.Route`): a
 sequential map of an inline plan runs its items as plain calls, never
 suspending, so from sync code it needs no event loop; every other map runs
 items as tasks on the loop (``"sequential"``, ``"async"``, and a thread pool's
-map of a plan that needs a loop: ``Route.items_on_loop``, its plain sync nodes
-then go to the pool) or as jobs on the map executor (threads, processes, any
-``Executor``). The window bounds items in
-flight plus finished items waiting to be yielded in order, so streaming a
-million items keeps memory flat.
+map of a plan that needs a loop or has batch nodes: ``Route.items_on_loop``, its
+plain sync nodes then go to the pool) or as jobs on the map executor (chunks of
+items on a thread or process pool, any other ``Executor``). The window bounds
+items in flight plus finished items waiting to be yielded in order, so streaming
+a million items keeps memory flat.
 """
 
 from __future__ import annotations
