@@ -4,6 +4,7 @@ the consumer's code between items see neither the map nor what its nodes set."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 
 from plait import Pipeline, node
@@ -35,3 +36,15 @@ def test_the_consumer_between_items_keeps_its_own_context() -> None:
     for _, outputs in Pipeline([look]).imap({"x": [1, 2, 3]}, map_over="x", ordered=True):
         seen.append((outputs["y"][1], ENCLOSING.get().map_depth, MARK.get()))
     assert seen == [(1, 0, "unset")] * 3
+
+
+def test_what_nodes_set_in_an_awaited_plain_map_stays_out_of_the_awaiting_task() -> None:
+    async def consume() -> list[tuple[tuple[str, int], str]]:
+        MARK.set("caller")
+        seen = []
+        async for _, outputs in Pipeline([look]).aimap({"x": [1, 2]}, map_over="x", ordered=True):
+            seen.append((outputs["y"], MARK.get()))
+        assert MARK.get() == "caller"
+        return seen
+
+    assert asyncio.run(consume()) == [(("caller", 1), "caller"), (("item 1", 1), "caller")]
