@@ -94,7 +94,9 @@ def test_failure_terminates_the_owned_pool_so_nothing_keeps_running(tmp_path: Pa
     # terminated before the map raises: its workers are gone, so nothing is written late.
     # (Checked on the workers themselves, not by waiting to see whether a file appears.)
     def slow_or_failing(x, folder):
-        Path(folder, f"pid.{x}").write_text(str(os.getpid()))
+        # Written whole or not at all (a worker may be terminated while it writes).
+        Path(folder, f".pid.{x}").write_text(str(os.getpid()))
+        Path(folder, f".pid.{x}").rename(Path(folder, f"pid.{x}"))
         if x == 0:
             deadline = time.monotonic() + 5
             while not Path(folder, "pid.1").exists() and time.monotonic() < deadline:
