@@ -13,7 +13,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install graphviz demo test test-ray lint docs bench mutation clean
+.PHONY: install graphviz demo test test-ray lint docs bench bench-peers mutation clean
 
 install: $(STAMP) graphviz
 
@@ -70,6 +70,11 @@ docs: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# plait beside HyperNodes, pipefunc, Apache Hamilton and daglite (pinned, one venv each under
+# benchmarks/peers/.venvs/, made on first use): docs/performance.md. Not part of `make test`.
+bench-peers: install
+	$(PY) benchmarks/peers/run.py $(PEERS)
 
 # Mutation testing, not in CI (docs/development.md): `make mutation MODULES="graph engine.local.controls"`.
 # Modules are dotted under plait; the set mutmut may mutate is [tool.mutmut] in pyproject.toml.

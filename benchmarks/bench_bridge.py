@@ -44,6 +44,8 @@ MAX_BATCH_VS_ABATCH = 1.05
 #: rows), while on a shared 2-core machine the medians of the ~300 ms figures move
 #: by about 3% from run to run: "no slower" can only be checked to within that.
 MAX_BATCH_VS_THREAD = 1.03
+MAX_NOOP_BATCH_RATIO = 1.3  # × run_coroutine_threadsafe(gather(...)) to a loop thread
+MAX_RUN_SYNC_IN_LOOP_RATIO = 1.1  # × run_coroutine_threadsafe(...).result()
 
 
 async def serve(ready: Callable[[int], None]) -> None:
@@ -159,18 +161,28 @@ def bench_batch(port: int) -> list[Row]:
         async def noop_abatch() -> list[int]:
             return await abatch(noop, queries, max_concurrent=CONCURRENT)
 
+        async def gather_noops() -> list[int]:
+            return await asyncio.gather(*(noop(i) for i in queries))
+
+        async def noop_threadsafe() -> list[int]:  # sync code handing the batch to a loop
+            return asyncio.run_coroutine_threadsafe(gather_noops(), other.loop).result()
+
         for fn in (workaround, sync_batch, async_batch, node_batch):
             assert await fn() == ["ok"] * QUERIES
         timed = await ameasure(
             workaround, sync_batch, async_batch, node_batch, repeats=BATCH_REPEATS
         )
-        fixed = await ameasure(noop_workaround, noop_batch, noop_abatch, repeats=30)
+        fixed = await ameasure(
+            noop_workaround, noop_batch, noop_abatch, noop_threadsafe, repeats=30
+        )
         return timed + fixed
 
+    other = bridge.LoopThread("bench-raw-loop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunningLoopWarning)  # (ii) blocks its caller, knowingly
         thread_s, batch_s, abatch_s, node_s, *fixed = asyncio.run(main())
-    noop_thread_s, noop_batch_s, noop_abatch_s = fixed
+    other.stop()
+    noop_thread_s, noop_batch_s, noop_abatch_s, noop_threadsafe_s = fixed
     name = f"{QUERIES} GETs (50 ms) ×{CONCURRENT} from sync code in a loop"
     return [
         row(
@@ -199,6 +211,13 @@ def bench_batch(port: int) -> list[Row]:
             noop_batch_s * 1e3,
             noop_thread_s * 1e3,
             "ms",
+        ),
+        row(
+            f"{QUERIES} no-op calls (fixed costs): batch vs run_coroutine_threadsafe(gather)",
+            noop_batch_s * 1e3,
+            noop_threadsafe_s * 1e3,
+            "ms",
+            limit=("ratio", MAX_NOOP_BATCH_RATIO),
         ),
     ]
 
@@ -286,6 +305,7 @@ def bench_run_sync() -> list[Row]:
             loop_s * us,
             threadsafe_s * us,
             "µs",
+            limit=("ratio", MAX_RUN_SYNC_IN_LOOP_RATIO),
         ),
         row(
             "run_sync(trivial) in a sync node (greenlet) vs await",

@@ -918,7 +918,8 @@ def test_threaded_failure_cancels_queued_jobs(kind: str) -> None:
             Pipeline([node(work, output_name="y")], engine=engine).map(
                 {"x": range(1000)}, map_over="x"
             )
-        # 2 workers: at most 2 * 2 jobs were ever submitted before the failure.
+        # Items 0 and 1 end their chunk; the chunk running beside it stops after its
+        # first item once the failure is seen, and queued chunks never start.
         assert calls["start"] <= 4
     assert info.value.__notes__[-1] == "plait: in map item 1 with inputs (x=1)"
 

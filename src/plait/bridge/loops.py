@@ -40,7 +40,7 @@ import selectors
 import signal
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import CoroutineType
 from typing import Any, ParamSpec, TypeVar
 
@@ -139,21 +139,35 @@ def _dropping_closed_fds(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     if selector is None:
         yield
         return
-    before = dict(selector.get_map())
+    own = getattr(selector, "_fd_to_key", None)  # the selectors module's own dict
+    registered: Mapping[int, selectors.SelectorKey] = (
+        own if isinstance(own, dict) else selector.get_map()
+    )
+    before = dict(registered)
     try:
         yield
     finally:
-        for fd, key in list(selector.get_map().items()):
-            if before.get(fd) is key:
-                continue
-            try:
-                os.fstat(fd)
-            except OSError:  # closed: nobody can be waiting for it
-                with contextlib.suppress(RuntimeError, ValueError, OSError):
-                    if key.events & selectors.EVENT_READ:
-                        loop.remove_reader(fd)
-                    if key.events & selectors.EVENT_WRITE:
-                        loop.remove_writer(fd)
+        if registered != before:  # values compare by identity first: cheap when unchanged
+            _drop_closed(loop, registered, before)
+
+
+def _drop_closed(
+    loop: asyncio.AbstractEventLoop,
+    registered: Mapping[int, selectors.SelectorKey],
+    before: dict[int, selectors.SelectorKey],
+) -> None:
+    """Unregister from ``loop`` the fds registered since ``before`` that are now closed."""
+    for fd, key in list(registered.items()):
+        if before.get(fd) is key:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: nobody can be waiting for it
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                if key.events & selectors.EVENT_READ:
+                    loop.remove_reader(fd)
+                if key.events & selectors.EVENT_WRITE:
+                    loop.remove_writer(fd)
 
 
 def _as_coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
@@ -453,12 +467,17 @@ def _run_on(
             coro.close()
 
     loop.call_soon_threadsafe(start)
+    poll = None if should_stop is None else _CANCEL_POLL_SECONDS
     try:
-        while should_stop is not None and not outcome.done():
-            concurrent.futures.wait([outcome], timeout=_CANCEL_POLL_SECONDS)
+        while True:
+            try:
+                return outcome.result(timeout=poll)
+            except TimeoutError:
+                if outcome.done():  # the work's own TimeoutError
+                    raise
+            assert should_stop is not None
             if should_stop():
                 raise asyncio.CancelledError
-        return outcome.result()
     except BaseException:
         if not outcome.done() and not outcome.cancel():  # started: cancel it, wait for its end
             loop.call_soon_threadsafe(lambda: task_box[0].cancel())

@@ -118,11 +118,17 @@ def code_digest(code: types.CodeType) -> tuple[bytes, frozenset[str]]:
 
 
 def digest(func: Any) -> bytes:
-    """:func:`plait.cache.fingerprint.fingerprint_code` without the error translation.
+    """:func:`plait.cache.fingerprint.fingerprint_code` without the error translation."""
+    return guarded_digest(func)[0]
+
+
+def guarded_digest(func: Any) -> tuple[bytes, Guard | None]:
+    """The digest of ``func`` and the :class:`Guard` that proves it current (None: redo
+    the walk every time).
 
     A finished walk is remembered with a guard: every attribute, global, closure
     cell and class member it read, by identity. While all of them are still the
-    same objects the digest cannot have changed, so later runs only check the
+    same objects the digest cannot have changed, so later calls only check the
     guard. A walk that hashed a mutable value (a list default, a dict in a
     closure) or called ``__cache_key__`` has no guard and is redone every time.
     """
@@ -131,47 +137,86 @@ def digest(func: Any) -> bytes:
     try:
         known = _digests.get(func)
     except TypeError:  # not weakly referable or not hashable: no memo
-        return _Walk().run(func)
-    if known is not None and _still(known[1]):
-        return known[0]
+        return _Walk().run(func), None
+    if known is not None and known[1].still():
+        return known
     walk = _Walk()
     result = walk.run(func)
-    if walk.guard is not None:
-        with contextlib.suppress(TypeError):
-            _digests[func] = (result, (("cwd", os.getcwd()), *walk.guard))
-    return result
+    if walk.guard is None:
+        return result, None
+    guard = Guard(walk.guard)
+    with contextlib.suppress(TypeError):
+        _digests[func] = (result, guard)
+    return result, guard
 
 
-#: Digests of callables with the guard that proves them current (see :func:`digest`).
-_digests: weakref.WeakKeyDictionary[Any, tuple[bytes, tuple[tuple[Any, ...], ...]]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Digests of callables with the guard that proves them current (see :func:`guarded_digest`).
+_digests: weakref.WeakKeyDictionary[Any, tuple[bytes, Guard]] = weakref.WeakKeyDictionary()
 _ABSENT: Final = object()
 
 
-def _still(guard: tuple[tuple[Any, ...], ...]) -> bool:
-    """Whether everything a walk read is still the object it read."""
-    for entry in guard:
-        kind = entry[0]
-        if kind == "attr":
-            if getattr(entry[1], entry[2], _ABSENT) is not entry[3]:
+class Guard:
+    """What one or more code walks read, by identity, and the working directory (which
+    modules count as the user's): while all of it is unchanged, so are their digests.
+
+    Guards of several functions merge into one (:meth:`merged`) that checks what they
+    share once: a plan checks one guard per run, not one per node.
+    """
+
+    __slots__ = ("attrs", "cells", "cwd", "items", "names")
+
+    def __init__(self, reads: list[tuple[Any, ...]]) -> None:
+        kinds: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {
+            "attr": {},
+            "item": {},
+            "cell": {},
+            "names": {},
+        }
+        conflict = False
+        for kind, *entry in reads:
+            where = (id(entry[0]), *entry[1:-1])  # the object read and the name read
+            known = kinds[kind].setdefault(where, tuple(entry))
+            same = known[-1] is entry[-1] or (kind == "names" and known[-1] == entry[-1])
+            if not same:
+                conflict = True  # two walks read different objects there: one is stale
+        self.attrs = tuple(kinds["attr"].values())
+        self.items = tuple(kinds["item"].values())
+        self.cells = tuple(kinds["cell"].values())
+        self.names = tuple(kinds["names"].values())
+        self.cwd = "" if conflict else os.getcwd()  # "": never holds
+
+    @classmethod
+    def merged(cls, guards: list[Guard]) -> Guard:
+        """One guard that holds while every one of ``guards`` does."""
+        reads: list[tuple[Any, ...]] = []
+        for guard in guards:
+            reads += [("attr", *entry) for entry in guard.attrs]
+            reads += [("item", *entry) for entry in guard.items]
+            reads += [("cell", *entry) for entry in guard.cells]
+            reads += [("names", *entry) for entry in guard.names]
+        merged = cls(reads)
+        if any(guard.cwd != merged.cwd for guard in guards):
+            merged.cwd = ""  # read under another directory: never holds
+        return merged
+
+    def still(self) -> bool:
+        """Whether everything read is still the object it was."""
+        if os.getcwd() != self.cwd:
+            return False
+        for obj, name, value in self.attrs:
+            if getattr(obj, name, _ABSENT) is not value:
                 return False
-        elif kind == "item":
-            if entry[1].get(entry[2], _ABSENT) is not entry[3]:
+        for mapping, key, value in self.items:
+            if mapping.get(key, _ABSENT) is not value:
                 return False
-        elif kind == "cell":
+        for cell, value in self.cells:
             try:
-                contents = entry[1].cell_contents
+                contents = cell.cell_contents
             except ValueError:
                 contents = _ABSENT
-            if contents is not entry[2]:
+            if contents is not value:
                 return False
-        elif kind == "names":
-            if tuple(entry[1].__dict__) != entry[2]:
-                return False
-        elif os.getcwd() != entry[1]:  # "cwd": which modules count as the user's
-            return False
-    return True
+        return all(tuple(cls.__dict__) == order for cls, order in self.names)
 
 
 class _Walk:

@@ -23,10 +23,13 @@ import sys
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from plait._text import short_repr
 from plait.errors import Unfingerprintable
+
+if TYPE_CHECKING:
+    from plait.cache._code import Guard
 
 #: Bytes per digest (BLAKE2b-128).
 DIGEST_SIZE: Final = 16
@@ -38,12 +41,18 @@ KEY_VERSION: Final = b"plait-cache-2"
 _blake2b = hashlib.blake2b
 _u64 = struct.Struct("<Q").pack
 _f64 = struct.Struct("<d").pack
+_SIZES: Final = tuple(_u64(size) for size in range(64))  # the common length prefixes
 
 # Default reason of an Unfingerprintable error.
 _UNSUPPORTED = (
     "its type is not one plait can fingerprint (plait never falls back to repr() or "
     "pickle, which could give a wrong cache hit)"
 )
+
+
+#: Hashers already fed with the tag of a str and of an int: fingerprint_value's fast paths.
+_STR: Final = _blake2b(b"s", digest_size=DIGEST_SIZE)
+_INT: Final = _blake2b(b"i", digest_size=DIGEST_SIZE)
 
 
 def new_hash() -> hashlib.blake2b:
@@ -65,8 +74,9 @@ def text(value: str) -> bytes:
 
 def integer(value: int) -> bytes:
     """A length-prefixed two's-complement encoding of ``value``."""
-    data = int.to_bytes(value, (int.bit_length(value) + 8) // 8, "little", signed=True)
-    return _u64(len(data)) + data
+    size = (int.bit_length(value) + 8) // 8
+    data = int.to_bytes(value, size, "little", signed=True)
+    return (_SIZES[size] if size < 64 else _u64(size)) + data
 
 
 class Failure(Exception):
@@ -522,9 +532,13 @@ def fingerprint_value(value: object, *, where: str | None = None) -> bytes:
     """
     cls = type(value)
     if cls is str:  # fast paths: the same bytes the general encoder feeds
-        return _blake2b(b"s" + text(value), digest_size=DIGEST_SIZE).digest()  # type: ignore[arg-type]
+        h = _STR.copy()  # a copy is cheaper than a new hasher
+        h.update(text(value))  # type: ignore[arg-type]
+        return h.digest()
     if cls is int:
-        return _blake2b(b"i" + integer(value), digest_size=DIGEST_SIZE).digest()  # type: ignore[arg-type]
+        h = _INT.copy()
+        h.update(integer(value))  # type: ignore[arg-type]
+        return h.digest()
     h = new_hash()
     try:
         Encoder().feed(h, value)
@@ -539,10 +553,18 @@ def fingerprint_value(value: object, *, where: str | None = None) -> bytes:
 def fingerprint_code(func: Callable[..., Any], *, where: str | None = None) -> bytes:
     """A digest of what ``func`` computes: its code, defaults, closure and the user
     helpers and constants it reads. Stable across processes; see docs/cache.md."""
+    return guarded_code_fingerprint(func, where=where)[0]
+
+
+def guarded_code_fingerprint(
+    func: Callable[..., Any], *, where: str | None = None
+) -> tuple[bytes, Guard | None]:
+    """:func:`fingerprint_code` and the guard that proves it current while it holds
+    (None: the code read something mutable, so fingerprint it again next time)."""
     from plait.cache import _code  # late: _code imports this module
 
     try:
-        return _code.digest(func)
+        return _code.guarded_digest(func)
     except Failure as fail:
         raise fail.error(where) from None
     except RecursionError:

@@ -11,8 +11,7 @@ record when it starts a run or a map item; the pipeline reads it.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
@@ -20,9 +19,8 @@ if TYPE_CHECKING:
     from plait.engine.base import Engine
 
 
-@dataclass(frozen=True, slots=True)
-class Enclosing:
-    """The run or map item the current code runs in."""
+class Enclosing(NamedTuple):
+    """The run or map item the current code runs in (a tuple: one is made per map item)."""
 
     #: The engine that pipelines without one of their own run on, from here.
     engine: Engine | None = None

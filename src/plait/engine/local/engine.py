@@ -48,12 +48,15 @@ class LocalEngine(Engine):
         map_executor: how :meth:`~plait.Pipeline.map` runs items. ``"sequential"``
             (default): one after another; ``"async"``: as tasks on the event loop,
             at most ``max_concurrent`` at once (the way to run 10,000 async calls);
-            ``"threaded"``: each item on a thread of a pool the engine owns (a plan
-            that needs an event loop runs items as tasks on the map's loop, where its
-            deps and loop-bound clients live, and only its plain sync nodes on the
-            threads: :attr:`Route.items_on_loop <plait.engine.local.plan.Route>`);
+            ``"threaded"``: chunks of items on the threads of a pool the engine owns
+            (each item in its own copy of the caller's context; a plan
+            that needs an event loop, or has batch nodes, runs items as tasks on the
+            map's loop, where its deps and loop-bound clients live and its items can
+            share batch calls, and only its plain sync nodes on the threads:
+            :attr:`Route.items_on_loop <plait.engine.local.plan.Route>`);
             ``"parallel"``: chunks of items on a process pool it owns; an
-            ``Executor`` instance: each item submitted to it.
+            ``Executor`` instance: each item submitted to it (chunks of items to a
+            ``ThreadPoolExecutor``).
         max_workers: size of the executors the engine creates (default:
             ``os.cpu_count()``).
         max_concurrent: items in flight at once with ``map_executor="async"``;

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class NodeHooks:
     """Cache lookups and stores, and node events, for one run or map item."""
 
-    __slots__ = ("hits", "item", "keys", "scope", "signer", "started", "steps")
+    __slots__ = ("get", "hits", "item", "key", "keys", "scope", "signer", "started", "steps")
 
     def __init__(
         self, plan: Plan, scope: Scope | None, signer: Signer | None, item: int | None = None
@@ -31,6 +31,9 @@ class NodeHooks:
         self.steps = plan.steps
         self.scope = scope
         self.signer = signer
+        #: The signer's key and the store's get, bound once: a hit is the hot path.
+        self.key = None if signer is None else signer.key
+        self.get = None if signer is None else signer.setup.cache.get
         self.item = item
         self.keys: dict[int, str] = {}  # misses whose result is to be stored
         self.started: dict[int, float] = {}
@@ -43,11 +46,10 @@ class NodeHooks:
 
     def before(self, index: int, values: Sequence[Any]) -> Any:
         """Step ``index`` is ready: its cached result, or MISS (then it is starting)."""
-        signer = self.signer
-        if signer is not None:
-            key = signer.key(index, values)
+        if self.key is not None:
+            key = self.key(index, values)
             if key is not None:
-                found = signer.setup.cache.get(key)
+                found = self.get(key)  # type: ignore[misc]
                 if found is not MISS:
                     self.hits += 1
                     if self.scope is not None:

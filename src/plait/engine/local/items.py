@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -138,31 +138,30 @@ class ItemRunner:
         if not self.route.inline:
             await ensure_loop()
         values = self.values(item)
-        enclosing = self._enclosing(index)
+        plan = self.plan
         batches = self.batches
         if batches is not None:
             batches.enter(index)
         batch = None if batches is None else batches.item(index)
-        token = ENCLOSING.set(enclosing) if enclosing else None
+        token = ENCLOSING.set(self.item_enclosing(index))
         try:
-            plan = self.plan
             if self.services is None and not plan.deps:
                 await run_plan(self.route, values, self.runtime, None, batch)
-            else:
-                hooks, start = self._item_start(index)
-                try:
+            elif plan.deps:
+
+                async def with_deps(hooks: NodeHooks | None) -> None:
                     run = partial(run_plan, self.route, values, self.runtime, hooks, batch)
                     await run_with_deps(plan, values, run, self.shared, self.owner)
-                except BaseException as exc:
-                    self._item_end(index, hooks, start, exc)
-                    raise
-                self._item_end(index, hooks, start)
+
+                await self.observed(index, with_deps)
+            else:
+                run = partial(run_plan, self.route, values, self.runtime, batch=batch)
+                await self.observed(index, run)
         finally:
-            if token is not None:
-                ENCLOSING.reset(token)
+            ENCLOSING.reset(token)
             if batches is not None:
                 batches.leave(index)
-        return self.plan.outputs(values)
+        return plan.outputs(values)
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` to completion in a worker (a thread or a process)."""
@@ -170,7 +169,7 @@ class ItemRunner:
             return self.run_plain(index, item)
         return block_on(self.arun(index, item))
 
-    def _enclosing(self, index: int) -> Enclosing:
+    def item_enclosing(self, index: int) -> Enclosing:
         """What code inside item ``index`` sees as its enclosing run."""
         services = self.services
         outer = self.enclosing or TOP
@@ -179,6 +178,18 @@ class ItemRunner:
         return Enclosing(
             outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
         )
+
+    async def observed(
+        self, index: int, run: Callable[[NodeHooks | None], Awaitable[None]]
+    ) -> None:
+        """``await run(hooks)`` for item ``index``, between its start and end events."""
+        hooks, start = self._item_start(index)
+        try:
+            await run(hooks)
+        except BaseException as exc:
+            self._item_end(index, hooks, start, exc)
+            raise
+        self._item_end(index, hooks, start)
 
     def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
         services = self.services

@@ -16,6 +16,13 @@ from plait.engine.local.items import ItemRunner, Reply, Result, run_elsewhere
 Chunk = list[tuple[int, tuple[Any, ...]]]
 
 
+def chunk_size(size_hint: int | None, workers: int, *, unknown: int = 16, most: int = 256) -> int:
+    """Items per job: about four chunks per worker, so there are few round trips yet the
+    work stays balanced; ``unknown`` when the map's length is not known."""
+    per_worker = -(-size_hint // (workers * 4)) if size_hint else unknown
+    return max(1, min(per_worker, most))
+
+
 class Launcher:
     """Starts chunks of items; turns a finished chunk's future into per-item results."""
 
@@ -51,6 +58,56 @@ class TaskLauncher(Launcher):
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         ((index, item),) = chunk
         inflight.start_task(self.runner.arun(index, item), chunk)
+
+
+class ThreadChunkLauncher(Launcher):
+    """Chunks of consecutive items, each one job on a thread pool of this process.
+
+    One job per item would cost a pool round trip per item, more than a small item's
+    own work. Each item still runs in its own copy of the caller's contextvars and
+    fails alone; with ``stop_on_error`` the first failure stops every running chunk
+    before its next item, and so does the consumer stopping early.
+    """
+
+    def __init__(
+        self,
+        runner: ItemRunner,
+        executor: Executor,
+        workers: int,
+        stop_on_error: bool,
+        size_hint: int | None,
+    ) -> None:
+        self.runner = runner
+        self.executor = executor
+        self.stop_on_error = stop_on_error
+        self.chunk_size = chunk_size(size_hint, workers)
+        self.stopped = False
+
+    def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
+        job = self.executor.submit(self._run, contextvars.copy_context(), chunk)
+        inflight.add_job(job, chunk)
+
+    def _run(self, context: contextvars.Context, chunk: Chunk) -> list[Result]:
+        run = self.runner.run_blocking
+        results: list[Result] = []
+        for index, item in chunk:
+            if self.stopped:
+                break
+            try:
+                results.append((index, context.copy().run(run, index, item)))
+            except Exception as exc:
+                results.append((index, exc, None))
+                if self.stop_on_error:
+                    self.stopped = True  # the chunks beside it stop now, not when the loop sees it
+                    break
+        return results
+
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+        results: list[Result] = future.result()
+        return results
+
+    async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
+        self.stopped = True
 
 
 class ExecutorLauncher(Launcher):

@@ -4,22 +4,24 @@ How items run is decided once (:class:`~plait.engine.local.plan.Route`): a
 sequential map of an inline plan runs its items as plain calls, never
 suspending, so from sync code it needs no event loop; every other map runs
 items as tasks on the loop (``"sequential"``, ``"async"``, and a thread pool's
-map of a plan that needs a loop: ``Route.items_on_loop``, its plain sync nodes
-then go to the pool) or as jobs on the map executor (threads, processes, any
-``Executor``). The window bounds items in
-flight plus finished items waiting to be yielded in order, so streaming a
-million items keeps memory flat.
+map of a plan that needs a loop or has batch nodes: ``Route.items_on_loop``, its
+plain sync nodes then go to the pool) or as jobs on the map executor (chunks of
+items on a thread or process pool, any other ``Executor``). The window bounds
+items in flight plus finished items waiting to be yielded in order, so streaming
+a million items keeps memory flat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from plait.bridge import ensure_loop, loop_optional
+from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, TOP, Enclosing
 from plait.engine.local.batches import largest_batch
@@ -27,7 +29,13 @@ from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner
-from plait.engine.local.launchers import Chunk, ExecutorLauncher, Launcher, TaskLauncher
+from plait.engine.local.launchers import (
+    Chunk,
+    ExecutorLauncher,
+    Launcher,
+    TaskLauncher,
+    ThreadChunkLauncher,
+)
 from plait.engine.local.observe import observed_map
 from plait.engine.local.processes import ProcessLauncher
 from plait.engine.local.resources import around_map, map_scope
@@ -43,15 +51,15 @@ def map_items(
 ) -> AsyncIterator[tuple[int, Outcome]]:
     """The stream of ``(index, outcome)`` of a map, with its deps and events around it."""
     depth = ENCLOSING.get().map_depth + 1
+    plan = runner.plan
     inline = runner.route.map_inline
     stream: AsyncGenerator[tuple[int, Outcome], None]
     if inline:
         runner.enclosing = Enclosing(engine.nested_engine(depth, 1), depth, 1)
-        items = _lean_items if runner.lean else _inline_items
+        items = _inline_items if plan.deps else _lean_items
         stream = items(runner, spec, on_error)
     else:
         stream = _scheduled_items(engine, runner, spec, depth, on_error, ordered)
-    plan = runner.plan
     if plan.deps:
         runner.shared = map_scope(plan, runner.base, spec.names, runner.owner)
         if runner.shared is not None:
@@ -84,14 +92,23 @@ async def _inline_items(
 async def _lean_items(
     runner: ItemRunner, spec: MapSpec, on_error: OnError
 ) -> AsyncGenerator[tuple[int, Outcome], None]:
-    """:func:`_inline_items` without cache, callbacks or deps: the hot loop of a plain
-    sequential map, written out (no call per item beyond the nodes' own; the twin of
-    :meth:`ItemRunner.run_plain`)."""
+    """:func:`_inline_items` of a plan without deps: the hot loop of a sequential map,
+    written out (no call per item beyond the nodes' own, and the cache and callback
+    hooks when the map has them; the twin of :meth:`ItemRunner.arun`).
+
+    Without hooks, items run in one copy of the caller's context, made when the map
+    starts, that holds the map's :data:`ENCLOSING`: entering it costs less than
+    setting and resetting that per item, and the consumer's code between items keeps
+    its own context. (With hooks, each item sets its own, which names the item.)
+    """
     plan = runner.plan
-    base, slots, enclosing = runner.base, runner.slots, runner.enclosing or TOP
+    base, slots = runner.base, runner.slots
     output_slots = plan.output_slots
     one = slots[0] if len(slots) == 1 else -1
-    set_enclosing, reset_enclosing = ENCLOSING.set, ENCLOSING.reset
+    observed = runner.services is not None
+    items_context = contextvars.copy_context()
+    items_context.run(ENCLOSING.set, runner.enclosing or TOP)
+    enter = items_context.run
     for index, item in enumerate(spec.items()):
         if one >= 0:
             values = base.copy()
@@ -99,9 +116,11 @@ async def _lean_items(
         else:
             values = runner.values(item)
         outcome: Outcome
-        token = set_enclosing(enclosing)
         try:
-            run_inline(plan, values)
+            if observed:
+                await _observed_item(runner, index, values)
+            else:
+                enter(run_inline, plan, values)
             outcome = {name: values[slot] for name, slot in output_slots}
         except Exception as exc:
             inputs = runner.inputs(item)
@@ -109,9 +128,17 @@ async def _lean_items(
             if on_error == "raise":
                 raise
             outcome = ItemError.of(exc, index, inputs)
-        finally:
-            reset_enclosing(token)
-        yield index, outcome  # the consumer's code between items sees its own context
+        yield index, outcome
+
+
+async def _observed_item(runner: ItemRunner, index: int, values: list[Any]) -> None:
+    """One item of :func:`_lean_items` with its cache and callback hooks, through the
+    portal as :func:`~plait.engine.local.scheduler.run_plan` calls it: a node may await."""
+    token = ENCLOSING.set(runner.item_enclosing(index))
+    try:
+        await runner.observed(index, partial(portal.acall, run_inline, runner.plan, values))
+    finally:
+        ENCLOSING.reset(token)
 
 
 @loop_optional
@@ -167,6 +194,14 @@ def _launcher(
             runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
         )
         return cluster, cluster.window
+    if isinstance(executor, ThreadPoolExecutor) and not runner.plan.batched:
+        # Chunks of items per thread job; never for batch nodes, whose items must wait
+        # together (a thread runs its chunk's items one after another).
+        workers = worker_count(executor, engine.max_workers)
+        threads = ThreadChunkLauncher(
+            runner, executor, workers, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
+        )
+        return threads, 2 * workers * threads.chunk_size
     jobs = ExecutorLauncher(runner, executor)  # chunks of a batch on other processes
     return jobs, engine.map_window(executor) * jobs.chunk_size
 

@@ -31,6 +31,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from plait.callbacks.remote import portable
+from plait.engine.local import launchers
 from plait.engine.local.batches import chunk_size
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
@@ -138,9 +139,8 @@ class ProcessLauncher(ChunkLauncher):
     ) -> None:
         super().__init__(runner, stop_on_error)
         self.executor = executor
-        # About four chunks per worker: few round trips, yet work stays balanced.
-        per_worker = -(-size_hint // (workers * 4)) if size_hint else 16
-        self.chunk_size = chunk_size(runner.plan, max(1, min(per_worker, 256)))
+        # Whole batches per chunk (a plan with batch nodes), else the launchers' size.
+        self.chunk_size = chunk_size(runner.plan, launchers.chunk_size(size_hint, workers))
         self.token = uuid.uuid4().hex
         self.on_abort = on_abort
         self.broken = False

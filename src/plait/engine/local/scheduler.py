@@ -60,7 +60,26 @@ async def run_plan(
         return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
+    if (
+        len(plan.steps) == 1
+        and batch is None
+        and hooks is None
+        and not plan.has_controls
+        and plan.steps[0].is_async
+    ):
+        await _await_lone(plan.steps[0], values)  # one async call (a batch item): no dataflow
+        return
     await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks, batch).run()
+
+
+async def _await_lone(step: Step, values: list[Any]) -> None:
+    """A plan of one plain async step, awaited here as the dataflow would await it."""
+    try:
+        result = await _call(step, values)
+    except Exception as exc:
+        annotate(exc, step, values)
+        raise
+    _store(step, values, result)
 
 
 def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
@@ -83,8 +102,10 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
                 hooks.failed(index, exc)
                 raise
             hooks.after(index, result)
-        else:
+        elif step.unpacks:
             _store(step, values, result)
+        else:  # a cached result: stored as a node returned it, never a coroutine
+            values[step.out_slots[0]] = result
 
 
 def _call(step: Step, values: list[Any]) -> Any:
@@ -239,17 +260,22 @@ class _Dataflow:
             raise
 
     async def _await_only(self, inline: deque[int]) -> None:
-        """The one deferred step is the only work there is: await it here, without a task."""
-        index = self.deferred.pop()
-        step = self.plan.steps[index]
-        try:
-            result = await self._coroutine(index, step)
-        except Exception as exc:
-            if not self._batched(step):
-                annotate(exc, step, self.values)
-            self.failing = index
-            raise
-        self._finish(index, result, inline)
+        """The one deferred step is the only work there is: await it here, without a task,
+        and so on while each step readies just one more (a chain of async nodes)."""
+        deferred, steps, inflight = self.deferred, self.plan.steps, self.inflight
+        while True:
+            index = deferred.pop()
+            step = steps[index]
+            try:
+                result = await self._coroutine(index, step)
+            except Exception as exc:
+                if not self._batched(step):
+                    annotate(exc, step, self.values)
+                self.failing = index
+                raise
+            self._finish(index, result, inline)
+            if len(deferred) != 1 or inline or inflight or self.hits:
+                return
 
     def _start_deferred(self) -> None:
         """Start ready async steps as tasks (as many as the limit leaves room for)."""

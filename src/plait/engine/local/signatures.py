@@ -15,9 +15,10 @@ import threading
 import warnings
 import weakref
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Final
 
-from plait.cache.fingerprint import fingerprint_code, fingerprint_value
+from plait.cache._code import Guard
+from plait.cache.fingerprint import fingerprint_value, guarded_code_fingerprint
 from plait.cache.stores import CacheStore
 from plait.engine.local.plan import Plan, Step
 from plait.errors import CacheWarning, Unfingerprintable
@@ -28,6 +29,9 @@ _KEY_VERSION = b"plait-node-2"  # 2: floats by their bits, closures like globals
 
 #: How a step's argument enters its key (see :meth:`Signer.key`).
 _UPSTREAM, _DEP, _VARYING, _FIXED = range(4)
+#: Length and tag of an upstream part: b"u", the producer's signature (20 bytes), the
+#: output's position (2 bytes).
+_UPSTREAM_HEAD: Final = bytes((23,)) + b"u"
 
 
 #: The nodes of each plan already warned about: a plan's runs say why a node is not
@@ -47,25 +51,49 @@ class CacheSetup:
         self.plan = plan
         self.cache = cache
         self.fixed: dict[int, bytes] = {}
-        self.starts = [self._start(step) for step in plan.steps]
+        self.starts = self._starts()
         self.arguments = _layout(plan, frozenset(varying))
 
-    def _start(self, step: Step) -> hashlib.blake2b | None:
+    def _starts(self) -> list[hashlib.blake2b | None]:
+        """Each step's key start, current: the plan's :class:`CodeKeys` while their guard
+        holds (one check per run, not a code walk per node), rebuilt when it fails."""
+        plan = self.plan
+        keys = _code_keys.get(plan)
+        if keys is None or not keys.guard.still():
+            keys = CodeKeys(self)
+            with _code_keys_lock:
+                _code_keys[plan] = keys
+        if not keys.volatile:
+            return keys.starts
+        starts = list(keys.starts)
+        for index in keys.volatile:  # their code read something mutable: walk it again
+            starts[index] = self.start(plan.steps[index])[0]
+        return starts
+
+    def start(self, step: Step) -> tuple[hashlib.blake2b | None, Guard | None]:
         """A hasher fed with what is fixed in the step's key: its code, outputs and
-        parameter names; None when the step is not cached."""
+        parameter names (None when the step is not cached), and the guard proving its
+        code fingerprint current (None: fingerprint it again on every run)."""
         node = step.node
         if not node.cache:
-            return None
+            return None, _ALWAYS
         try:
-            code = fingerprint_code(node.func)
+            code, guard = guarded_code_fingerprint(node.func)
             if node.batching is not None and node.batching.separate:  # both forms count
-                code += fingerprint_code(node.batching.func)
+                batch_code, batch_guard = guarded_code_fingerprint(node.batching.func)
+                code += batch_code
+                # Either walk without a guard: the step is fingerprinted on every run.
+                guard = (
+                    None
+                    if guard is None or batch_guard is None
+                    else Guard.merged([guard, batch_guard])
+                )
         except Unfingerprintable as exc:
             self.warn(node.name, f"its function cannot be fingerprinted ({exc})")
-            return None
+            return None, None
         known = step.key_start  # the same code as last run: reuse its hasher
         if known is not None and known[0] == code:
-            return known[1]
+            return known[1], guard
         h = hashlib.blake2b(_KEY_VERSION, digest_size=20)
         for part in (
             code,
@@ -75,7 +103,7 @@ class CacheSetup:
         ):
             h.update(len(part).to_bytes(4, "little") + part)
         step.key_start = (code, h)
-        return h
+        return h, guard
 
     def warn(self, node_name: str, why: str) -> None:
         """Warn once per node and plan (a pipeline and its selected outputs), not on every
@@ -99,33 +127,34 @@ class CacheSetup:
 class Signer:
     """The signatures of one run's steps, computed as each step becomes ready."""
 
-    __slots__ = ("setup", "signatures")
+    __slots__ = ("arguments", "setup", "signatures", "starts")
 
     def __init__(self, setup: CacheSetup) -> None:
         self.setup = setup
+        self.starts = setup.starts
+        self.arguments = setup.arguments
         self.signatures: list[bytes | None] = [None] * len(setup.starts)
 
     def key(self, index: int, values: Sequence[Any]) -> str | None:
         """The cache key of step ``index`` (its inputs are in ``values``), or None."""
-        setup = self.setup
-        start = setup.starts[index]
+        start = self.starts[index]
         if start is None:
             return None
         h = start.copy()
         signatures = self.signatures
         try:
-            for kind, slot, producer, position in setup.arguments[index]:
+            for kind, slot, producer, position in self.arguments[index]:
                 if kind == _UPSTREAM:
                     upstream = signatures[producer]
-                    part = (
-                        b"u" + upstream + position
-                        if upstream is not None  # else the producer is not cached
-                        else b"v" + fingerprint_value(values[slot])
-                    )
+                    if upstream is not None:  # else the producer is not cached
+                        h.update(_UPSTREAM_HEAD + upstream + position)
+                        continue
+                    part = b"v" + fingerprint_value(values[slot])
                 elif kind == _VARYING:
                     part = b"v" + fingerprint_value(values[slot])
                 elif kind == _FIXED:
-                    part = setup.fixed.get(slot) or setup.fixed.setdefault(
+                    fixed = self.setup.fixed
+                    part = fixed.get(slot) or fixed.setdefault(
                         slot, b"v" + fingerprint_value(values[slot])
                     )
                 else:  # a dep: which resource, not its value, unless it has a cache key
@@ -134,6 +163,7 @@ class Signer:
                     part = b"v" + fingerprint_value(value) if has_key else b"d"
                 h.update(bytes((len(part),)) + part)
         except Unfingerprintable as exc:
+            setup = self.setup
             step = setup.plan.steps[index]
             named = self._named(index, values) or exc
             setup.warn(step.node.name, f"an input cannot be fingerprinted ({named})")
@@ -157,6 +187,34 @@ class Signer:
             except Unfingerprintable as exc:
                 return exc
         return None
+
+
+class CodeKeys:
+    """The key starts of one plan's steps (:meth:`CacheSetup.start`), kept across its
+    runs with one merged guard over every code walk they came from; ``volatile``
+    steps are fingerprinted again on every run."""
+
+    __slots__ = ("guard", "starts", "volatile")
+
+    def __init__(self, setup: CacheSetup) -> None:
+        self.starts: list[hashlib.blake2b | None] = []
+        guards: list[Guard] = []
+        volatile: list[int] = []
+        for index, step in enumerate(setup.plan.steps):
+            start, guard = setup.start(step)
+            self.starts.append(start)
+            if guard is None:
+                volatile.append(index)
+            elif guard is not _ALWAYS:
+                guards.append(guard)
+        self.guard = Guard.merged(guards)
+        self.volatile = tuple(volatile)
+
+
+#: The guard of a step that is not cached: nothing to prove.
+_ALWAYS: Final = Guard([])
+_code_keys: weakref.WeakKeyDictionary[Plan, CodeKeys] = weakref.WeakKeyDictionary()
+_code_keys_lock = threading.Lock()
 
 
 Layout = list[tuple[tuple[int, int, int, bytes], ...]]
