@@ -156,18 +156,29 @@ def _drop_closed(
     registered: Mapping[int, selectors.SelectorKey],
     before: dict[int, selectors.SelectorKey],
 ) -> None:
-    """Unregister from ``loop`` the fds registered since ``before`` that are now closed."""
+    """Unregister from ``loop`` what was registered on it since ``before``: every new fd
+    (``loop`` was blocked, so only work on other threads, wrongly, could have added it,
+    and by now the fd number may even belong to another file), and changed ones that
+    are closed."""
     for fd, key in list(registered.items()):
-        if before.get(fd) is key:
+        previous = before.get(fd)
+        if previous is key:
             continue
-        try:
-            os.fstat(fd)
-        except OSError:  # closed: nobody can be waiting for it
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                if key.events & selectors.EVENT_READ:
-                    loop.remove_reader(fd)
-                if key.events & selectors.EVENT_WRITE:
-                    loop.remove_writer(fd)
+        if previous is not None and _is_open(fd):  # an existing registration, still in use
+            continue
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            if key.events & selectors.EVENT_READ:
+                loop.remove_reader(fd)
+            if key.events & selectors.EVENT_WRITE:
+                loop.remove_writer(fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _as_coroutine(awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:

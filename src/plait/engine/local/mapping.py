@@ -227,7 +227,9 @@ async def iterate(
     running = 0  # items in flight
     next_index = 0
     exhausted = False
-    batches = runner.batches  # told when the items taking finished ones' room started
+    # Batch queues are told when the items taking finished ones' room have started;
+    # only tasks on this loop start when launched (an executor may hold them back).
+    batches = runner.batches if isinstance(launcher, TaskLauncher) else None
     try:
         while True:
             while not exhausted and running + len(waiting) < window:
