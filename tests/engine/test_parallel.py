@@ -300,7 +300,7 @@ def test_a_dask_worker_dying_fails_the_item_it_was_running() -> None:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server: any free port
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

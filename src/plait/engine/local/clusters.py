@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import math
 import signal
 import sys
@@ -309,7 +310,9 @@ class DaskExecutor(ClusterExecutor):
         self.client.loop.add_callback(fetch)
 
     def _cancel(self, task: Any) -> None:
-        task.cancel()
+        cancelling = task.cancel()
+        if inspect.isawaitable(cancelling):  # on the client's own loop: cancel() is async there
+            self.client.loop.add_callback(_awaited, cancelling)
 
     def cpus(self) -> int:
         return sum(self.client.nthreads().values()) or 1
@@ -322,6 +325,10 @@ class DaskExecutor(ClusterExecutor):
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.client!r})"
+
+
+async def _awaited(awaitable: Any) -> None:
+    await awaitable
 
 
 def _reraise(error: BaseException) -> Any:
