@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import multiprocessing
 import os
 import signal
@@ -172,11 +171,24 @@ def test_process_pool_instance_is_used_and_left_open() -> None:
         assert pool.submit(double, 21).result() == 42  # still open after a failure
 
 
-def test_the_shipped_pipeline_file_is_removed(engine: LocalEngine) -> None:
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
+def test_the_shipped_pipeline_file_is_removed(
+    engine: LocalEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temporary directory of this test's own: other suites running beside this one
+    # (CI runs two Pythons at once) ship their maps' files to the shared one.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shipped: list[str] = []
+    real = tempfile.mkstemp
+
+    def recording_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real(*args, **kwargs)
+        shipped.append(path)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
     Pipeline([node(double, output_name="y")], engine=engine).map(inputs={"x": [1]}, map_over="x")
-    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "plait-map-*")))
-    assert after <= before
+    assert [Path(path).name.startswith("plait-map-") for path in shipped] == [True]
+    assert not list(tmp_path.glob("plait-map-*"))
 
 
 def test_node_limits_apply_within_each_worker(engine: LocalEngine) -> None:
