@@ -239,7 +239,7 @@ class DaftEngine(Engine):
             )
             if self.show_plan:
                 query.explain(show_all=True)
-            partitions = await asyncio.to_thread(_partitions, query)
+            partitions = _partitions(query)  # runs nothing until its first next()
             try:
                 while (part := await asyncio.to_thread(next, partitions, None)) is not None:
                     for blob in part.column("reply").to_pylist():

@@ -15,6 +15,7 @@ Each reply carries the callback events its item emitted, replayed on the driver.
 
 from __future__ import annotations
 
+import collections
 import pickle
 import threading
 import traceback
@@ -105,7 +106,10 @@ class OneRun:
 #: Work of the queries running in this process, by token: on the native runner in
 #: the driver's own process the stage takes the live work, not a copy.
 _LIVE: dict[str, Work] = {}
-_LOADED: dict[str, Work] = {}
+#: Work shipped to this process (a worker), newest last; the driver's unregister never
+#: reaches it, so only the last few queries' work is kept, as clusters' runners are.
+_LOADED: collections.OrderedDict[str, Work] = collections.OrderedDict()
+_KEEP = 4
 _lock = threading.Lock()
 
 
@@ -135,7 +139,10 @@ def _work(token: str, shipped: bytes) -> Work:
     if isinstance(work, ItemRunner):
         work.attach_local_runtime()
     with _lock:
-        return _LOADED.setdefault(token, work)
+        work = _LOADED.setdefault(token, work)
+        while len(_LOADED) > _KEEP:
+            _LOADED.popitem(last=False)
+        return work
 
 
 def _failed(
