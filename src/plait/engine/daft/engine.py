@@ -11,11 +11,12 @@ and yields its outcome; a stream of unknown length is cut into windows of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import itertools
 import os
 import uuid
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from plait.engine.base import Engine, ItemError, MapMode, OnError, Outcome, PipelineView
@@ -126,13 +127,15 @@ class DaftEngine(Engine):
         scope = None if services is None else services.scope
         replayer = None if scope is None else Replayer(scope)
         work = OneRun(plan, dict(inputs), shipped)
-        async for _, result, formatted, events in self._query(work, plan, [(0, encode(()))], False):
-            if replayer is not None:
-                replayer.replay(events)
-            if formatted is not None:
-                raise result
-            outputs: dict[str, Any] = result
-            return outputs
+        with self._shipped(work) as sent:
+            rows = self._query(work, plan, sent, [(0, encode(()))], False)
+            async for _, result, formatted, events in rows:
+                if replayer is not None:
+                    replayer.replay(events)
+                if formatted is not None:
+                    raise result
+                outputs: dict[str, Any] = result
+                return outputs
         raise EngineError("plait: the Daft query of a run returned no row")  # pragma: no cover
 
     async def aimap(
@@ -176,37 +179,38 @@ class DaftEngine(Engine):
         work = runner.for_worker(keep_cache=self._in_process)
         if self._in_process:
             work.attach_local_runtime()  # limits shared by every row in this process
-        replayer = runner.replayer()
         order = _Order(ordered)
         numbered = enumerate(spec.items())
         # A map of known length is one query (or windows of `window` items); a stream
         # starts with a small one, so its first results come soon, and doubles.
         size = min(self.window, spec.size_hint() or self.batch_size)
-        while window := list(itertools.islice(numbered, size)):
-            size = min(self.window, 2 * size)
-            items = dict(window)
-            rows, unsent = _encode_items(runner, window)
-            for index, exc in unsent:  # never sent: fails here, in its place
-                if on_error == "raise":
-                    raise exc
-                failed = ItemError.of(exc, index, runner.inputs(items[index]))
-                for entry in order.put(index, failed):
-                    yield entry
-            replies = self._query(work, runner.plan, rows, True)
-            try:
-                async for index, result, formatted, events in replies:
-                    if replayer is not None:
-                        replayer.replay(events)
-                    outcome: Outcome = result
-                    if formatted is not None:
-                        if on_error == "raise":
-                            raise result
-                        inputs = runner.inputs(items[index])
-                        outcome = ItemError.of(result, index, inputs, formatted)
-                    for entry in order.put(index, outcome):
+        replayer = runner.replayer()
+        with self._shipped(work) as sent:  # once per map, whatever the number of windows
+            while window := list(itertools.islice(numbered, size)):
+                size = min(self.window, 2 * size)
+                items = dict(window)
+                rows, unsent = _encode_items(runner, window)
+                for index, exc in unsent:  # never sent: fails here, in its place
+                    if on_error == "raise":
+                        raise exc
+                    failed = ItemError.of(exc, index, runner.inputs(items[index]))
+                    for entry in order.put(index, failed):
                         yield entry
-            finally:
-                await replies.aclose()
+                replies = self._query(work, runner.plan, sent, rows, True)
+                try:
+                    async for index, result, formatted, events in replies:
+                        if replayer is not None:
+                            replayer.replay(events)
+                        outcome: Outcome = result
+                        if formatted is not None:
+                            if on_error == "raise":
+                                raise result
+                            inputs = runner.inputs(items[index])
+                            outcome = ItemError.of(result, index, inputs, formatted)
+                        for entry in order.put(index, outcome):
+                            yield entry
+                finally:
+                    await replies.aclose()
 
     @property
     def _in_process(self) -> bool:
@@ -215,11 +219,30 @@ class DaftEngine(Engine):
 
     # --- queries ----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _shipped(self, work: Work) -> Iterator[tuple[str, bytes]]:
+        """``work``'s token and what its stages load it from: registered live in this
+        process (nothing pickled), or pickled once to ship."""
+        from plait.engine.daft import stage
+
+        token = uuid.uuid4().hex
+        if self._in_process:
+            stage.register(token, work)
+        try:
+            yield token, b"" if self._in_process else stage.encode(work)
+        finally:
+            stage.unregister(token)
+
     async def _query(
-        self, work: Work, plan: Plan, rows: list[tuple[int, bytes]], annotate: bool
+        self,
+        work: Work,
+        plan: Plan,
+        sent: tuple[str, bytes],
+        rows: list[tuple[int, bytes]],
+        annotate: bool,
     ) -> AsyncGenerator[tuple[int, Any, str | None, list[Any]], None]:
-        """Run ``rows`` (index, pickled item) through ``work`` as one Daft query; each
-        row's decoded reply as Daft produces it."""
+        """Run ``rows`` (index, pickled item) through ``work`` (``sent``: see
+        :meth:`_shipped`) as one Daft query; each row's decoded reply as Daft produces it."""
         if not rows:
             return
         import daft
@@ -227,27 +250,18 @@ class DaftEngine(Engine):
         from plait.engine.daft import stage
 
         self._use_runner()
-        token = uuid.uuid4().hex
-        if self._in_process:
-            stage.register(token, work)
-        shipped = b"" if self._in_process else stage.encode(work)
+        df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
+        udf = self._stage(plan, work)(*sent, annotate)
+        query = df.into_batches(self.batch_size).select(udf(df["index"], df["item"]).alias("reply"))
+        if self.show_plan:
+            query.explain(show_all=True)
+        partitions = _partitions(query)  # runs nothing until its first next()
         try:
-            df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
-            udf = self._stage(plan, work)(token, shipped, annotate)
-            query = df.into_batches(self.batch_size).select(
-                udf(df["index"], df["item"]).alias("reply")
-            )
-            if self.show_plan:
-                query.explain(show_all=True)
-            partitions = _partitions(query)  # runs nothing until its first next()
-            try:
-                while (part := await asyncio.to_thread(next, partitions, None)) is not None:
-                    for blob in part.column("reply").to_pylist():
-                        yield stage.decode(blob)
-            finally:
-                await asyncio.to_thread(partitions.close)
+            while (part := await asyncio.to_thread(next, partitions, None)) is not None:
+                for blob in part.column("reply").to_pylist():
+                    yield stage.decode(blob)
         finally:
-            stage.unregister(token)
+            await asyncio.to_thread(partitions.close)
 
     def _stage(self, plan: Plan, work: Work) -> Any:
         import daft
