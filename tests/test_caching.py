@@ -110,6 +110,68 @@ def test_unfingerprintable_input_warns_and_is_never_a_wrong_hit() -> None:
     assert calls["lock_name"] == 2
 
 
+def test_downstream_of_an_unfingerprintable_input_is_cached_by_its_own_arguments() -> None:
+    @node(output_name="name")
+    def lock_name(lock):
+        calls["lock_name"] += 1
+        return type(lock).__name__
+
+    @node(output_name="shout")
+    def shout(name):
+        calls["shout"] += 1
+        return name.upper()
+
+    p = Pipeline([lock_name, shout], cache=MemoryCache())
+    with pytest.warns(CacheWarning, match=r"'lock_name' is not cached"):
+        assert p.run(inputs={"lock": threading.Lock()})["shout"] == "LOCK"
+    assert p.run(inputs={"lock": threading.Lock()})["shout"] == "LOCK"
+    assert calls == {"lock_name": 2, "shout": 1}  # keyed by the value it was given
+
+
+def test_runs_maps_and_output_selections_share_entries() -> None:
+    cache = MemoryCache()
+    p = pipeline(cache=cache)
+    p.run(inputs={"x": 1})
+    assert p.map(inputs={"x": [1, 2]}, map_over="x", output_name="doubled") == [
+        {"doubled": 2},
+        {"doubled": 4},
+    ]
+    assert calls == {"double": 2, "nothing": 1, "total": 1}
+    assert p.run(inputs={"x": 2}, output_name="total") == {"total": 4}
+    assert p.run(inputs={"x": 2, "offset": 0})["total"] == 4  # an equal default given
+    assert calls == {
+        "double": 2,
+        "nothing": 2,
+        "total": 2,
+    }
+
+
+def test_keys_follow_every_input_a_node_depends_on_and_no_other() -> None:
+    @node(output_name="s")
+    def add(a, b):
+        calls["add"] += 1
+        return a + b
+
+    @node(output_name="t")
+    def twice(a):
+        calls["twice"] += 1
+        return 2 * a
+
+    p = Pipeline([add, twice], cache=MemoryCache())
+    p.map(inputs={"a": [1, 2], "b": [10, 20]}, map_over=["a", "b"], map_mode="product")
+    assert calls == {"add": 4, "twice": 2}
+    out = p.map(inputs={"a": [1, 2], "b": [30]}, map_over=["a", "b"], map_mode="product")
+    assert out == [{"s": 31, "t": 2}, {"s": 32, "t": 4}]
+    assert calls == {"add": 6, "twice": 2}
+    long = "x" * 100  # hashed, where short strings and small ints enter keys as they are
+    assert p.run(inputs={"a": long, "b": "y"}) == {"s": long + "y", "t": long * 2}
+    assert p.run(inputs={"a": long, "b": "y"}) == {"s": long + "y", "t": long * 2}
+    assert p.run(inputs={"a": 2**70, "b": 1})["s"] == 2**70 + 1
+    assert p.run(inputs={"a": True, "b": 1})["s"] == 2  # True is not the int 1
+    assert p.run(inputs={"a": 1, "b": 1})["s"] == 2
+    assert calls == {"add": 10, "twice": 5}  # twice(a=1) was cached by the map
+
+
 class Prompting:
     """A plain settings object: cached by its type and its attributes."""
 

@@ -17,27 +17,47 @@ from plait.cache.storing import STORING
 if TYPE_CHECKING:
     from plait.callbacks.dispatch import Scope
     from plait.engine.local.plan import Plan, Step
-    from plait.engine.local.signatures import Signer
+    from plait.engine.local.signatures import CacheSetup
 
 
 class NodeHooks:
     """Cache lookups and stores, and node events, for one run or map item."""
 
-    __slots__ = ("get", "hits", "item", "key", "keys", "scope", "signer", "started", "steps")
+    __slots__ = (
+        "cones",
+        "get",
+        "hits",
+        "item",
+        "keys",
+        "leaves",
+        "prefixes",
+        "scope",
+        "setup",
+        "started",
+        "steps",
+    )
 
     def __init__(
-        self, plan: Plan, scope: Scope | None, signer: Signer | None, item: int | None = None
+        self, plan: Plan, scope: Scope | None, setup: CacheSetup | None, item: int | None = None
     ) -> None:
         self.steps = plan.steps
         self.scope = scope
-        self.signer = signer
-        #: The signer's key and the store's get, bound once: a hit is the hot path.
-        self.key = None if signer is None else signer.key
-        self.get = None if signer is None else signer.setup.cache.get
+        self.setup = setup
         self.item = item
         self.keys: dict[int, str] = {}  # misses whose result is to be stored
         self.started: dict[int, float] = {}
         self.hits = 0
+        if setup is None:
+            self.prefixes = None
+            return
+        cones = setup.cones
+        #: Each step's key prefix and cone, and the store's get, bound once: a hit is
+        #: the hot path.
+        self.prefixes = cones.prefixes
+        self.cones = cones.of_step
+        self.get = setup.cache.get
+        #: The leaves' part of the keys of each cone, for this run (None: not yet).
+        self.leaves: list[str | None] = [None] * len(cones.leaves)
 
     @property
     def all_cached(self) -> bool:
@@ -46,10 +66,18 @@ class NodeHooks:
 
     def before(self, index: int, values: Sequence[Any]) -> Any:
         """Step ``index`` is ready: its cached result, or MISS (then it is starting)."""
-        if self.key is not None:
-            key = self.key(index, values)
+        prefixes = self.prefixes
+        if prefixes is not None and (prefix := prefixes[index]) is not None:
+            # Its key: the prefix of its cone, then its leaves' part (once per cone).
+            setup = self.setup
+            assert setup is not None
+            cone = self.cones[index]
+            leaves = self.leaves[cone]
+            if leaves is None:
+                leaves = self.leaves[cone] = setup.leaves(cone, values)
+            key = prefix + leaves if leaves else setup.key_by_value(index, values)
             if key is not None:
-                found = self.get(key)  # type: ignore[misc]
+                found = self.get(key)
                 if found is not MISS:
                     self.hits += 1
                     if self.scope is not None:
@@ -65,10 +93,10 @@ class NodeHooks:
         """Step ``index`` returned ``result`` (stored in the run's values already)."""
         key = self.keys.pop(index, None)
         if key is not None:
-            assert self.signer is not None
+            assert self.setup is not None
             token = STORING.set((self.steps[index].node.name, self.item))  # for its warnings
             try:
-                self.signer.setup.cache.set(key, result)
+                self.setup.cache.set(key, result)
             finally:
                 STORING.reset(token)
         if self.scope is not None:

@@ -191,6 +191,21 @@ class ItemRunner:
             raise
         self._item_end(index, hooks, start)
 
+    def observed_inline(self, index: int, values: list[Any]) -> None:
+        """Item ``index`` of an inline plan without deps (its inputs in ``values``): plain
+        calls between its start and end events, with its cache; :meth:`observed`'s twin
+        for a sequential map that never suspends."""
+        hooks, start = self._item_start(index)
+        token = ENCLOSING.set(self.item_enclosing(index))
+        try:
+            run_inline(self.plan, values, hooks)
+        except BaseException as exc:
+            self._item_end(index, hooks, start, exc)
+            raise
+        finally:
+            ENCLOSING.reset(token)
+        self._item_end(index, hooks, start)
+
     def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:
         services = self.services
         if services is None:

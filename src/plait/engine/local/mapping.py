@@ -18,7 +18,6 @@ import contextvars
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
@@ -96,10 +95,10 @@ async def _lean_items(
     written out (no call per item beyond the nodes' own, and the cache and callback
     hooks when the map has them; the twin of :meth:`ItemRunner.arun`).
 
-    Without hooks, items run in one copy of the caller's context, made when the map
-    starts, that holds the map's :data:`ENCLOSING`: entering it costs less than
-    setting and resetting that per item, and the consumer's code between items keeps
-    its own context. (With hooks, each item sets its own, which names the item.)
+    Items run in one copy of the caller's context, made when the map starts, that
+    holds the map's :data:`ENCLOSING`: entering it costs less than setting and
+    resetting that per item, and the consumer's code between items keeps its own
+    context. (With hooks, each item sets its own there, which names the item.)
     """
     plan = runner.plan
     base, slots = runner.base, runner.slots
@@ -117,8 +116,10 @@ async def _lean_items(
             values = runner.values(item)
         outcome: Outcome
         try:
-            if observed:
-                await _observed_item(runner, index, values)
+            if observed:  # through the portal, as run_plan calls it: a node may await
+                pending = portal.call(enter, runner.observed_inline, index, values)
+                if type(pending) is portal.Suspended:
+                    await pending.finish()
             else:
                 enter(run_inline, plan, values)
             outcome = {name: values[slot] for name, slot in output_slots}
@@ -129,16 +130,6 @@ async def _lean_items(
                 raise
             outcome = ItemError.of(exc, index, inputs)
         yield index, outcome
-
-
-async def _observed_item(runner: ItemRunner, index: int, values: list[Any]) -> None:
-    """One item of :func:`_lean_items` with its cache and callback hooks, through the
-    portal as :func:`~plait.engine.local.scheduler.run_plan` calls it: a node may await."""
-    token = ENCLOSING.set(runner.item_enclosing(index))
-    try:
-        await runner.observed(index, partial(portal.acall, run_inline, runner.plan, values))
-    finally:
-        ENCLOSING.reset(token)
 
 
 @loop_optional

@@ -66,7 +66,7 @@ class Services:
 
     def hooks(self, plan: Plan, setup: CacheSetup | None, item: int | None = None) -> NodeHooks:
         """Hooks for one run (or one map item) of ``plan``."""
-        return NodeHooks(plan, self.scope, None if setup is None else setup.signer(), item)
+        return NodeHooks(plan, self.scope, setup, item)
 
     def setup(self, plan: Plan, varying: Sequence[int] = ()) -> CacheSetup | None:
         """The cache setup shared by the runs of ``plan`` (None without a cache)."""
