@@ -18,6 +18,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
@@ -56,11 +57,22 @@ class CacheStore(Protocol):
         ...
 
 
+class _Entries(dict[str, Any]):
+    """A dict whose missing keys read as :data:`MISS`: a lookup is one call in C."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> Any:
+        return MISS
+
+
 class MemoryCache:
     """Results in a dict of this process; thread-safe.
 
     With ``max_entries`` the least recently used entries are dropped beyond that many.
     Values are kept as they are, not copied: mutating a result mutates the cached one.
+    ``get(key)`` gives the value stored under ``key`` (then the most recently used) or
+    :data:`MISS`.
 
     >>> cache = MemoryCache(max_entries=2)
     >>> cache.set("a", None)
@@ -68,7 +80,7 @@ class MemoryCache:
     (None, MISS)
     """
 
-    __slots__ = ("_data", "_lock", "_lru", "_max_entries")
+    __slots__ = ("_data", "_lock", "_lru", "_max_entries", "get")
 
     #: Whether worker processes can share this store (they cannot: it is in this process).
     process_safe: ClassVar[bool] = False
@@ -83,25 +95,27 @@ class MemoryCache:
             )
         self._max_entries = max_entries
         # Unbounded: a plain dict, whose single get and set are atomic, so no lock (a
-        # lock would make a write ~5x slower). Bounded: an OrderedDict under a lock.
-        self._data: dict[str, Any] = {}
+        # lock would make a write ~5x slower), and ``get`` is the dict's own lookup: a
+        # cached node's hit costs no Python call. Bounded: an OrderedDict under a lock.
+        self._data = _Entries()
         self._lru: OrderedDict[str, Any] | None = None if max_entries is None else OrderedDict()
         self._lock = threading.Lock()
+        self.get: Callable[[str], Any] = (
+            self._data.__getitem__ if max_entries is None else self._get_recent
+        )
 
     @property
     def max_entries(self) -> int | None:
         """How many entries are kept at most (None: no limit)."""
         return self._max_entries
 
-    def get(self, key: str) -> Any:
-        """The value stored under ``key`` (now the most recently used), or :data:`MISS`."""
-        lru = self._lru
-        if lru is None:
-            return self._data.get(key, MISS)
+    def _get_recent(self, key: str) -> Any:
+        """``get`` of a bounded cache: the entry read becomes the most recently used."""
+        assert self._lru is not None
         with self._lock:
-            value = lru.get(key, MISS)
+            value = self._lru.get(key, MISS)
             if value is not MISS:
-                lru.move_to_end(key)
+                self._lru.move_to_end(key)
             return value
 
     def set(self, key: str, value: Any) -> None:

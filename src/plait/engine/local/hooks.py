@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from plait.engine.local.signatures import CacheSetup
 
 
+_NEVER_WRITTEN: dict[int, float] = {}
+
+
 class NodeHooks:
     """Cache lookups and stores, and node events, for one run or map item."""
 
@@ -45,7 +48,8 @@ class NodeHooks:
         self.setup = setup
         self.item = item
         self.keys: dict[int, str] = {}  # misses whose result is to be stored
-        self.started: dict[int, float] = {}
+        #: When each step started (read for events only: without a scope, never written).
+        self.started: dict[int, float] = _NEVER_WRITTEN if scope is None else {}
         self.hits = 0
         if setup is None:
             self.prefixes = None

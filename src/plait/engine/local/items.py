@@ -21,6 +21,7 @@ from plait.callbacks.remote import Event, Replayer, portable, recording
 from plait.engine.context import ENCLOSING, TOP, Enclosing
 from plait.engine.local.batches import MapBatches
 from plait.engine.local.controls import NodeRuntime, worker_runtime
+from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
@@ -29,7 +30,6 @@ from plait.engine.request import annotate_item
 
 if TYPE_CHECKING:
     from plait.engine.local.dep_scope import DepScope
-    from plait.engine.local.hooks import NodeHooks
     from plait.engine.local.observe import Services
     from plait.engine.local.signatures import CacheSetup
 
@@ -43,6 +43,7 @@ class ItemRunner:
     """Turns one item's mapped values into a finished run of the plan."""
 
     __slots__ = (
+        "_shared_enclosing",
         "base",
         "batches",
         "enclosing",
@@ -84,6 +85,8 @@ class ItemRunner:
         self.owner: object | None = None
         #: The map's batch calls, when the plan has batch nodes (see :meth:`batch`).
         self.batches: MapBatches | None = None
+        #: (enclosing, the record its items share): see :meth:`item_enclosing`.
+        self._shared_enclosing: tuple[Enclosing, Enclosing] | None = None
 
     @property
     def lean(self) -> bool:
@@ -169,15 +172,27 @@ class ItemRunner:
             return self.run_plain(index, item)
         return block_on(self.arun(index, item))
 
-    def item_enclosing(self, index: int) -> Enclosing:
-        """What code inside item ``index`` sees as its enclosing run."""
+    def shared_enclosing(self) -> Enclosing:
+        """What code inside every item of this map sees as its enclosing run: the map's
+        engine and budget, its cache and callbacks."""
         services = self.services
         outer = self.enclosing or TOP
         if services is None:
             return outer
-        return Enclosing(
-            outer.engine, outer.map_depth, outer.map_width, services.scope, services.cache, index
-        )
+        shared = self._shared_enclosing
+        if shared is None or shared[0] is not outer:
+            record = outer._replace(scope=services.scope, cache=services.cache)
+            shared = self._shared_enclosing = (outer, record)
+        return shared[1]
+
+    def item_enclosing(self, index: int) -> Enclosing:
+        """What code inside item ``index`` sees as its enclosing run: the record all
+        items share, with the item's index when callbacks observe it (nested runs'
+        events name it)."""
+        shared = self.shared_enclosing()
+        if shared.scope is None:
+            return shared
+        return shared._replace(item=index)
 
     async def observed(
         self, index: int, run: Callable[[NodeHooks | None], Awaitable[None]]
@@ -194,8 +209,18 @@ class ItemRunner:
     def observed_inline(self, index: int, values: list[Any]) -> None:
         """Item ``index`` of an inline plan without deps (its inputs in ``values``): plain
         calls between its start and end events, with its cache; :meth:`observed`'s twin
-        for a sequential map that never suspends."""
-        hooks, start = self._item_start(index)
+        for a sequential map that never suspends, written out (this is a hot path). The
+        caller has set :meth:`shared_enclosing`, which is the item's own unless callbacks
+        observe it."""
+        services = self.services
+        assert services is not None
+        scope = services.scope
+        hooks = NodeHooks(self.plan, scope, self.setup, index)
+        if scope is None:
+            run_inline(self.plan, values, hooks)
+            return
+        scope.emit("on_map_item_start", item=index)
+        start = perf_counter()
         token = ENCLOSING.set(self.item_enclosing(index))
         try:
             run_inline(self.plan, values, hooks)
@@ -240,6 +265,7 @@ class ItemRunner:
         clone.route = Route.in_worker(self.plan)
         clone.runtime = None
         clone.enclosing = None  # a worker process is its own top level
+        clone._shared_enclosing = None
         clone.setup = None  # rebuilt there by attach_local_runtime
         clone.shared = None  # resources do not cross processes: each item sets its own up
         clone.owner = None  # process-scoped deps there are the worker's, kept until it exits

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import ItemError, OnError, Outcome
-from plait.engine.context import ENCLOSING, TOP, Enclosing
+from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local.batches import largest_batch
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
@@ -96,9 +96,10 @@ async def _lean_items(
     hooks when the map has them; the twin of :meth:`ItemRunner.arun`).
 
     Items run in one copy of the caller's context, made when the map starts, that
-    holds the map's :data:`ENCLOSING`: entering it costs less than setting and
-    resetting that per item, and the consumer's code between items keeps its own
-    context. (With hooks, each item sets its own there, which names the item.)
+    holds the enclosing run its items share (:meth:`ItemRunner.shared_enclosing`):
+    entering it costs less than setting and resetting that per item, and the
+    consumer's code between items keeps its own context. (With callbacks, each item
+    sets its own there, which names the item.)
     """
     plan = runner.plan
     base, slots = runner.base, runner.slots
@@ -106,7 +107,7 @@ async def _lean_items(
     one = slots[0] if len(slots) == 1 else -1
     observed = runner.services is not None
     items_context = contextvars.copy_context()
-    items_context.run(ENCLOSING.set, runner.enclosing or TOP)
+    items_context.run(ENCLOSING.set, runner.shared_enclosing())
     enter = items_context.run
     for index, item in enumerate(spec.items()):
         if one >= 0:
