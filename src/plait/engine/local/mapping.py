@@ -123,7 +123,9 @@ async def _lean_items(
                     await pending.finish()
             else:
                 enter(run_inline, plan, values)
-            outcome = {name: values[slot] for name, slot in output_slots}
+            outcome = {}  # a loop, not a comprehension: no function made per item (3.11)
+            for name, slot in output_slots:
+                outcome[name] = values[slot]
         except Exception as exc:
             inputs = runner.inputs(item)
             annotate_item(exc, index, inputs)

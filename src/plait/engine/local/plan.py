@@ -40,6 +40,7 @@ class Step:
         "payload",
         "positional",
         "sends_deps",
+        "single",
         "successors",
         "unpacks",
     )
@@ -62,6 +63,9 @@ class Step:
         self.getter: Callable[[Sequence[Any]], tuple[Any, ...]] | None = (
             itemgetter(*positional) if len(positional) > 1 else None
         )
+        #: The slot of the only argument of a call that takes one positional one, else -1:
+        #: the common call, made without unpacking anything.
+        self.single = positional[0] if len(positional) == 1 and not keyword else -1
         self.out_slots = out_slots
         #: The node declared a tuple ``output_name`` (even of one name): its result is a
         #: tuple of that length, unpacked into ``out_slots``.
@@ -108,6 +112,7 @@ class Plan:
     __slots__ = (
         "__weakref__",
         "batched",
+        "calls",
         "dep_slots",
         "deps",
         "has_controls",
@@ -138,6 +143,11 @@ class Plan:
         self.input_index = dict(input_slots)
         self.output_slots = output_slots
         self.has_controls = any(s.controlled for s in steps)
+        #: Per step, what a plain call reads (:func:`.scheduler.run_inline`): (step, func,
+        #: the slot of its only argument or -1, its output's slot or -1 when it unpacks).
+        self.calls = tuple(
+            (s, s.func, s.single, -1 if s.unpacks else s.out_slots[0]) for s in steps
+        )
         #: Steps of batch nodes (a map groups their items into batch calls).
         self.batched = tuple(i for i, s in enumerate(steps) if s.node.batching is not None)
         #: False when every step is a plain sync call: the run never suspends.

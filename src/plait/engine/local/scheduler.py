@@ -85,12 +85,20 @@ async def _await_lone(step: Step, values: list[Any]) -> None:
 def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
     """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
     if hooks is None:
-        for step in plan.steps:
-            result = _call(step, values)
-            if step.unpacks or type(result) is CoroutineType:
+        # _call and _store's common cases written out: this loop is the hot path.
+        for step, func, single, out in plan.calls:
+            if single >= 0:
+                try:
+                    result = func(values[single])
+                except Exception as exc:
+                    annotate(exc, step, values)
+                    raise
+            else:
+                result = _call(step, values)
+            if out < 0 or type(result) is CoroutineType:
                 _store(step, values, result)  # unpacks or raises
-            else:  # _store's plain case, inlined: this loop is the hot path
-                values[step.out_slots[0]] = result
+            else:
+                values[out] = result
         return
     for index, step in enumerate(plan.steps):
         result = hooks.before(index, values)
@@ -111,12 +119,12 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
 def _call(step: Step, values: list[Any]) -> Any:
     """Call a step's function; annotate any exception with the node and its inputs."""
     try:
+        if step.single >= 0:
+            return step.func(values[step.single])
         if step.keyword:
             return step.func(*step.args(values), **step.kwargs(values))
         if step.getter is not None:
             return step.func(*step.getter(values))
-        if step.positional:
-            return step.func(values[step.positional[0]])
         return step.func()
     except Exception as exc:
         annotate(exc, step, values)
