@@ -20,6 +20,13 @@ from typing import Any
 import plait
 from harness import Row
 
+# Worker processes (Daft's use_process, Dask's, Ray's) unpickle the benchmarks' nodes by
+# reference: they import these modules, so they need this folder on their path too.
+_HERE = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_HERE, os.environ.get("PYTHONPATH", "")) if p
+)
+
 #: Benchmark modules by the short name the command line selects them with.
 MODULES = {
     "core": "bench_core",

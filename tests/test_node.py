@@ -286,3 +286,15 @@ def test_resources_are_checked_and_are_not_a_control() -> None:
         node(f.func, output_name="y", resources={"gpu": 1})
     with pytest.raises(NodeDefinitionError, match=r"resources\['cpus'\] must be a number > 0"):
         node(f.func, output_name="y", resources={"cpus": 0})
+
+
+def test_concurrency_is_a_whole_number_of_stage_instances() -> None:
+    @node(output_name="y", resources={"gpus": 1, "concurrency": 2})
+    def f(x: int) -> int:
+        return x
+
+    assert f.options.resources is not None
+    assert f.options.resources.concurrency == 2
+    assert str(f.options.resources) == "gpus=1, concurrency=2"
+    with pytest.raises(NodeDefinitionError, match=r"'concurrency'\] is a number of stage inst"):
+        node(f.func, output_name="y", resources={"concurrency": 1.5})

@@ -311,7 +311,8 @@ def node(
                 async def ask_llm(prompt): ...
 
             what one call needs where it runs, for engines that place work:
-            ``resources={"cpus": 2, "gpus": 1}`` (``DaftEngine`` asks Daft for them);
+            ``resources={"cpus": 2, "gpus": 1}`` (``DaftEngine`` makes the node a stage of
+            its own that asks Daft for them; ``"concurrency"``: instances of that stage);
             and whether it has a batch form: ``batch_size`` (the most items per batch
             call), ``batch`` (a batch function beside a single-item one), ``max_wait``
             (see :mod:`plait.batching` and docs/batch.md)::

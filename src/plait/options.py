@@ -55,16 +55,19 @@ class RateLimit:
 class Resources:
     """What one call of a node needs where it runs (``@node(resources={"gpus": 1})``).
 
-    A placement request, read by engines that place work: ``DaftEngine`` asks Daft
-    for them for the stage that runs the node. ``LocalEngine`` runs every node where
-    its executor says and reads none of it.
+    A placement request, read by engines that place work: ``DaftEngine`` makes the
+    node a stage of its own and asks Daft for them. ``concurrency`` is the number of
+    instances of that stage (each holding its CPUs and GPUs), where stages run in
+    worker processes. ``LocalEngine`` runs every node where its executor says and
+    reads none of it.
     """
 
     cpus: float | None = None
     gpus: float | None = None
+    concurrency: int | None = None
 
     def __str__(self) -> str:
-        given = (("cpus", self.cpus), ("gpus", self.gpus))
+        given = (("cpus", self.cpus), ("gpus", self.gpus), ("concurrency", self.concurrency))
         return ", ".join(f"{name}={value:g}" for name, value in given if value is not None)
 
 
@@ -205,7 +208,7 @@ def _check_resources(node_name: str, resources: object) -> Resources | None:
     """``{"cpus": 2, "gpus": 1}`` (or a :class:`Resources`) checked; None for None."""
     if resources is None or isinstance(resources, Resources):
         return resources
-    known = ("cpus", "gpus")
+    known = ("cpus", "gpus", "concurrency")
     if not isinstance(resources, Mapping) or not set(resources) <= set(known):
         raise NodeDefinitionError(
             f"node {node_name!r}: resources must be a dict with keys among "
@@ -216,7 +219,17 @@ def _check_resources(node_name: str, resources: object) -> Resources | None:
             raise NodeDefinitionError(
                 f"node {node_name!r}: resources[{key!r}] must be a number > 0, got {value!r}"
             )
-    return Resources(**{key: float(value) for key, value in resources.items()})
+    cpus, gpus, concurrency = (resources.get(key) for key in known)
+    if concurrency is not None and not float(concurrency).is_integer():
+        raise NodeDefinitionError(
+            f"node {node_name!r}: resources['concurrency'] is a number of stage instances, "
+            f"a whole number; got {concurrency!r}"
+        )
+    return Resources(
+        None if cpus is None else float(cpus),
+        None if gpus is None else float(gpus),
+        None if concurrency is None else int(concurrency),
+    )
 
 
 def parse_rate(node_name: str, rate: object) -> RateLimit | None:

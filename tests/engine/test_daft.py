@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from plait import (
     DaftEngine,
     Dep,
+    DiskCache,
     EngineError,
     ItemError,
     LocalEngine,
@@ -265,3 +269,346 @@ def test_declared_resources_are_the_stage_s_request() -> None:
     greedy = node(lambda x: x, output_name="q", name="greedy", resources={"gpus": 1.5})
     with pytest.raises(EngineError, match="node 'greedy' asks for 1.5 GPUs"):
         Pipeline([greedy], engine=DaftEngine()).run({"x": 1})
+
+
+# --- a node that declares resources: a stage of its own ---------------------------------
+
+
+def staged(calls: list[str] | None = None, broken: set[int] | None = None) -> Pipeline:
+    """a -> heavy (resources: a stage of its own) -> c, an error possible in each stage;
+    ``calls`` records each call, ``broken`` the items whose ``c`` fails (a crash)."""
+    seen = [] if calls is None else calls
+    crash = set() if broken is None else broken
+
+    @node(output_name="y")
+    def a(x: int) -> int:
+        seen.append("a")
+        if x == 3:
+            raise ValueError(f"bad x {x}")
+        return x + 1
+
+    @node(output_name="z", resources={"cpus": 1, "gpus": 1})
+    def heavy(y: int) -> int:
+        seen.append("heavy")
+        if y == 6:
+            raise KeyError(y)
+        return 10 * y
+
+    @node(output_name="w")
+    async def c(z: int, y: int, k: int = 1) -> int:
+        seen.append("c")
+        await asyncio.sleep(0)
+        if z == 80 or y - 1 in crash:
+            raise TypeError(f"bad z {z}")
+        return k * z + y
+
+    return Pipeline([a, heavy, c], name="staged")
+
+
+def same_outcomes(got: list[Any], want: list[Any]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        if not isinstance(b, ItemError):
+            assert a == b
+            continue
+        assert isinstance(a, ItemError)
+        assert (a.index, a.inputs) == (b.index, b.inputs)
+        assert type(a.exception) is type(b.exception)
+        assert str(a.exception) == str(b.exception)
+        assert a.exception.__notes__ == b.exception.__notes__
+        assert a.traceback.splitlines()[-1] == b.traceback.splitlines()[-1]
+
+
+def test_a_node_with_resources_is_a_stage_of_its_own() -> None:
+    pipeline = staged()
+    inputs = {"x": range(10)}
+    want = pipeline.map(inputs, map_over="x", on_error="collect")
+    assert [r.index for r in want if isinstance(r, ItemError)] == [3, 5, 7]  # one per stage
+    shown = io.StringIO()
+    with redirect_stdout(shown):
+        got = pipeline.with_engine(DaftEngine(show_plan=True)).map(
+            inputs, map_over="x", on_error="collect"
+        )
+    same_outcomes(got, want)
+    plan = shown.getvalue()
+    stages = [line for line in plan.splitlines() if line.startswith("* Project:") and "[" in line]
+    assert [line.split("plait[")[1].split("]")[0] for line in stages] == ["c", "heavy", "a"]
+    requests = plan.split("== Physical Plan ==")[0].split("Builtin UDF plait[")[1:]
+    assert [r.split("]")[0] for r in requests] == ["c", "heavy", "a"]
+    assert "Resource request = { num_cpus = 1, num_gpus = 1 }" in requests[1]
+    assert "num_cpus" not in requests[0] + requests[2]  # the fused stages ask for nothing
+
+    with pytest.raises(KeyError) as raised:
+        pipeline.with_engine(DaftEngine()).map({"x": [0, 5]}, map_over="x")
+    assert raised.value.__notes__ == [
+        "plait: raised in node 'heavy' (→ z) called with (y=6)",
+        "plait: in map item 1 with inputs (x=5)",
+    ]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, event: str) -> Any:
+        if not event.startswith("on_"):
+            raise AttributeError(event)
+        return lambda ctx: self.events.append(
+            (ctx.event, ctx.node, ctx.item, type(ctx.error).__name__ if ctx.error else None)
+        )
+
+    def per_item(self) -> dict[Any, list[tuple[Any, ...]]]:
+        items: dict[Any, list[tuple[Any, ...]]] = {}
+        for event in self.events:
+            items.setdefault(event[2], []).append(event)
+        return items
+
+
+def test_callback_events_of_a_staged_map_are_local_ones(engine: DaftEngine) -> None:
+    pipeline = staged()
+    here, there = Recorder(), Recorder()
+    inputs = {"x": range(10)}
+    pipeline.with_callbacks([here]).map(inputs, map_over="x", on_error="collect")
+    pipeline.with_callbacks([there]).with_engine(engine).map(
+        inputs, map_over="x", on_error="collect"
+    )
+    assert (there.events[0], there.events[-1]) == (here.events[0], here.events[-1])
+    assert there.per_item() == here.per_item()
+    assert here.per_item()[5] == [
+        ("map_item_start", None, 5, None),
+        ("node_start", "a", 5, None),
+        ("node_end", "a", 5, None),
+        ("node_start", "heavy", 5, None),
+        ("error", "heavy", 5, "KeyError"),
+        ("map_item_end", None, 5, "KeyError"),
+    ]
+
+
+def crash_and_resume(engine: DaftEngine | LocalEngine, path: Path) -> list[Any]:
+    """A map that crashes on some items, is run again, and again: each run's errors,
+    calls and per-item events."""
+    calls: list[str] = []
+    crash = {6, 8, 9}
+    cache = DiskCache(path)
+    seen: list[Any] = []
+    for _ in range(3):
+        events = Recorder()
+        pipeline = staged(calls, crash).with_cache(cache).with_callbacks([events])
+        results = pipeline.with_engine(engine).map(
+            {"x": range(10)}, map_over="x", on_error="collect"
+        )
+        seen.append(([r.index for r in results if isinstance(r, ItemError)], sorted(calls)))
+        seen.append(events.per_item())
+        calls.clear()
+        crash.clear()  # the crash is over: a rerun computes only what is missing
+    return seen
+
+
+def test_a_staged_map_keeps_local_cache_keys_and_resumes(
+    engine: DaftEngine, tmp_path: Path
+) -> None:
+    seen = crash_and_resume(engine, tmp_path / "daft")
+    assert seen == crash_and_resume(LocalEngine(), tmp_path / "local")
+    assert seen[0][0] == [3, 5, 6, 7, 8, 9]
+    # The failures again (a of item 3, heavy of item 5), and c of items 6 to 9.
+    assert seen[2] == ([3, 5, 7], ["a", "c", "c", "c", "c", "heavy"])
+    cached = sorted(i for i, events in seen[3].items() if events[-1][0] == "map_item_cached")
+    assert cached == [0, 1, 2, 4]
+    assert seen[4] == ([3, 5, 7], ["a", "c", "heavy"])  # the failures; nothing else
+
+    # Keys downstream of another stage are LocalEngine's: its cache serves Daft whole.
+    calls: list[str] = []
+    on_daft = staged(calls).with_cache(DiskCache(tmp_path / "local")).with_engine(engine)
+    on_daft.map({"x": [0, 1, 2, 4, 6, 8, 9]}, map_over="x")
+    assert calls == []
+
+
+def test_batch_nodes_deps_limits_and_nested_maps_inside_stages(engine: DaftEngine) -> None:
+    peak = Peak()
+    sizes: list[int] = []
+    opened: list[str] = []
+
+    def client() -> Iterator[str]:
+        opened.append("open")
+        yield "client"
+        opened.append("closed")
+
+    @node(output_name="vec", batch_size=4)
+    def embed(text: list[str]) -> list[int]:
+        sizes.append(len(text))
+        return [len(t) for t in text]
+
+    @node(output_name="score", resources={"cpus": 1}, max_concurrent=2)
+    async def score(vec: int, http: str = Dep(client, scope="item")) -> str:
+        with peak:
+            await asyncio.sleep(0.01)
+        return f"{http}:{vec}"
+
+    @node(output_name="word")
+    def tag(letter: str, score: str) -> str:
+        return f"{score}/{letter}"
+
+    inner = Pipeline([tag], name="inner").as_node(map_over="letter")
+    pipeline = Pipeline([embed, score, inner])
+    texts = ["a" * i for i in range(10)]
+    inputs = {"text": texts, "letter": [["p", "q"]] * 10}
+    want = pipeline.map(inputs, map_over=["text", "letter"])
+    sizes.clear()
+    opened.clear()
+    got = pipeline.with_engine(engine).map(inputs, map_over=["text", "letter"])
+    assert got == want
+    assert want[3] == {"vec": 3, "score": "client:3", "word": ["client:3/p", "client:3/q"]}
+    assert sorted(sizes) == [2, 4, 4]  # the batch stage's rows share batch calls
+    assert peak.peak == 2  # the node's limit holds across the rows of its stage
+    assert opened.count("open") == opened.count("closed") == 10  # one per item, torn down
+
+
+def test_a_value_that_cannot_go_to_the_next_stage_fails_its_item(engine: DaftEngine) -> None:
+    @node(output_name="y")
+    def make(x: int) -> Any:
+        return threading.Lock() if x == 1 else x
+
+    @node(output_name="z", resources={"cpus": 1})
+    def use(y: Any) -> str:
+        return type(y).__name__
+
+    results = Pipeline([make, use], engine=engine).map(
+        {"x": [0, 1, 2]}, map_over="x", on_error="collect"
+    )
+    assert results[0] == {"y": 0, "z": "int"}
+    assert results[2] == {"y": 2, "z": "int"}
+    assert isinstance(results[1], ItemError)
+    assert (
+        "output 'y' (a lock) of map item 1 cannot be pickled" in (results[1].exception.__notes__[0])
+    )
+
+
+def test_a_node_s_concurrency_is_the_number_of_its_stage_s_instances() -> None:
+    @node(output_name="y")
+    def a(x: int) -> int:
+        return x + 1
+
+    @node(output_name="pid", resources={"cpus": 1, "concurrency": 2})
+    def heavy(y: int) -> int:
+        time.sleep(0.005)
+        return os.getpid()
+
+    @node(output_name="z")
+    def c(pid: int, y: int) -> int:
+        return y * 2
+
+    pipeline = Pipeline([a, heavy, c])
+    shown = io.StringIO()
+    engine = DaftEngine(use_process=True, batch_size=10, show_plan=True)
+    with redirect_stdout(shown):
+        got = pipeline.with_engine(engine).map({"x": range(60)}, map_over="x")
+    assert [r["z"] for r in got] == [2 * (x + 1) for x in range(60)]
+    pids = {r["pid"] for r in got}
+    assert len(pids) == 2  # two instances of heavy's stage, in Daft's worker processes
+    assert os.getpid() not in pids
+    assert "concurrency = 2" in shown.getvalue()
+    # Stages in this process are one instance each: the request cannot hold there.
+    here = pipeline.with_engine(DaftEngine()).map({"x": range(20)}, map_over="x")
+    assert {r["pid"] for r in here} == {os.getpid()}
+
+
+def test_a_run_is_staged_too(engine: DaftEngine, tmp_path: Path) -> None:
+    pipeline = staged()
+    shown = io.StringIO()
+    with redirect_stdout(shown):
+        got = pipeline.with_engine(DaftEngine(show_plan=True)).run({"x": 1})
+    assert got == pipeline.run({"x": 1}) == {"y": 2, "z": 20, "w": 22}
+    assert "Builtin UDF plait[heavy]" in shown.getvalue()
+    for x, error in [(1, None), (3, ValueError), (5, KeyError), (7, TypeError)]:
+        here, there = Recorder(), Recorder()
+        outcomes = []
+        for which, recorder in [(LocalEngine(), here), (engine, there)]:
+            on = pipeline.with_callbacks([recorder]).with_engine(which)
+            try:
+                outcomes.append(on.run({"x": x}))
+            except Exception as exc:
+                outcomes.append((type(exc), str(exc), exc.__notes__))
+        assert outcomes[0] == outcomes[1]
+        assert error is None or outcomes[0][0] is error
+        assert there.events == here.events
+        assert there.events[0][0] == "pipeline_start"
+
+    cache = DiskCache(tmp_path / "cache")
+    pipeline.with_cache(cache).run({"x": 2})  # on LocalEngine
+    calls: list[str] = []
+    cached = Recorder()
+    again = staged(calls).with_cache(cache).with_callbacks([cached]).with_engine(engine)
+    assert again.run({"x": 2}) == {"y": 3, "z": 30, "w": 33}
+    assert calls == []  # the same keys in every stage
+    assert [e[0] for e in cached.events].count("node_cached") == 3
+
+
+def test_events_of_batch_nodes_in_a_staged_map(engine: DaftEngine) -> None:
+    @node(output_name="vec", batch_size=4)
+    def embed(text: list[str]) -> list[int]:
+        if "boom" in text:
+            raise ValueError("bad batch")
+        return [len(t) for t in text]
+
+    @node(output_name="score", resources={"cpus": 1})
+    def score(vec: int) -> int:
+        return vec * 2
+
+    @node(output_name="top", batch_size=3)
+    def top(score: list[int]) -> list[int]:
+        return [s + 1 for s in score]
+
+    pipeline = Pipeline([embed, score, top])
+    texts = ["x", "boom", *("a" * i for i in range(10))]
+    here, there = Recorder(), Recorder()
+    want = pipeline.with_callbacks([here]).map({"text": texts}, map_over="text", on_error="collect")
+    got = (
+        pipeline.with_callbacks([there])
+        .with_engine(engine)
+        .map({"text": texts}, map_over="text", on_error="collect")
+    )
+    # A failed batch call's error is one exception for its items (notes name them).
+    assert [r if isinstance(r, dict) else (r.index, str(r.exception)) for r in got] == [
+        r if isinstance(r, dict) else (r.index, str(r.exception)) for r in want
+    ]
+    assert [type(outcome) for outcome in got[:5]] == [ItemError] * 4 + [dict]
+    mine, theirs = here.per_item(), there.per_item()
+    assert {i: e for i, e in theirs.items() if i is not None} == {
+        i: e for i, e in mine.items() if i is not None
+    }
+    # The batch calls' own events (no item) are all there; items of two batch calls
+    # may start in another order than on LocalEngine.
+    assert sorted(theirs[None], key=str) == sorted(mine[None], key=str)
+
+
+def test_a_key_made_of_values_from_an_earlier_stage(engine: DaftEngine, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    @node(output_name="u", cache=False)
+    def fresh(x: int) -> int:
+        calls.append("fresh")
+        return x + 1
+
+    @node(output_name="k")
+    def keyed(u: int) -> int:
+        calls.append("keyed")
+        return 2 * u
+
+    @node(output_name="h", resources={"cpus": 1})
+    def heavy(k: int) -> int:
+        calls.append("heavy")
+        return 3 * k
+
+    @node(output_name="w")
+    def last(h: int) -> int:
+        calls.append("last")
+        return h + 1
+
+    # The keys of heavy and last are made of keyed's code and fresh's value (not
+    # cached: a leaf), which rows carry to their stages although no node there reads it.
+    pipeline = Pipeline([fresh, keyed, heavy, last]).with_cache(DiskCache(tmp_path))
+    want = pipeline.map({"x": range(5)}, map_over="x", output_name="w")
+    calls.clear()
+    on_daft = pipeline.with_engine(engine)
+    assert on_daft.map({"x": range(5)}, map_over="x", output_name="w") == want
+    assert sorted(set(calls)) == ["fresh"]  # LocalEngine's keys: everything else cached

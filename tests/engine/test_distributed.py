@@ -429,3 +429,43 @@ def test_callback_events_and_a_disk_cache_rerun(backend: Any, tmp_path: Path) ->
     ends = [event[0] for event in cached.events]
     assert ends.count("map_item_cached") == 19  # the failing item runs again, nothing else
     assert ends.count("map_item_end") == 1
+
+
+def test_a_node_with_resources_in_the_middle(backend: Any, tmp_path: Path) -> None:
+    """On Daft the node is a stage of its own; elsewhere its resources are not read."""
+
+    @node(output_name="y")
+    def check(x: int) -> int:
+        if x % 40 == 13:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    @node(output_name="v", resources={"cpus": 1})
+    def heavy(y: int) -> int:
+        return 2 * y
+
+    @node(output_name="z")
+    async def after(v: int, y: int) -> int:
+        return v + y
+
+    pipeline = Pipeline([check, heavy, after])
+    here, there = Recorder(), Recorder()
+    inputs = {"x": range(60)}
+    want = local(pipeline.with_callbacks([here])).map(inputs, map_over="x", on_error="collect")
+    got = on(backend, pipeline.with_callbacks([there])).map(
+        inputs, map_over="x", on_error="collect"
+    )
+    for a, b in zip(got, want, strict=True):
+        if isinstance(b, ItemError):
+            same_errors(a, b)
+        else:
+            assert a == b
+    assert there.per_item() == here.per_item()
+
+    cache = DiskCache(tmp_path / "cache")
+    on(backend, pipeline.with_cache(cache)).map(inputs, map_over="x", on_error="collect")
+    cached = Recorder()
+    again = on(backend, pipeline.with_cache(cache).with_callbacks([cached]))
+    again.map(inputs, map_over="x", on_error="collect")
+    ends = [event[0] for event in cached.events]
+    assert ends.count("map_item_cached") == 58  # the failing items run again, nothing else

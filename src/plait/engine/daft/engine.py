@@ -2,7 +2,9 @@
 
 A map becomes a DataFrame of items (their index and their pickled mapped
 values) and one UDF stage that runs the pipeline's plan on each row through
-plait's own scheduler (:mod:`plait.engine.daft.stage`). The driver reads the
+plait's own scheduler (:mod:`plait.engine.daft.stage`); a plan with nodes that
+declare resources is cut into a stage per such node (:mod:`plait.engine.daft.split`),
+a row going from one to the next (:mod:`plait.engine.daft.staged`). The driver reads the
 query's partitions as Daft produces them, replays each item's callback events,
 and yields its outcome; a stream of unknown length is cut into windows of
 ``window`` items, one query each, so memory stays bounded.
@@ -20,6 +22,7 @@ from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequen
 from typing import TYPE_CHECKING, Any, Literal
 
 from plait.engine.base import Engine, ItemError, MapMode, OnError, Outcome, PipelineView
+from plait.engine.daft.split import Segment, requested, split, whole
 from plait.engine.local import observe
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.engine import LocalEngine
@@ -30,7 +33,8 @@ from plait.errors import EngineError
 
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
-    from plait.engine.daft.stage import Work
+    from plait.engine.daft.stage import OneRun, Work
+    from plait.engine.daft.staged import Staged
 
 Runner = Literal["native", "ray"]
 
@@ -126,16 +130,27 @@ class DaftEngine(Engine):
         shipped = None if services is None else services.for_worker(keep_cache=self._in_process)
         scope = None if services is None else services.scope
         replayer = None if scope is None else Replayer(scope)
-        work = OneRun(plan, dict(inputs), shipped)
+        run = OneRun(plan, dict(inputs), shipped)
+        work: OneRun | Staged = run
+        segments = split(plan, keyed=shipped is not None and shipped.cache is not None)
+        if len(segments) > 1:  # nodes with resources: a stage each
+            from plait.engine.daft.staged import Staged
+
+            work = Staged(run, segments)
+            if self._in_process:
+                work.attach_local_runtime()
         with self._shipped(work) as sent:
             rows = self._query(work, plan, sent, [(0, encode(()))], False)
-            async for _, result, formatted, events in rows:
-                if replayer is not None:
-                    replayer.replay(events)
-                if formatted is not None:
-                    raise result
-                outputs: dict[str, Any] = result
-                return outputs
+            try:
+                async for _, result, formatted, events in rows:
+                    if replayer is not None:
+                        replayer.replay(events)
+                    if formatted is not None:
+                        raise result
+                    outputs: dict[str, Any] = result
+                    return outputs
+            finally:  # closed here, not when the loop shuts down (its threads gone)
+                await rows.aclose()
         raise EngineError("plait: the Daft query of a run returned no row")  # pragma: no cover
 
     async def aimap(
@@ -176,7 +191,14 @@ class DaftEngine(Engine):
         self, runner: ItemRunner, spec: MapSpec, on_error: OnError, ordered: bool
     ) -> AsyncGenerator[tuple[int, Outcome], None]:
         """Each item's outcome, a query per window of items."""
-        work = runner.for_worker(keep_cache=self._in_process)
+        worker = runner.for_worker(keep_cache=self._in_process)
+        work: ItemRunner | Staged = worker
+        services = worker.services
+        segments = split(runner.plan, keyed=services is not None and services.cache is not None)
+        if len(segments) > 1:  # nodes with resources: a stage each
+            from plait.engine.daft.staged import Staged
+
+            work = Staged(worker, segments)
         if self._in_process:
             work.attach_local_runtime()  # limits shared by every row in this process
         order = _Order(ordered)
@@ -251,8 +273,18 @@ class DaftEngine(Engine):
 
         self._use_runner()
         df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
-        udf = self._stage(plan, work)(*sent, annotate)
-        query = df.into_batches(self.batch_size).select(udf(df["index"], df["item"]).alias("reply"))
+        query = df.into_batches(self.batch_size)
+        stages = self._stages(plan, work)
+        if len(stages) == 1:
+            udf = stages[0](*sent, annotate)
+            query = query.select(udf(query["index"], query["item"]).alias("reply"))
+        else:  # a row goes from stage to stage as bytes (plait.engine.daft.staged)
+            column = "item"
+            for number, stage_class in enumerate(stages):
+                state = stage_class(*sent, annotate, number)(query["index"], query[column])
+                column = "reply" if number == len(stages) - 1 else f"stage{number}"
+                query = query.select("index", state.alias(column))
+            query = query.select("reply")
         if self.show_plan:
             query.explain(show_all=True)
         partitions = _partitions(query)  # runs nothing until its first next()
@@ -263,26 +295,51 @@ class DaftEngine(Engine):
         finally:
             await asyncio.to_thread(partitions.close)
 
-    def _stage(self, plan: Plan, work: Work) -> Any:
+    def _stages(self, plan: Plan, work: Work) -> list[Any]:
+        """The ``daft.cls`` classes of the query's stages, in order: one for the whole
+        plan, or one per segment of a map's plan with nodes that declare resources."""
         import daft
 
-        from plait.engine.daft import stage
+        from plait.engine.daft import stage, staged
 
-        names = ", ".join(step.node.name for step in plan.steps)
+        if isinstance(work, staged.Staged):
+            kinds: tuple[type, type, type] = (
+                staged.BatchedSegment,
+                staged.LoopSegment,
+                staged.InlineSegment,
+            )
+            segments: Sequence[Segment] = work.segments
+        else:
+            kinds = (stage.BatchedStage, stage.LoopStage, stage.InlineStage)
+            segments = (whole(plan),)
+        classes = []
+        for segment in segments:
+            part = segment.plan
+            options = self._options(segment, plan)
+            if part.batched and not isinstance(work, stage.OneRun):  # rows share batch calls
+                kind = kinds[0]
+            elif part.needs_loop:  # rows as tasks on one loop (Daft's max_concurrency does
+                kind = kinds[1]  # not bound them)
+            else:
+                kind = kinds[2]
+                if self.use_process:  # Daft runs a sync stage given max_concurrency in processes
+                    options.setdefault("max_concurrency", self.concurrency)
+            classes.append(daft.cls(kind, **options))
+        return classes
+
+    def _options(self, segment: Segment, plan: Plan) -> dict[str, Any]:
+        """``daft.cls`` options of ``segment``'s stage: its name, its request, and the
+        instances of it a node's ``concurrency`` asks for (Daft runs those in worker
+        processes, which a stage in this process cannot be: there it is ignored)."""
         options: dict[str, Any] = {
             "use_process": self.use_process,
-            "name_override": f"plait[{names}]",
-            **_requested(plan),
+            "name_override": segment.name,
+            **requested(segment, plan.steps),
         }
-        if plan.batched and isinstance(work, ItemRunner):  # a map: its rows share batch calls
-            return daft.cls(stage.BatchedStage, **options)
-        if (
-            plan.needs_loop
-        ):  # rows as tasks on one loop (Daft's max_concurrency does not bound them)
-            return daft.cls(stage.LoopStage, **options)
-        if self.use_process:  # Daft runs a sync stage given max_concurrency in processes
-            options["max_concurrency"] = self.concurrency
-        return daft.cls(stage.InlineStage, **options)
+        resources = segment.resources
+        if resources is not None and resources.concurrency and not self._in_process:
+            options["max_concurrency"] = resources.concurrency
+        return options
 
     def _use_runner(self) -> None:
         """Set Daft's runner to this engine's, or refuse when another one is set."""
@@ -319,30 +376,6 @@ def _partitions(query: Any) -> Generator[Any, None, None]:
     """The query's results as Arrow record batches, as Daft produces them (on either
     runner: ``iter_partitions`` gives Ray object references on Ray)."""
     yield from query.to_arrow_iter()
-
-
-def _requested(plan: Plan) -> dict[str, float]:
-    """What the stage asks Daft for: the most CPUs and GPUs any of its nodes declares
-    (``@node(resources=...)``); the stage runs every node of the plan."""
-    declared = [s.node.options.resources for s in plan.steps if s.node.options.resources]
-    requested: dict[str, float] = {}
-    for kind in ("cpus", "gpus"):
-        amounts = [getattr(r, kind) for r in declared if getattr(r, kind) is not None]
-        if amounts:
-            requested[kind] = max(amounts)
-    gpus = requested.get("gpus")
-    if gpus is not None and gpus > 1 and not gpus.is_integer():
-        node = next(s.node.name for s in plan.steps if _gpus(s.node) == gpus)
-        raise EngineError(
-            f"node {node!r} asks for {gpus:g} GPUs: Daft takes a fraction of one GPU "
-            "(such as 0.5) or a whole number of them"
-        )
-    return requested
-
-
-def _gpus(node: Any) -> float | None:
-    resources = node.options.resources
-    return None if resources is None else resources.gpus
 
 
 class _Order:

@@ -21,7 +21,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import cloudpickle  # type: ignore[import-untyped]
 import daft
@@ -37,16 +37,27 @@ from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
 from plait.engine.request import annotate_item
 
+if TYPE_CHECKING:
+    from plait.engine.local.dep_scope import DepScope
+    from plait.engine.local.hooks import NodeHooks
+    from plait.engine.local.signatures import CacheSetup
+
 #: A reply: (index, outputs, None, events) or (index, exception, traceback, events).
 Reply = tuple[int, Any, str | None, list[Event]]
 
 
 class Work(Protocol):
-    """What a stage runs per row (an :class:`ItemRunner`, or a :class:`OneRun`)."""
+    """What a query's stages load: an :class:`ItemRunner`, a :class:`OneRun` or a
+    :class:`~plait.engine.daft.staged.Staged`; it names an item's inputs (for notes)."""
+
+    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]: ...
+
+
+class RowWork(Work, Protocol):
+    """Work one stage runs per row, whole (an :class:`ItemRunner`, or a :class:`OneRun`)."""
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]: ...
     async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]: ...
-    def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]: ...
 
 
 def encode(value: Any) -> bytes:
@@ -64,8 +75,14 @@ decode = pickle.loads
 class OneRun:
     """One run of a plan (``pipeline.run`` on Daft): the work of a one-row query.
 
-    Its events are the run's own (``on_pipeline_start`` ...), not a map's.
+    Its events are the run's own (``on_pipeline_start`` ...), not a map's. Cut into
+    stages (:class:`~plait.engine.daft.staged.Staged`), it is the row's frame as a
+    map's :class:`ItemRunner` is for its items.
     """
+
+    #: A run sets its deps up itself, and the process-scoped ones are the worker's.
+    shared: DepScope | None = None
+    owner: object | None = None
 
     def __init__(
         self,
@@ -76,9 +93,50 @@ class OneRun:
         self.plan = plan
         self.given = inputs
         self.services = services
+        self.setup: CacheSetup | None = None
+
+    @property
+    def lean(self) -> bool:
+        return self.services is None and not self.plan.deps
 
     def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
         return {}
+
+    def values(self, item: tuple[Any, ...]) -> list[Any]:
+        return self.plan.new_values(self.given)
+
+    def attach_local_runtime(self) -> None:
+        """The cache setup of this process (:meth:`arun` makes its own limits)."""
+        if self.services is not None:
+            self.setup = self.services.setup(self.plan)
+
+    def node_item(self, index: int) -> int | None:
+        """The item its node events name: the enclosing map's, if any."""
+        return None if self.services is None else self.services.parent_item
+
+    def item_enclosing(self, index: int) -> Enclosing:
+        services = self.services
+        scope, cache = (None, None) if services is None else (services.scope, services.cache)
+        return Enclosing(None, 0, 1, scope, cache)
+
+    def item_started(self, index: int) -> None:
+        """Emit the run's start event (when callbacks are in effect)."""
+        services = self.services
+        if services is not None and services.scope is not None:
+            observe.started(services.scope, services.run_kind, item=services.parent_item)
+
+    def item_ended(
+        self,
+        index: int,
+        hooks: NodeHooks | None,
+        duration: float,
+        error: BaseException | None = None,
+    ) -> None:
+        """Emit the run's end event (with ``error``, if it failed)."""
+        services = self.services
+        if services is not None and services.scope is not None:
+            kind, item = services.run_kind, services.parent_item
+            observe.ended(services.scope, kind, duration, error, item=item)
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         from plait.bridge import block_on
@@ -89,10 +147,9 @@ class OneRun:
     async def arun(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         plan, services = self.plan, self.services
         route = Route.in_worker(plan)
-        values = plan.new_values(self.given)
+        values = self.values(item)
         runtime = worker_runtime(plan)
-        scope, cache = (None, None) if services is None else (services.scope, services.cache)
-        token = ENCLOSING.set(Enclosing(None, 0, 1, scope, cache))
+        token = ENCLOSING.set(self.item_enclosing(index))
         try:
             if services is None:
                 await run_with_deps(plan, values, partial(run_plan, route, values, runtime))
@@ -125,7 +182,8 @@ def unregister(token: str) -> None:
         _LOADED.pop(token, None)
 
 
-def _work(token: str, shipped: bytes) -> Work:
+def load_work(token: str, shipped: bytes) -> Work:
+    """The work of query ``token`` in this process: live, or loaded from ``shipped``."""
     with _lock:
         work = _LIVE.get(token) or _LOADED.get(token)
         if work is not None:
@@ -136,8 +194,9 @@ def _work(token: str, shipped: bytes) -> Work:
             "shipped; DaftEngine(use_process=False) keeps stages in the driver's process"
         )
     work = decode(shipped)
-    if isinstance(work, ItemRunner):
-        work.attach_local_runtime()
+    attach = getattr(work, "attach_local_runtime", None)  # a map's: limits of this process
+    if attach is not None:
+        attach()
     with _lock:
         work = _LOADED.setdefault(token, work)
         while len(_LOADED) > _KEEP:
@@ -145,7 +204,7 @@ def _work(token: str, shipped: bytes) -> Work:
         return work
 
 
-def _failed(
+def failure(
     work: Work, index: int, item: tuple[Any, ...], exc: Exception, annotate: bool
 ) -> tuple[BaseException, str]:
     if annotate:
@@ -153,28 +212,28 @@ def _failed(
     return portable(exc), "".join(traceback.format_exception(exc))
 
 
-def run_row_blocking(work: Work, index: int, blob: bytes, annotate: bool) -> bytes:
+def run_row_blocking(work: RowWork, index: int, blob: bytes, annotate: bool) -> bytes:
     """One row, to completion on this thread: its encoded reply."""
     item = decode(blob)
     with recording() as events:
         try:
             reply: Reply = (index, work.run_blocking(index, item), None, events)
         except Exception as exc:
-            error, formatted = _failed(work, index, item, exc, annotate)
+            error, formatted = failure(work, index, item, exc, annotate)
             reply = (index, error, formatted, events)
-    return _encode_reply(work, reply)
+    return encode_reply(work, reply)
 
 
-async def run_row(work: Work, index: int, blob: bytes, annotate: bool) -> bytes:
+async def run_row(work: RowWork, index: int, blob: bytes, annotate: bool) -> bytes:
     """One row, as a task on Daft's event loop: its encoded reply."""
     item = decode(blob)
     with recording() as events:
         try:
             reply: Reply = (index, await work.arun(index, item), None, events)
         except Exception as exc:
-            error, formatted = _failed(work, index, item, exc, annotate)
+            error, formatted = failure(work, index, item, exc, annotate)
             reply = (index, error, formatted, events)
-    return _encode_reply(work, reply)
+    return encode_reply(work, reply)
 
 
 def run_rows_together(runner: ItemRunner, indices: list[int], blobs: list[bytes]) -> list[bytes]:
@@ -196,11 +255,11 @@ def run_rows_together(runner: ItemRunner, indices: list[int], blobs: list[bytes]
             reply: Reply = (index, result[1], None, carried)
         else:
             reply = (index, result[1], result[2], carried)
-        replies.append(_encode_reply(runner, reply))
+        replies.append(encode_reply(runner, reply))
     return replies
 
 
-def _encode_reply(work: Work, reply: Reply) -> bytes:
+def encode_reply(work: Work, reply: Reply) -> bytes:
     try:
         return encode(reply)
     except Exception as exc:  # an output that cannot travel back: the item fails
@@ -219,7 +278,7 @@ class InlineStage:
     """Rows of a plan of plain sync calls, a batch at a time on a Daft thread."""
 
     def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
-        self.work = _work(token, shipped)
+        self.work = cast("RowWork", load_work(token, shipped))
         self.annotate = annotate
 
     @daft.method.batch(return_dtype=DataType.binary())
@@ -236,7 +295,7 @@ class BatchedStage:
     loop, so that items of the batch share the batch nodes' calls."""
 
     def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
-        work = _work(token, shipped)
+        work = load_work(token, shipped)
         assert isinstance(work, ItemRunner)
         self.runner = work
 
@@ -249,7 +308,7 @@ class LoopStage:
     """Rows of a plan that needs an event loop: every row a task on Daft's loop."""
 
     def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
-        self.work = _work(token, shipped)
+        self.work = cast("RowWork", load_work(token, shipped))
         self.annotate = annotate
 
     @daft.method(return_dtype=DataType.binary())

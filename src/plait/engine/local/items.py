@@ -235,17 +235,36 @@ class ItemRunner:
         services = self.services
         if services is None:
             return None, 0.0
-        if services.scope is not None:
-            services.scope.emit("on_map_item_start", item=index)
+        self.item_started(index)
         return services.hooks(self.plan, self.setup, index), perf_counter()
 
     def _item_end(
         self, index: int, hooks: NodeHooks | None, start: float, error: BaseException | None = None
     ) -> None:
+        self.item_ended(index, hooks, perf_counter() - start, error)
+
+    def node_item(self, index: int) -> int:
+        """The item node events of item ``index`` name: itself."""
+        return index
+
+    def item_started(self, index: int) -> None:
+        """Emit item ``index``'s start event (when callbacks are in effect)."""
+        scope = self.services.scope if self.services is not None else None
+        if scope is not None:
+            scope.emit("on_map_item_start", item=index)
+
+    def item_ended(
+        self,
+        index: int,
+        hooks: NodeHooks | None,
+        duration: float,
+        error: BaseException | None = None,
+    ) -> None:
+        """Emit item ``index``'s end event: cached when ``hooks`` found every node in the
+        cache, else ended (with ``error``, if it failed)."""
         scope = self.services.scope if self.services is not None else None
         if scope is None or hooks is None:
             return
-        duration = perf_counter() - start
         if error is None and hooks.all_cached:
             scope.emit("on_map_item_cached", item=index, duration=duration)
         else:

@@ -64,6 +64,11 @@ class Services:
         scope = None if self.scope is None else recording_scope(self.scope)
         return Services(cache, scope, self.nested, self.parent_item)
 
+    @property
+    def run_kind(self) -> str:
+        """What a run's start and end events are named after (``on_<kind>_start``)."""
+        return "nested_pipeline" if self.nested else "pipeline"
+
     def hooks(self, plan: Plan, setup: CacheSetup | None, item: int | None = None) -> NodeHooks:
         """Hooks for one run (or one map item) of ``plan``."""
         return NodeHooks(plan, self.scope, setup, item)
@@ -118,8 +123,7 @@ async def observed_run(
     if scope is None:
         await run_with_deps(plan, values, run, owner=owner)
         return
-    kind = "nested_pipeline" if services.nested else "pipeline"
-    with _lifetime(scope, kind, item=services.parent_item):
+    with _lifetime(scope, services.run_kind, item=services.parent_item):
         await run_with_deps(plan, values, run, owner=owner)
 
 
@@ -145,17 +149,32 @@ async def observed_map(
 def _lifetime(scope: Scope, kind: str, **fields: Any) -> Iterator[None]:
     """The ``on_<kind>_start`` and ``on_<kind>_end`` events around the block; the end
     carries the error that ended it, except a consumer stopping a stream early."""
-    scope.emit(f"on_{kind}_start", **fields)
-    start = perf_counter()
+    start = started(scope, kind, **fields)
     try:
         yield
     except GeneratorExit:  # the consumer stopped early: not an error
-        scope.emit(f"on_{kind}_end", duration=perf_counter() - start, **fields)
+        ended(scope, kind, perf_counter() - start, None, **fields)
         raise
     except BaseException as exc:
-        scope.emit(f"on_{kind}_end", error=exc, duration=perf_counter() - start, **fields)
+        ended(scope, kind, perf_counter() - start, exc, **fields)
         raise
-    scope.emit(f"on_{kind}_end", duration=perf_counter() - start, **fields)
+    ended(scope, kind, perf_counter() - start, None, **fields)
+
+
+def started(scope: Scope, kind: str, **fields: Any) -> float:
+    """Emit ``on_<kind>_start``; the time it started."""
+    scope.emit(f"on_{kind}_start", **fields)
+    return perf_counter()
+
+
+def ended(
+    scope: Scope, kind: str, duration: float, error: BaseException | None, **fields: Any
+) -> None:
+    """Emit ``on_<kind>_end``, with the error that ended it, if any."""
+    if error is None:
+        scope.emit(f"on_{kind}_end", duration=duration, **fields)
+    else:
+        scope.emit(f"on_{kind}_end", error=error, duration=duration, **fields)
 
 
 def check_cache(cache: object) -> CacheStore | None:
