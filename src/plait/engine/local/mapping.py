@@ -103,7 +103,6 @@ async def _lean_items(
     """
     plan = runner.plan
     base, slots = runner.base, runner.slots
-    output_slots = plan.output_slots
     one = slots[0] if len(slots) == 1 else -1
     observed = runner.services is not None
     items_context = contextvars.copy_context()
@@ -123,9 +122,7 @@ async def _lean_items(
                     await pending.finish()
             else:
                 enter(run_inline, plan, values)
-            outcome = {}  # a loop, not a comprehension: no function made per item (3.11)
-            for name, slot in output_slots:
-                outcome[name] = values[slot]
+            outcome = plan.outputs(values)
         except Exception as exc:
             inputs = runner.inputs(item)
             annotate_item(exc, index, inputs)
@@ -231,7 +228,11 @@ async def iterate(
                 room = window - running - len(waiting)
                 if room < size and running:  # a whole chunk once more items finish
                     break
-                chunk = list(itertools.islice(numbered, min(size, room)))
+                if size == 1:  # items one by one (tasks): the common case, written out
+                    entry = next(numbered, None)
+                    chunk = [] if entry is None else [entry]
+                else:
+                    chunk = list(itertools.islice(numbered, min(size, room)))
                 if not chunk:
                     exhausted = True
                     break
@@ -246,7 +247,6 @@ async def iterate(
             while (done := inflight.pop_done()) is not None:
                 future, chunk = done
                 running -= len(chunk)
-                inputs = dict(chunk)
                 for result in launcher.results(future, chunk):
                     index = result[0]
                     outcome: Outcome
@@ -254,11 +254,12 @@ async def iterate(
                         outcome = result[1]
                     else:
                         _, exc, formatted = result
+                        inputs = runner.inputs(dict(chunk)[index])
                         if formatted is None:  # raised here, not in another process
-                            annotate_item(exc, index, runner.inputs(inputs[index]))
+                            annotate_item(exc, index, inputs)
                         if on_error == "raise":
                             raise exc
-                        outcome = ItemError.of(exc, index, runner.inputs(inputs[index]), formatted)
+                        outcome = ItemError.of(exc, index, inputs, formatted)
                     if not ordered:
                         batch.append((index, outcome))
                         continue
