@@ -209,18 +209,8 @@ class ItemRunner:
     def observed_inline(self, index: int, values: list[Any]) -> None:
         """Item ``index`` of an inline plan without deps (its inputs in ``values``): plain
         calls between its start and end events, with its cache; :meth:`observed`'s twin
-        for a sequential map that never suspends, written out (this is a hot path). The
-        caller has set :meth:`shared_enclosing`, which is the item's own unless callbacks
-        observe it."""
-        services = self.services
-        assert services is not None
-        scope = services.scope
-        hooks = NodeHooks(self.plan, scope, self.setup, index)
-        if scope is None:
-            run_inline(self.plan, values, hooks)
-            return
-        scope.emit("on_map_item_start", item=index)
-        start = perf_counter()
+        for a sequential map that never suspends."""
+        hooks, start = self._item_start(index)
         token = ENCLOSING.set(self.item_enclosing(index))
         try:
             run_inline(self.plan, values, hooks)

@@ -26,6 +26,7 @@ from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local.batches import largest_batch
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
+from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner
 from plait.engine.local.launchers import (
@@ -104,7 +105,10 @@ async def _lean_items(
     plan = runner.plan
     base, slots = runner.base, runner.slots
     one = slots[0] if len(slots) == 1 else -1
-    observed = runner.services is not None
+    services = runner.services
+    observed = services is not None  # and events: only when callbacks are in effect
+    events = observed and services.scope is not None  # type: ignore[union-attr]
+    setup = runner.setup
     items_context = contextvars.copy_context()
     items_context.run(ENCLOSING.set, runner.shared_enclosing())
     enter = items_context.run
@@ -117,7 +121,11 @@ async def _lean_items(
         outcome: Outcome
         try:
             if observed:  # through the portal, as run_plan calls it: a node may await
-                pending = portal.call(enter, runner.observed_inline, index, values)
+                if events:
+                    pending = portal.call(enter, runner.observed_inline, index, values)
+                else:  # only a cache: the item's hooks, no events
+                    hooks = NodeHooks(plan, None, setup, index)
+                    pending = portal.call(enter, run_inline, plan, values, hooks)
                 if type(pending) is portal.Suspended:
                     await pending.finish()
             else:

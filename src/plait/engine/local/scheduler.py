@@ -100,8 +100,9 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
             else:
                 values[out] = result
         return
-    for index, step in enumerate(plan.steps):
-        result = hooks.before(index, values)
+    before = hooks.before
+    for index, (step, _, _, out) in enumerate(plan.calls):
+        result = before(index, values)
         if result is MISS:
             try:
                 result = _call(step, values)
@@ -110,10 +111,10 @@ def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) ->
                 hooks.failed(index, exc)
                 raise
             hooks.after(index, result)
-        elif step.unpacks:
+        elif out < 0:
             _store(step, values, result)
         else:  # a cached result: stored as a node returned it, never a coroutine
-            values[step.out_slots[0]] = result
+            values[out] = result
 
 
 def _call(step: Step, values: list[Any]) -> Any:

@@ -47,16 +47,18 @@ class CacheSetup:
     """What every run (or map item) of one plan shares: the store, each step's cone
     (:class:`Cones`), and the fingerprints of leaves whose values do not vary."""
 
-    __slots__ = ("cache", "cones", "fixed", "plan", "varying")
+    __slots__ = ("cache", "cones", "fixed", "per_item", "plan")
 
     def __init__(self, plan: Plan, cache: CacheStore, varying: Collection[int] = ()) -> None:
         self.plan = plan
         self.cache = cache
-        #: Slots whose values change between the items of a map (its mapped inputs).
-        self.varying = frozenset(varying)
         #: Parts of leaves that do not vary, by slot, fingerprinted once.
         self.fixed: dict[int, bytes] = {}
-        self.cones = self._cones()
+        self.cones = cones = self._cones()
+        #: Per slot, whether its part is fingerprinted per run (or item): the map's
+        #: mapped inputs, deps and node outputs; other leaves' parts are kept in ``fixed``.
+        per_item = set(varying) | plan.dep_slots | cones.outputs
+        self.per_item = [slot in per_item for slot in range(len(plan.template))]
 
     def _cones(self) -> Cones:
         """The plan's cones, current: kept across its runs while their code guard holds
@@ -113,7 +115,7 @@ class CacheSetup:
 
     def part(self, slot: int, values: Sequence[Any]) -> bytes:
         """A leaf's part of a key: see :data:`_VALUE`; raises Unfingerprintable."""
-        if slot in self.varying or self.cones.kinds[slot] == _DEP or slot in self.cones.outputs:
+        if self.per_item[slot]:
             return _part(self.cones.kinds[slot], values[slot])
         fixed = self.fixed.get(slot)
         if fixed is None:
