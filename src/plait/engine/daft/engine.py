@@ -31,8 +31,12 @@ from plait.errors import EngineError
 if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
     from plait.engine.daft.stage import Work
+    from plait.engine.daft.watch import Ledger
 
 Runner = Literal["native", "ray"]
+#: What a map's stages get: its token, its pickled work (or b"": live in this
+#: process) and the ledger its stages record their rows in (None: in this process).
+Sent = tuple[str, bytes, "Ledger | None"]
 
 
 class DaftEngine(Engine):
@@ -220,48 +224,73 @@ class DaftEngine(Engine):
     # --- queries ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _shipped(self, work: Work) -> Iterator[tuple[str, bytes]]:
-        """``work``'s token and what its stages load it from: registered live in this
-        process (nothing pickled), or pickled once to ship."""
-        from plait.engine.daft import stage
+    def _shipped(self, work: Work) -> Iterator[Sent]:
+        """``work``'s token, what its stages load it from (registered live in this
+        process, nothing pickled; or pickled once to ship), and the ledger in which
+        stages in other processes record their rows (see :mod:`plait.engine.daft.watch`)."""
+        from plait.engine.daft import stage, watch
 
         token = uuid.uuid4().hex
         if self._in_process:
             stage.register(token, work)
-        try:
-            yield token, b"" if self._in_process else stage.encode(work)
-        finally:
-            stage.unregister(token)
+            try:
+                yield token, b"", None
+            finally:
+                stage.unregister(token)
+            return
+        self._use_runner()  # the Ray ledger needs Ray
+        with watch.ledger(self.runner, self.use_process, token) as ledger:
+            yield token, stage.encode(work), ledger
 
     async def _query(
         self,
         work: Work,
         plan: Plan,
-        sent: tuple[str, bytes],
+        sent: Sent,
         rows: list[tuple[int, bytes]],
         annotate: bool,
     ) -> AsyncGenerator[tuple[int, Any, str | None, list[Any]], None]:
         """Run ``rows`` (index, pickled item) through ``work`` (``sent``: see
-        :meth:`_shipped`) as one Daft query; each row's decoded reply as Daft produces it."""
+        :meth:`_shipped`) as one Daft query; each row's decoded reply as Daft produces it.
+
+        A worker that died is a :class:`~plait.WorkerDiedError` naming the rows it had
+        in flight, raised once the query ended (its other rows skipped: moments)."""
         if not rows:
             return
         import daft
 
-        from plait.engine.daft import stage
+        from plait.engine.daft import stage, watch
 
         self._use_runner()
+        token, shipped, ledger = sent
         df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
-        udf = self._stage(plan, work)(*sent, annotate)
+        udf = self._stage(plan, work)(token, shipped, annotate, ledger)
         query = df.into_batches(self.batch_size).select(udf(df["index"], df["item"]).alias("reply"))
         if self.show_plan:
             query.explain(show_all=True)
         partitions = _partitions(query)  # runs nothing until its first next()
+        # Rows not returned yet, for a worker's death (stages in other processes only).
+        unreturned = set() if self._in_process else {index for index, _ in rows}
+        stopped = False  # the ledger skips rows from here on: drain, then raise
         try:
             while (part := await asyncio.to_thread(next, partitions, None)) is not None:
                 for blob in part.column("reply").to_pylist():
-                    yield stage.decode(blob)
+                    stopped = stopped or blob == watch.SKIPPED
+                    if not stopped:
+                        reply = stage.decode(blob)
+                        unreturned.discard(reply[0])
+                        yield reply
+        except Exception as exc:
+            died = watch.died(ledger, exc, unreturned, run=not annotate)
+            if died is None:
+                raise
+            raise died from exc
         finally:
             await asyncio.to_thread(partitions.close)
+        if stopped:
+            raise watch.died(ledger, None, unreturned, run=not annotate) or EngineError(
+                "plait: a Daft stage skipped rows, yet its ledger names no dead worker"
+            )
 
     def _stage(self, plan: Plan, work: Work) -> Any:
         import daft
