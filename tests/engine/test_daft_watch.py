@@ -152,8 +152,10 @@ def in_flight(message: str) -> set[int]:
 
 
 @pytest.mark.daft_ray
-def test_on_ray_the_crashing_row_is_not_rerun(daft_ray_engine: DaftEngine, tmp_path: Path) -> None:
-    @node(output_name="y")
+@pytest.mark.parametrize("on_a_loop", [False, True], ids=["sync", "async"])
+def test_on_ray_the_crashing_row_is_not_rerun(
+    daft_ray_engine: DaftEngine, tmp_path: Path, on_a_loop: bool
+) -> None:
     def crash(x: int, log: str) -> int:
         with open(log, "a") as file:
             file.write(f"{x}\n")
@@ -161,13 +163,18 @@ def test_on_ray_the_crashing_row_is_not_rerun(daft_ray_engine: DaftEngine, tmp_p
             os._exit(7)
         return x
 
+    async def acrash(x: int, log: str) -> int:
+        return crash(x, log)
+
     log = tmp_path / "started"
-    pipeline = Pipeline([crash], engine=DaftEngine(runner="ray", batch_size=2))
+    step = node(acrash if on_a_loop else crash, output_name="y", name="crash")
+    pipeline = Pipeline([step], engine=DaftEngine(runner="ray", batch_size=2))
     with pytest.raises(WorkerDiedError) as info:
         pipeline.map({"x": range(8), "log": str(log)}, map_over="x")
     assert 3 in in_flight(str(info.value))
+    assert "Daft reran its task" in str(info.value)
     time.sleep(3)  # Daft restarts a dead worker within seconds; a rerun would show here
-    started = log.read_text().split()
-    assert started.count("3") == 1
+    assert log.read_text().split().count("3") == 1
     with pytest.raises(WorkerDiedError, match="while it ran the pipeline"):
         pipeline.run({"x": 3, "log": str(log)})
+    assert pipeline.map({"x": [1, 2], "log": str(log)}, map_over="x") == [{"y": 1}, {"y": 2}]

@@ -19,6 +19,7 @@ UDF process died.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -62,7 +63,7 @@ async def aguarded(ledger: Ledger | None, row: int, run: Coroutine[Any, Any, byt
         run.close()
         return SKIPPED
     reply = await run
-    ledger.finish([row])
+    await ledger.afinish([row])
     return reply
 
 
@@ -117,6 +118,9 @@ class Ledger:
 
     def finish(self, rows: list[int]) -> None:
         raise NotImplementedError
+
+    async def afinish(self, rows: list[int]) -> None:
+        self.finish(rows)
 
     def verdict(self, failed: bool) -> tuple[list[str], list[int]] | None:
         """On the driver: see :meth:`Book.verdict`."""
@@ -270,11 +274,22 @@ def _books() -> Any:
 
 
 class RayLedger(Ledger):
-    """The book in this driver's :class:`Books` actor; stages call it."""
+    """The book in this driver's :class:`Books` actor; stages call it.
+
+    Rows run as tasks on a stage's loop start (and finish) many at a time: those of
+    one turn of the loop go to the actor in one call, not one call each.
+    """
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.books = _books()
+        self._groups: dict[tuple[Any, str], tuple[list[int], asyncio.Future[bool]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"token": self.token, "books": self.books}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _groups={})
 
     def start(self, rows: list[int]) -> bool:
         import ray
@@ -282,12 +297,40 @@ class RayLedger(Ledger):
         started: bool = ray.get(self.books.start.remote(self.token, worker(), rows))
         return started
 
-    async def astart(self, rows: list[int]) -> bool:
-        started: bool = await self.books.start.remote(self.token, worker(), rows)
-        return started
-
     def finish(self, rows: list[int]) -> None:
         self.books.finish.remote(self.token, worker(), rows)
+
+    async def astart(self, rows: list[int]) -> bool:
+        return await self._together("start", rows)
+
+    async def afinish(self, rows: list[int]) -> None:
+        await self._together("finish", rows)
+
+    async def _together(self, kind: str, rows: list[int]) -> bool:
+        """Record ``rows`` with the others of this turn of the loop, in one call."""
+        key = (asyncio.get_running_loop(), kind)
+        group = self._groups.get(key)
+        if group is not None:  # a call is gathering rows: join it
+            group[0].extend(rows)
+            return await group[1]
+        group = self._groups[key] = (list(rows), asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.sleep(0)  # the rows starting (finishing) in this turn join
+        finally:
+            del self._groups[key]
+        done = group[1]
+        try:
+            if kind == "finish":  # nothing to wait for
+                self.books.finish.remote(self.token, worker(), group[0])
+                started = True
+            else:
+                started = await self.books.start.remote(self.token, worker(), group[0])
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved, even when no other row waits for it
+            raise
+        done.set_result(started)
+        return started
 
     def verdict(self, failed: bool) -> tuple[list[str], list[int]] | None:
         import ray
