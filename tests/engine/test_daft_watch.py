@@ -137,6 +137,36 @@ def test_daft_says_a_udf_process_closed_the_connection_when_it_dies() -> None:
         df.select(Crash()(df["x"])).collect()
 
 
+@pytest.mark.parametrize(
+    "where", ["threads", "processes", pytest.param("ray", marks=pytest.mark.daft_ray)]
+)
+def test_leaving_imap_early_skips_the_rows_not_started(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    @node(output_name="y")
+    def slow(x: int, log: str) -> int:
+        with open(log, "a") as file:
+            file.write(f"{x}\n")
+        time.sleep(0.02)
+        return x
+
+    log = tmp_path / "started"
+    if where == "ray":
+        request.getfixturevalue("daft_ray_engine")  # starts Ray, in the namespace
+        engine = DaftEngine(runner="ray", batch_size=4)
+    else:
+        engine = DaftEngine(use_process=where == "processes", batch_size=4)
+    stream = Pipeline([slow], engine=engine).imap({"x": range(200), "log": str(log)}, map_over="x")
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    if where == "ray":  # the batches running on Ray's workers finish (80 ms each)
+        time.sleep(1)
+    started = len(log.read_text().split())
+    assert started < 100  # 200 rows would run without the skip: Daft cannot cancel
+    time.sleep(0.5)
+    assert len(log.read_text().split()) == started  # and none starts later
+
+
 # --- Daft's Ray runner -------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 Runner = Literal["native", "ray"]
 #: What a map's stages get: its token, its pickled work (or b"": live in this
-#: process) and the ledger its stages record their rows in (None: in this process).
+#: process) and the ledger of the rows they run (None: Daft's UDF processes on Ray).
 Sent = tuple[str, bytes, "Ledger | None"]
 
 
@@ -226,21 +226,20 @@ class DaftEngine(Engine):
     @contextlib.contextmanager
     def _shipped(self, work: Work) -> Iterator[Sent]:
         """``work``'s token, what its stages load it from (registered live in this
-        process, nothing pickled; or pickled once to ship), and the ledger in which
-        stages in other processes record their rows (see :mod:`plait.engine.daft.watch`)."""
+        process, nothing pickled; or pickled once to ship), and the map's ledger of the
+        rows its stages run (:mod:`plait.engine.daft.watch`)."""
         from plait.engine.daft import stage, watch
 
         token = uuid.uuid4().hex
         if self._in_process:
             stage.register(token, work)
-            try:
-                yield token, b"", None
-            finally:
-                stage.unregister(token)
-            return
-        self._use_runner()  # the Ray ledger needs Ray
-        with watch.ledger(self.runner, self.use_process, token) as ledger:
-            yield token, stage.encode(work), ledger
+        else:
+            self._use_runner()  # the Ray ledger needs Ray
+        try:
+            with watch.ledger(self.runner, self.use_process, token) as ledger:
+                yield token, b"" if self._in_process else stage.encode(work), ledger
+        finally:
+            stage.unregister(token)
 
     async def _query(
         self,
@@ -269,9 +268,10 @@ class DaftEngine(Engine):
         if self.show_plan:
             query.explain(show_all=True)
         partitions = _partitions(query)  # runs nothing until its first next()
-        # Rows not returned yet, for a worker's death (stages in other processes only).
-        unreturned = set() if self._in_process else {index for index, _ in rows}
+        # Rows not returned yet: without a ledger, those a dead UDF process may have had.
+        unreturned = {index for index, _ in rows} if ledger is None else set()
         stopped = False  # the ledger skips rows from here on: drain, then raise
+        ended = False
         try:
             while (part := await asyncio.to_thread(next, partitions, None)) is not None:
                 for blob in part.column("reply").to_pylist():
@@ -280,12 +280,16 @@ class DaftEngine(Engine):
                         reply = stage.decode(blob)
                         unreturned.discard(reply[0])
                         yield reply
+            ended = True
         except Exception as exc:
+            ended = True
             died = watch.died(ledger, exc, unreturned, run=not annotate)
             if died is None:
                 raise
             raise died from exc
         finally:
+            if not ended and ledger is not None:  # left early: the rest of the map is skipped
+                ledger.close()
             await asyncio.to_thread(partitions.close)
         if stopped:
             raise watch.died(ledger, None, unreturned, run=not annotate) or EngineError(

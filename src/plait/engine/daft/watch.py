@@ -110,7 +110,8 @@ class Ledger:
     to the stages). Subclasses say where the book is kept."""
 
     def start(self, rows: list[int]) -> bool:
-        """In a stage: ``rows`` start here; False when they must be skipped."""
+        """In a stage: ``rows`` start here; False when they must be skipped (a worker
+        died, or the map is over: the driver left it early)."""
         raise NotImplementedError
 
     async def astart(self, rows: list[int]) -> bool:
@@ -183,19 +184,51 @@ def _reason(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def ledger(runner: str, use_process: bool, token: str) -> Iterator[Ledger | None]:
-    """A ledger for the map ``token`` whose stages run in other processes (on
-    ``runner``, in processes of their own: ``use_process``); forgotten when the map ends."""
+    """A ledger for the map ``token`` whose stages run on ``runner`` (in processes of
+    their own: ``use_process``); closed when the map ends. None: Daft's UDF processes
+    on Ray, which cannot reach one."""
     if runner == "ray" and use_process:
         yield None
         return
-    kept: Ledger = RayLedger(token) if runner == "ray" else FileLedger(token)
+    kept: Ledger
+    if runner == "ray":
+        kept = RayLedger(token)
+    else:
+        kept = FileLedger(token) if use_process else LiveLedger(token)
     try:
         yield kept
     finally:
         kept.close()
 
 
-# --- native runner: a file per worker process -----------------------------------------
+# --- native runner, stages in this process: nothing to record ---------------------------
+
+#: The maps whose stages run in this process, by token, while they are not over.
+_open_here: set[str] = set()
+
+
+class LiveLedger(Ledger):
+    """Stages on Daft's threads in the driver's own process: a worker that dies there
+    is the driver, so nothing is recorded; the rows of a map that is over are skipped."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        _open_here.add(token)
+
+    def start(self, rows: list[int]) -> bool:
+        return self.token in _open_here
+
+    def finish(self, rows: list[int]) -> None:
+        pass
+
+    def verdict(self, failed: bool) -> tuple[list[str], list[int]] | None:
+        return None
+
+    def close(self) -> None:
+        _open_here.discard(self.token)
+
+
+# --- native runner, use_process=True: a file per worker process -------------------------
 
 
 class FileLedger(Ledger):
@@ -206,20 +239,24 @@ class FileLedger(Ledger):
         self.directory = tempfile.mkdtemp(prefix=f"plait-daft-{token[:8]}-")
 
     def start(self, rows: list[int]) -> bool:
-        self._write("s", rows)
-        return True
+        return self._write("s", rows)
 
     def finish(self, rows: list[int]) -> None:
         self._write("f", rows)
 
-    def _write(self, kind: str, rows: list[int]) -> None:
+    def _write(self, kind: str, rows: list[int]) -> bool:
+        """Append a line; False when the map is over (its directory is gone)."""
         # One write per line, unbuffered: a process that dies next keeps it.
         line = f"{kind} {' '.join(map(str, rows))}\n".encode()
-        fd = os.open(Path(self.directory, worker()), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            fd = os.open(Path(self.directory, worker()), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except FileNotFoundError:
+            return False
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
+        return True
 
     def verdict(self, failed: bool) -> tuple[list[str], list[int]] | None:
         book = Book()
@@ -243,11 +280,17 @@ class Books:
     def __init__(self) -> None:
         self.books: dict[str, Book] = {}
 
+    def open(self, token: str) -> None:
+        self.books[token] = Book()
+
     def start(self, token: str, by: str, rows: list[int]) -> bool:
-        return self.books.setdefault(token, Book()).start(by, rows)
+        book = self.books.get(token)
+        return book is not None and book.start(by, rows)  # a map over: skip its rows
 
     def finish(self, token: str, by: str, rows: list[int]) -> None:
-        self.books.setdefault(token, Book()).finish(by, rows)
+        book = self.books.get(token)
+        if book is not None:
+            book.finish(by, rows)
 
     def verdict(self, token: str, failed: bool) -> tuple[list[str], list[int]] | None:
         return self.books.get(token, Book()).verdict(failed)
@@ -281,8 +324,11 @@ class RayLedger(Ledger):
     """
 
     def __init__(self, token: str) -> None:
+        import ray
+
         self.token = token
         self.books = _books()
+        ray.get(self.books.open.remote(token))  # open before any stage asks
         self._groups: dict[tuple[Any, str], tuple[list[int], asyncio.Future[bool]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
