@@ -155,9 +155,10 @@ class DaftEngine(Engine):
     ) -> AsyncGenerator[tuple[int, Outcome], None]:
         """Run ``pipeline`` once per item as Daft queries; see :meth:`plait.Engine.aimap`.
 
-        Leaving early stops reading the query; Daft cannot cancel it, so the rows
-        of partitions already started still run (at most about ``batch_size``
-        items per Daft thread).
+        Leaving early stops reading the query; Daft cannot cancel it, so its stages
+        skip the rows they have not started, and the batches already running finish
+        (at most one per Daft thread or worker). A worker that dies is a
+        :class:`~plait.WorkerDiedError` naming the items it had in flight.
         """
         spec = MapSpec.of(inputs, map_over, map_mode)
         route = self._planner.route(pipeline.graph, output_name, inputs)

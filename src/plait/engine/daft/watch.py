@@ -1,19 +1,23 @@
-"""Which rows a Daft map's stages are running, so that a dead worker's rows are named.
+"""Which rows a Daft map's stages run: a dead worker's rows named, a map's leftovers skipped.
 
 Daft reports a dead worker badly: its native runner fails the query with a
 ``RuntimeError`` about a closed connection, and its Ray runner reruns the dead
 worker's task on another worker, forever when the crash happens on every attempt.
-So each stage records in a :class:`Ledger` the rows it starts and finishes, and
-the ledger's :class:`Book` decides: a row started again by another worker means
+So each stage records in the map's :class:`Ledger` the rows it starts and finishes,
+and the ledger's :class:`Book` decides: a row started again by another worker means
 Daft reran a task whose worker died (the book then skips every row started from
 there on, so the query drains in moments instead of crashing again); a failed
 query with rows started and never finished means a worker died running them.
+Daft cannot cancel a query either: once the driver leaves a map (``imap`` left
+early, a failure with ``on_error="raise"``) its ledger is closed, and the stages
+skip the rows they have not started.
 
 Where the book lives: in a file per worker process under a directory of the
 driver's (native runner, ``use_process=True``), or in a Ray actor of the driver's
-(Ray runner). Stages that run in the driver's own process need none: a worker that
-dies there is the driver. Stages in Daft's UDF processes on Ray (``use_process=True``)
-cannot reach Ray: there Daft fails the query itself, and only its error says that a
+(Ray runner). Stages on Daft's threads in the driver's own process record nothing
+(a worker that dies there is the driver): they only skip a closed map's rows.
+Stages in Daft's UDF processes on Ray (``use_process=True``) cannot reach Ray and
+have no ledger: there Daft fails the query itself, and only its error says that a
 UDF process died.
 """
 
@@ -45,7 +49,7 @@ def guarded(
     ledger: Ledger | None, rows: list[int], run: Callable[[], Sequence[bytes]]
 ) -> Sequence[bytes]:
     """In a stage: the replies of ``rows``, run by ``run`` between their records in
-    ``ledger`` (None: nothing to record), or :data:`SKIPPED` for each when the map stopped."""
+    ``ledger`` (None: no ledger), or :data:`SKIPPED` for each when the ledger says so."""
     if ledger is None:
         return run()
     if not ledger.start(rows):
