@@ -5,6 +5,7 @@ book that decides it; and the Daft behaviour it relies on, pinned."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from plait import DaftEngine, LocalEngine, Pipeline, WorkerDiedError, node
-from plait.engine.daft.watch import Book
+from plait.engine.daft.watch import SKIPPED, Book, FileLedger, guarded, worker
 
 daft = pytest.importorskip("daft")
 
@@ -52,6 +53,23 @@ def test_a_failed_query_s_unfinished_rows_were_in_a_dead_worker() -> None:
     assert book.verdict(failed=True) == (["b"], [2])
     book.finish("b", [2])
     assert book.verdict(failed=True) is None  # a failure of another kind
+
+
+def test_a_stage_that_raises_lives_on_and_one_that_exits_does_not() -> None:
+    def fails() -> list[bytes]:
+        raise RuntimeError("a bug of plait's")
+
+    def exits() -> list[bytes]:
+        raise SystemExit(1)  # ends a Daft UDF process
+
+    with contextlib.closing(FileLedger("token")) as ledger:
+        with pytest.raises(RuntimeError):
+            guarded(ledger, [0, 1], fails)
+        assert ledger.verdict(failed=True) is None  # Daft's own error is raised as is
+        with pytest.raises(SystemExit):
+            guarded(ledger, [2, 3], exits)
+        assert ledger.verdict(failed=True) == ([worker()], [2, 3])
+    assert guarded(ledger, [4], fails) == [SKIPPED]  # closed: the map is over, skipped
 
 
 # --- Daft's native runner with use_process=True --------------------------------------

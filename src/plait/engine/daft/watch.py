@@ -54,7 +54,12 @@ def guarded(
         return run()
     if not ledger.start(rows):
         return [SKIPPED] * len(rows)
-    replies = run()
+    try:
+        replies = run()
+    except Exception:  # this process lives on: its rows are not a dead worker's
+        ledger.finish(rows)
+        raise
+    # (SystemExit and the like end a UDF process: its rows stay in flight.)
     ledger.finish(rows)
     return replies
 
@@ -66,7 +71,11 @@ async def aguarded(ledger: Ledger | None, row: int, run: Coroutine[Any, Any, byt
     if not await ledger.astart([row]):
         run.close()
         return SKIPPED
-    reply = await run
+    try:
+        reply = await run
+    except (Exception, asyncio.CancelledError):  # this process lives on
+        ledger.finish([row])
+        raise
     await ledger.afinish([row])
     return reply
 
