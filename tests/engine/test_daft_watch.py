@@ -35,11 +35,12 @@ def test_a_row_started_again_by_another_worker_means_the_first_died() -> None:
     assert book.verdict(failed=False) == (["a"], [0, 1])
 
 
-def test_a_worker_that_starts_its_rows_again_did_not_die() -> None:
+def test_rows_started_again_after_they_finished_are_no_death() -> None:
     book = Book()
-    assert book.start("a", [0])
-    book.finish("a", [0])
-    assert book.start("a", [0])
+    assert book.start("a", [0, 1])
+    book.finish("a", [0, 1])
+    assert book.start("a", [0])  # the same worker
+    assert book.start("b", [1])  # another one: a later stage, or a rerun that may pass
     assert book.verdict(failed=False) is None
 
 

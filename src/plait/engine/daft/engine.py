@@ -262,9 +262,9 @@ class DaftEngine(Engine):
         from plait.engine.daft import stage, watch
 
         self._use_runner()
-        token, shipped, ledger = sent
+        ledger = sent[2]
         df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
-        udf = self._stage(plan, work)(token, shipped, annotate, ledger)
+        udf = self._stage(plan, work)(*sent, annotate)
         query = df.into_batches(self.batch_size).select(udf(df["index"], df["item"]).alias("reply"))
         if self.show_plan:
             query.explain(show_all=True)

@@ -222,7 +222,7 @@ def _encode_reply(work: Work, reply: Reply) -> bytes:
 class InlineStage:
     """Rows of a plan of plain sync calls, a batch at a time on a Daft thread."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, ledger: Ledger | None) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         self.work = _work(token, shipped)
         self.annotate = annotate
         self.ledger = ledger
@@ -244,7 +244,7 @@ class BatchedStage:
     """Rows of a plan with batch nodes: a batch of rows at a time, together on one
     loop, so that items of the batch share the batch nodes' calls."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, ledger: Ledger | None) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         work = _work(token, shipped)
         assert isinstance(work, ItemRunner)
         self.runner = work
@@ -261,7 +261,7 @@ class BatchedStage:
 class LoopStage:
     """Rows of a plan that needs an event loop: every row a task on Daft's loop."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, ledger: Ledger | None) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         self.work = _work(token, shipped)
         self.annotate = annotate
         self.ledger = ledger

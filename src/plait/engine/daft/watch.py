@@ -84,7 +84,6 @@ class Book:
     """The rows of one map started and finished by each worker, and what they mean."""
 
     def __init__(self) -> None:
-        self.by: dict[int, str] = {}  # row -> the worker that last started it
         self.running: dict[int, str] = {}  # rows started and not finished -> worker
         self.dead: set[str] = set()
         self.lost: set[int] = set()  # rows in flight in a dead worker
@@ -92,15 +91,17 @@ class Book:
     def start(self, by: str, rows: list[int]) -> bool:
         """Record ``rows`` started by worker ``by``; False: skip them, a worker died."""
         if not self.dead:
-            rerun = {self.by[row] for row in rows if self.by.get(row, by) != by}
-            if rerun:  # Daft reruns a task only when its worker died
+            # A row another worker started and never finished: Daft reran its task,
+            # which it does when the worker died.
+            rerun = {self.running[row] for row in rows if self.running.get(row, by) != by}
+            if rerun:
                 self.dead = rerun
                 self.lost = {row for row, w in self.running.items() if w in rerun}
                 self.lost = self.lost or set(rows)
         if self.dead:
             return False
         for row in rows:
-            self.by[row] = self.running[row] = by
+            self.running[row] = by
         return True
 
     def finish(self, by: str, rows: list[int]) -> None:
