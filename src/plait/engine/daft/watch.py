@@ -12,6 +12,11 @@ Daft cannot cancel a query either: once the driver leaves a map (``imap`` left
 early, a failure with ``on_error="raise"``) its ledger is closed, and the stages
 skip the rows they have not started.
 
+A map of several stages (:mod:`plait.engine.daft.split`) records each row once per
+stage: a row finished in one stage starts in the next, maybe in another worker,
+which is no rerun. So a stage records its rows finished before it hands them on
+(on Ray it waits for the actor's reply): the next stage's start always finds them so.
+
 Where the book lives: in a file per worker process under a directory of the
 driver's (native runner, ``use_process=True``), or in a Ray actor of the driver's
 (Ray runner). Stages on Daft's threads in the driver's own process record nothing
@@ -273,13 +278,24 @@ class FileLedger(Ledger):
         return True
 
     def verdict(self, failed: bool) -> tuple[list[str], list[int]] | None:
-        book = Book()
+        """The processes with rows started and never finished, once Daft failed the
+        query (the native runner reruns no task, so that is how a worker died)."""
+        if not failed:
+            return None
+        workers: list[str] = []
+        rows: set[int] = set()
         for path in sorted(Path(self.directory).iterdir()):
+            # Each file alone, in its own order: files replayed one after another would
+            # make a row's later stage, in another process, look like a rerun.
+            book = Book()
             for line in path.read_text().splitlines():
-                kind, *rows = line.split()
+                kind, *numbers = line.split()
                 record = book.start if kind == "s" else book.finish
-                record(path.name, [int(row) for row in rows])
-        return book.verdict(failed)
+                record(path.name, [int(row) for row in numbers])
+            if book.running:
+                workers.append(path.name)
+                rows.update(book.running)
+        return (workers, sorted(rows)) if rows else None
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -358,7 +374,11 @@ class RayLedger(Ledger):
         return started
 
     def finish(self, rows: list[int]) -> None:
-        self.books.finish.remote(self.token, worker(), rows)
+        import ray
+
+        # Waited for: the rows' next stage, maybe in another worker, must find them
+        # finished here, or it would take its own start for a rerun of theirs.
+        ray.get(self.books.finish.remote(self.token, worker(), rows))
 
     async def astart(self, rows: list[int]) -> bool:
         return await self._together("start", rows)
@@ -380,8 +400,8 @@ class RayLedger(Ledger):
             del self._groups[key]
         done = group[1]
         try:
-            if kind == "finish":  # nothing to wait for
-                self.books.finish.remote(self.token, worker(), group[0])
+            if kind == "finish":  # waited for, as in finish()
+                await self.books.finish.remote(self.token, worker(), group[0])
                 started = True
             else:
                 started = await self.books.start.remote(self.token, worker(), group[0])
