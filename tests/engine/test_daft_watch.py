@@ -227,3 +227,107 @@ def test_on_ray_the_crashing_row_is_not_rerun(
     with pytest.raises(WorkerDiedError, match="while it ran the pipeline"):
         pipeline.run({"x": 3, "log": str(log)})
     assert pipeline.map({"x": [1, 2], "log": str(log)}, map_over="x") == [{"y": 1}, {"y": 2}]
+
+
+# --- several stages (a node with resources in the middle) ---------------------------
+
+
+def three_stages(crashes: str, log: Path, concurrency: int = 0) -> Pipeline:
+    """a -> heavy (resources: a stage of its own) -> c (async): the node ``crashes``
+    ends its process at item 3; each node logs ``node item pid`` as it starts.
+    ``concurrency``: heavy's stage's instances (on Ray: Daft's actors of their own)."""
+
+    def enter(name: str, x: int) -> int:
+        with open(log, "a") as file:
+            file.write(f"{name} {x} {os.getpid()}\n")
+        if name == crashes and x == 3:
+            os._exit(7)
+        return x
+
+    @node(output_name="y")
+    def a(x: int) -> int:
+        return enter("a", x)
+
+    @node(
+        output_name="z",
+        resources={"cpus": 1, **({"concurrency": concurrency} if concurrency else {})},
+    )
+    def heavy(y: int) -> int:
+        return enter("heavy", y)
+
+    @node(output_name="w")
+    async def c(z: int) -> int:
+        await asyncio.sleep(0)
+        return enter("c", z)
+
+    return Pipeline([a, heavy, c])
+
+
+def starts(log: Path) -> list[tuple[str, int, int]]:
+    """The log's lines: (node, item, pid)."""
+    return [(n, int(x), int(pid)) for n, x, pid in (line.split() for line in log.open())]
+
+
+@pytest.mark.parametrize("crashes", ["a", "heavy", "c"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "processes",
+        pytest.param("ray", marks=pytest.mark.daft_ray),
+        pytest.param("ray-actors", marks=pytest.mark.daft_ray),
+        pytest.param("ray-process", marks=pytest.mark.daft_ray),
+    ],
+)
+def test_a_dead_worker_in_any_stage_is_a_worker_died_error(
+    tmp_path: Path, where: str, crashes: str, request: pytest.FixtureRequest
+) -> None:
+    """On Ray a row's stages share Daft's worker, unless a stage has Daft's actors of
+    its own (``ray-actors``: heavy's ``concurrency``), where rows cross workers."""
+    if where.startswith("ray"):
+        request.getfixturevalue("daft_ray_engine")  # starts Ray, in the namespace
+    engine = DaftEngine(
+        runner="ray" if where.startswith("ray") else "native",
+        use_process=where in ("processes", "ray-process"),
+        batch_size=2,
+    )
+    log = tmp_path / "started"
+    pipeline = three_stages(crashes, log, 2 if where == "ray-actors" else 0).with_engine(engine)
+    started = time.monotonic()
+    with pytest.raises(WorkerDiedError) as info:
+        pipeline.map({"x": range(8)}, map_over="x")
+    assert time.monotonic() - started < 30  # Daft on Ray would rerun it forever
+    lost = in_flight(str(info.value))
+    assert 3 in lost
+    ran = starts(log)
+    assert [x for n, x, _ in ran if n == crashes].count(3) == 1  # the crash ran once
+    if where != "ray-process":  # a ledger names the worker that died, no other
+        dead = next(pid for n, x, pid in ran if (n, x) == (crashes, 3))
+        assert f"a Daft worker died ({worker().split(':')[0]}:{dead}; " in str(info.value)
+    if where == "processes":  # the other stages' processes end soon, running no row
+        deadline = time.monotonic() + 5
+        while udf_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert udf_processes() == []
+        assert starts(log) == ran
+    assert pipeline.map({"x": [1, 2]}, map_over="x") == [
+        {"y": 1, "z": 1, "w": 1},
+        {"y": 2, "z": 2, "w": 2},
+    ]  # the next map runs
+
+
+@pytest.mark.daft_ray
+def test_a_healthy_map_through_stages_on_ray_is_never_reported_dead(
+    daft_ray_engine: DaftEngine, tmp_path: Path
+) -> None:
+    """Rows finished in one stage start in the next one in another worker (heavy's
+    stage runs in Daft's actors of its own), batch after batch: none of that is taken
+    for Daft's rerun of a dead worker's task."""
+    log = tmp_path / "started"
+    engine = DaftEngine(runner="ray", batch_size=1)
+    pipeline = three_stages("nobody", log, concurrency=2).with_engine(engine)
+    for _ in range(2):
+        got = pipeline.map({"x": range(100)}, map_over="x")
+        assert got == [{"y": x, "z": x, "w": x} for x in range(100)]
+    pids = {n: {pid for m, _, pid in starts(log) if m == n} for n in ("a", "heavy", "c")}
+    assert not pids["a"] & pids["heavy"]  # rows cross to other workers and back
+    assert not pids["heavy"] & pids["c"]
