@@ -13,6 +13,11 @@ Each segment runs with the whole plan's cache setup and item events: cache keys
 of a node downstream of another stage are those of ``LocalEngine`` (the values its
 key is made of travel with the row), the item's start event comes from the first
 stage, its end (or cached) event from the last, or from the stage that failed.
+
+Every stage records its batches in the map's ledger as a single stage does
+(:mod:`plait.engine.daft.watch`): once the ledger skips rows (a worker died, or the
+map is over) it skips them in every later stage too, so a skipped row never
+reaches a stage that would read it.
 """
 
 from __future__ import annotations
