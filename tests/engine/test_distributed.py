@@ -285,18 +285,49 @@ def test_a_node_executor_runs_calls_as_tasks(cluster: Any) -> None:
     assert info.value.__notes__ == ["plait: raised in node 'where' (→ pid) called with (x=-1)"]
 
 
-def test_a_dead_worker_is_a_worker_died_error_naming_the_items(cluster: Any) -> None:
+#: Backends whose nodes run in processes other than the test's (a node that ends its
+#: process must not end the test): Daft's native runner with use_process=True.
+DYING = [
+    *EXECUTORS,
+    "daft-process",
+    pytest.param("daft-ray", marks=pytest.mark.daft_ray),
+    pytest.param("daft-ray-process", marks=pytest.mark.daft_ray),
+]
+
+
+@pytest.fixture(params=DYING)
+def dying(request: pytest.FixtureRequest) -> Any:
+    """An executor, Dask client or DaftEngine whose workers may die."""
+    names = {"ray": "ray_executor", "dask": "dask_client"}
+    if request.param in names:
+        return request.getfixturevalue(names[request.param])
+    if request.param == "daft-process":
+        pytest.importorskip("daft")
+        return DaftEngine(use_process=True, batch_size=2)
+    engine = request.getfixturevalue("daft_ray_engine")
+    if request.param == "daft-ray-process":
+        return DaftEngine(runner="ray", use_process=True, batch_size=2)
+    return engine
+
+
+def test_a_dead_worker_is_a_worker_died_error_naming_the_items(dying: Any) -> None:
     @node(output_name="y")
     def crash(x: int) -> int:
         if x == 3:
             os._exit(7)
         return x
 
-    pipeline = on(cluster, Pipeline([crash]))
+    pipeline = on(dying, Pipeline([crash]))
+    started = time.monotonic()
     with pytest.raises(WorkerDiedError) as info:
         pipeline.map({"x": range(8)}, map_over="x")
+    assert time.monotonic() - started < 30  # Daft on Ray would rerun it forever
     message = str(info.value)
-    assert re.match(r"a (Ray|Dask) worker died \((WorkerCrashedError|KilledWorker)\)", message)
+    assert re.match(
+        r"a (Ray|Dask|Daft) worker died \((WorkerCrashedError|KilledWorker"
+        r"|(process [^;]+|a UDF process); Daft[^)]+)\)",
+        message,
+    ), message
     spans = re.search(r"while map items ([0-9, -]+) were in flight", message)
     assert spans is not None
     in_flight = set()
@@ -304,8 +335,8 @@ def test_a_dead_worker_is_a_worker_died_error_naming_the_items(cluster: Any) -> 
         first, _, last = span.partition("-")
         in_flight.update(range(int(first), int(last or first) + 1))
     assert 3 in in_flight
-    if not isinstance(cluster, ClusterExecutor):  # a Dask client: its nanny restarts the worker
-        cluster.wait_for_workers(2, timeout=30)
+    if not isinstance(dying, ClusterExecutor | DaftEngine):  # Dask: its nanny restarts it
+        dying.wait_for_workers(2, timeout=30)
     assert pipeline.map({"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]  # recovers
 
 

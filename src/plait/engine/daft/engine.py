@@ -35,8 +35,12 @@ if TYPE_CHECKING:
     from plait.cache.stores import CacheStore
     from plait.engine.daft.stage import OneRun, Work
     from plait.engine.daft.staged import Staged
+    from plait.engine.daft.watch import Ledger
 
 Runner = Literal["native", "ray"]
+#: What a map's stages get: its token, its pickled work (or b"": live in this
+#: process) and the ledger of the rows they run (None: Daft's UDF processes on Ray).
+Sent = tuple[str, bytes, "Ledger | None"]
 
 
 class DaftEngine(Engine):
@@ -166,9 +170,10 @@ class DaftEngine(Engine):
     ) -> AsyncGenerator[tuple[int, Outcome], None]:
         """Run ``pipeline`` once per item as Daft queries; see :meth:`plait.Engine.aimap`.
 
-        Leaving early stops reading the query; Daft cannot cancel it, so the rows
-        of partitions already started still run (at most about ``batch_size``
-        items per Daft thread).
+        Leaving early stops reading the query; Daft cannot cancel it, so its stages
+        skip the rows they have not started, and the batches already running finish
+        (at most one per Daft thread or worker). A worker that dies is a
+        :class:`~plait.WorkerDiedError` naming the items it had in flight.
         """
         spec = MapSpec.of(inputs, map_over, map_mode)
         route = self._planner.route(pipeline.graph, output_name, inputs)
@@ -242,16 +247,20 @@ class DaftEngine(Engine):
     # --- queries ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _shipped(self, work: Work) -> Iterator[tuple[str, bytes]]:
-        """``work``'s token and what its stages load it from: registered live in this
-        process (nothing pickled), or pickled once to ship."""
-        from plait.engine.daft import stage
+    def _shipped(self, work: Work) -> Iterator[Sent]:
+        """``work``'s token, what its stages load it from (registered live in this
+        process, nothing pickled; or pickled once to ship), and the map's ledger of the
+        rows its stages run (:mod:`plait.engine.daft.watch`)."""
+        from plait.engine.daft import stage, watch
 
         token = uuid.uuid4().hex
         if self._in_process:
             stage.register(token, work)
+        else:
+            self._use_runner()  # the Ray ledger needs Ray
         try:
-            yield token, b"" if self._in_process else stage.encode(work)
+            with watch.ledger(self.runner, self.use_process, token) as ledger:
+                yield token, b"" if self._in_process else stage.encode(work), ledger
         finally:
             stage.unregister(token)
 
@@ -259,19 +268,23 @@ class DaftEngine(Engine):
         self,
         work: Work,
         plan: Plan,
-        sent: tuple[str, bytes],
+        sent: Sent,
         rows: list[tuple[int, bytes]],
         annotate: bool,
     ) -> AsyncGenerator[tuple[int, Any, str | None, list[Any]], None]:
         """Run ``rows`` (index, pickled item) through ``work`` (``sent``: see
-        :meth:`_shipped`) as one Daft query; each row's decoded reply as Daft produces it."""
+        :meth:`_shipped`) as one Daft query; each row's decoded reply as Daft produces it.
+
+        A worker that died is a :class:`~plait.WorkerDiedError` naming the rows it had
+        in flight, raised once the query ended (its other rows skipped: moments)."""
         if not rows:
             return
         import daft
 
-        from plait.engine.daft import stage
+        from plait.engine.daft import stage, watch
 
         self._use_runner()
+        ledger = sent[2]
         df = daft.from_pydict({"index": [i for i, _ in rows], "item": [b for _, b in rows]})
         query = df.into_batches(self.batch_size)
         stages = self._stages(plan, work)
@@ -288,12 +301,33 @@ class DaftEngine(Engine):
         if self.show_plan:
             query.explain(show_all=True)
         partitions = _partitions(query)  # runs nothing until its first next()
+        # Rows not returned yet: without a ledger, those a dead UDF process may have had.
+        unreturned = {index for index, _ in rows} if ledger is None else set()
+        stopped = False  # the ledger skips rows from here on: drain, then raise
+        ended = False
         try:
             while (part := await asyncio.to_thread(next, partitions, None)) is not None:
                 for blob in part.column("reply").to_pylist():
-                    yield stage.decode(blob)
+                    stopped = stopped or blob == watch.SKIPPED
+                    if not stopped:
+                        reply = stage.decode(blob)
+                        unreturned.discard(reply[0])
+                        yield reply
+            ended = True
+        except Exception as exc:
+            ended = True
+            died = watch.died(ledger, exc, unreturned, run=not annotate)
+            if died is None:
+                raise
+            raise died from exc
         finally:
+            if not ended and ledger is not None:  # left early: the rest of the map is skipped
+                ledger.close()
             await asyncio.to_thread(partitions.close)
+        if stopped:
+            raise watch.died(ledger, None, unreturned, run=not annotate) or EngineError(
+                "plait: a Daft stage skipped rows, yet its ledger names no dead worker"
+            )
 
     def _stages(self, plan: Plan, work: Work) -> list[Any]:
         """The ``daft.cls`` classes of the query's stages, in order: one for the whole

@@ -11,6 +11,9 @@ stays a tuple, a dict a dict, and Daft's Python-object columns cost about ten
 times more per row. Errors cross as values in the reply, never as Daft
 exceptions (Daft turns them into ``DaftCoreException`` and loses their type).
 Each reply carries the callback events its item emitted, replayed on the driver.
+Stages in processes other than the driver's record the rows they start and finish
+in the map's ledger (:mod:`plait.engine.daft.watch`), so that a worker that dies is
+a :class:`~plait.WorkerDiedError` naming its rows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from daft import DataType, Series
 
 from plait.callbacks.remote import Event, portable, recording
 from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.daft.watch import Ledger, aguarded, guarded
 from plait.engine.local import observe
 from plait.engine.local.controls import worker_runtime
 from plait.engine.local.items import ItemRunner, Result, run_together
@@ -277,40 +281,50 @@ def encode_reply(work: Work, reply: Reply) -> bytes:
 class InlineStage:
     """Rows of a plan of plain sync calls, a batch at a time on a Daft thread."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         self.work = cast("RowWork", load_work(token, shipped))
         self.annotate = annotate
+        self.ledger = ledger
 
     @daft.method.batch(return_dtype=DataType.binary())
     def __call__(self, index: Series, item: Series) -> Sequence[bytes]:
-        work, annotate = self.work, self.annotate
-        return [
-            run_row_blocking(work, i, blob, annotate)
-            for i, blob in zip(index.to_pylist(), item.to_pylist(), strict=True)
-        ]
+        work, annotate, rows = self.work, self.annotate, index.to_pylist()
+        return guarded(
+            self.ledger,
+            rows,
+            lambda: [
+                run_row_blocking(work, i, blob, annotate)
+                for i, blob in zip(rows, item.to_pylist(), strict=True)
+            ],
+        )
 
 
 class BatchedStage:
     """Rows of a plan with batch nodes: a batch of rows at a time, together on one
     loop, so that items of the batch share the batch nodes' calls."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         work = load_work(token, shipped)
         assert isinstance(work, ItemRunner)
         self.runner = work
+        self.ledger = ledger
 
     @daft.method.batch(return_dtype=DataType.binary())
     def __call__(self, index: Series, item: Series) -> Sequence[bytes]:
-        return run_rows_together(self.runner, index.to_pylist(), item.to_pylist())
+        rows = index.to_pylist()
+        return guarded(
+            self.ledger, rows, lambda: run_rows_together(self.runner, rows, item.to_pylist())
+        )
 
 
 class LoopStage:
     """Rows of a plan that needs an event loop: every row a task on Daft's loop."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool) -> None:
+    def __init__(self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool) -> None:
         self.work = cast("RowWork", load_work(token, shipped))
         self.annotate = annotate
+        self.ledger = ledger
 
     @daft.method(return_dtype=DataType.binary())
     async def __call__(self, index: int, item: bytes) -> bytes:
-        return await run_row(self.work, index, item, self.annotate)
+        return await aguarded(self.ledger, index, run_row(self.work, index, item, self.annotate))

@@ -13,6 +13,11 @@ Each segment runs with the whole plan's cache setup and item events: cache keys
 of a node downstream of another stage are those of ``LocalEngine`` (the values its
 key is made of travel with the row), the item's start event comes from the first
 stage, its end (or cached) event from the last, or from the stage that failed.
+
+Every stage records its batches in the map's ledger as a single stage does
+(:mod:`plait.engine.daft.watch`): once the ledger skips rows (a worker died, or the
+map is over) it skips them in every later stage too, so a skipped row never
+reaches a stage that would read it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from plait.callbacks.remote import Event, recording
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.daft.split import Segment
 from plait.engine.daft.stage import decode, encode, encode_reply, failure, load_work
+from plait.engine.daft.watch import Ledger, aguarded, guarded
 from plait.engine.local.batches import MapBatches
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.controls import NodeRuntime, worker_runtime
@@ -341,47 +347,63 @@ async def _run_together(
 class InlineSegment:
     """A segment of plain sync calls, a batch of rows at a time on a Daft thread."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, number: int) -> None:
+    def __init__(
+        self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool, number: int
+    ) -> None:
         self.staged = _staged(token, shipped)
+        self.ledger = ledger
         self.annotate = annotate
         self.number = number
 
     @daft.method.batch(return_dtype=DataType.binary())
     def __call__(self, index: Series, row: Series) -> Sequence[bytes]:
-        staged, number, annotate = self.staged, self.number, self.annotate
-        return [
-            run_row_blocking(staged, number, i, blob, annotate)
-            for i, blob in zip(index.to_pylist(), row.to_pylist(), strict=True)
-        ]
+        staged, number, annotate, rows = self.staged, self.number, self.annotate, index.to_pylist()
+        return guarded(
+            self.ledger,
+            rows,
+            lambda: [
+                run_row_blocking(staged, number, i, blob, annotate)
+                for i, blob in zip(rows, row.to_pylist(), strict=True)
+            ],
+        )
 
 
 class BatchedSegment:
     """A segment with batch nodes: a batch of rows together on one loop, sharing the
     batch nodes' calls."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, number: int) -> None:
+    def __init__(
+        self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool, number: int
+    ) -> None:
         self.staged = _staged(token, shipped)
+        self.ledger = ledger
         self.number = number
 
     @daft.method.batch(return_dtype=DataType.binary())
     def __call__(self, index: Series, row: Series) -> Sequence[bytes]:
-        rows = _run_together(self.staged, self.number, index.to_pylist(), row.to_pylist())
-        replies: list[bytes] = block_on(rows)
-        return replies
+        rows = index.to_pylist()
+        return guarded(
+            self.ledger,
+            rows,
+            lambda: block_on(_run_together(self.staged, self.number, rows, row.to_pylist())),
+        )
 
 
 class LoopSegment:
     """A segment that needs an event loop: every row a task on Daft's loop."""
 
-    def __init__(self, token: str, shipped: bytes, annotate: bool, number: int) -> None:
+    def __init__(
+        self, token: str, shipped: bytes, ledger: Ledger | None, annotate: bool, number: int
+    ) -> None:
         self.staged = _staged(token, shipped)
+        self.ledger = ledger
         self.annotate = annotate
         self.number = number
 
     @daft.method(return_dtype=DataType.binary())
     async def __call__(self, index: int, row: bytes) -> bytes:
-        reply: bytes = await run_row(self.staged, self.number, index, row, self.annotate)
-        return reply
+        reply = run_row(self.staged, self.number, index, row, self.annotate)
+        return await aguarded(self.ledger, index, reply)
 
 
 def _staged(token: str, shipped: bytes) -> Staged:
