@@ -396,3 +396,27 @@ def test_no_cache_means_no_hashing_and_no_warning() -> None:
 def test_bad_cache_argument_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="cache must be a cache store"):
         Pipeline([double], cache="/tmp/somewhere")  # type: ignore[arg-type]
+
+
+def test_a_cached_sequential_map_goes_on_past_a_failed_item() -> None:
+    @node(output_name="y")
+    def fragile(x):
+        calls["fragile"] += 1
+        if x == 1:
+            raise ValueError(x)
+        return x * 10
+
+    @node(output_name="z")
+    def after(y):
+        calls["after"] += 1
+        return y + 1
+
+    p = Pipeline([fragile, after], cache=MemoryCache())
+    first = p.map(inputs={"x": [0, 1, 2]}, map_over="x", on_error="collect")
+    assert first[0] == {"y": 0, "z": 1}
+    assert first[2] == {"y": 20, "z": 21}
+    again = p.map(inputs={"x": [0, 1, 2]}, map_over="x", on_error="collect")
+    assert [type(o).__name__ for o in again] == ["dict", "ItemError", "dict"]
+    assert again[0] == first[0]
+    assert again[2] == first[2]
+    assert calls == {"fragile": 4, "after": 2}  # only the failed item ran again

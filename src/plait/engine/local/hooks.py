@@ -63,6 +63,13 @@ class NodeHooks:
         #: The leaves' part of the keys of each cone, for this run (None: not yet).
         self.leaves: list[str | None] = [None] * len(cones.leaves)
 
+    def next_item(self, item: int) -> None:
+        """Serve map item ``item`` now (a sequential map's previous item has ended)."""
+        self.item = item
+        self.hits = 0
+        if self.prefixes is not None:
+            self.leaves = [None] * len(self.leaves)
+
     @property
     def all_cached(self) -> bool:
         """True when every node of the run came from the cache."""

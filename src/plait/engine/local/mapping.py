@@ -108,7 +108,8 @@ async def _lean_items(
     services = runner.services
     observed = services is not None  # and events: only when callbacks are in effect
     events = observed and services.scope is not None  # type: ignore[union-attr]
-    setup = runner.setup
+    # Only a cache: one set of hooks, passed from item to item (they run one at a time).
+    hooks = NodeHooks(plan, None, runner.setup, -1) if observed and not events else None
     items_context = contextvars.copy_context()
     items_context.run(ENCLOSING.set, runner.shared_enclosing())
     enter = items_context.run
@@ -123,8 +124,9 @@ async def _lean_items(
             if observed:  # through the portal, as run_plan calls it: a node may await
                 if events:
                     pending = portal.call(enter, runner.observed_inline, index, values)
-                else:  # only a cache: the item's hooks, no events
-                    hooks = NodeHooks(plan, None, setup, index)
+                else:
+                    assert hooks is not None
+                    hooks.next_item(index)
                     pending = portal.call(enter, run_inline, plan, values, hooks)
                 if type(pending) is portal.Suspended:
                     await pending.finish()

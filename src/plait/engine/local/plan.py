@@ -119,6 +119,7 @@ class Plan:
         "indegree",
         "input_index",
         "input_slots",
+        "lone",
         "needs_loop",
         "output_slots",
         "roots",
@@ -143,6 +144,10 @@ class Plan:
         self.input_index = dict(input_slots)
         self.output_slots = output_slots
         self.has_controls = any(s.controlled for s in steps)
+        #: The step of a plan of one plain async call (a batch item): awaited as it is.
+        self.lone = (
+            steps[0] if len(steps) == 1 and steps[0].is_async and not steps[0].controlled else None
+        )
         #: Per step, what a plain call reads (:func:`.scheduler.run_inline`): (step, func,
         #: the slot of its only argument or -1, its output's slot or -1 when it unpacks).
         self.calls = tuple(

@@ -58,17 +58,11 @@ async def run_plan(
         if type(pending) is portal.Suspended:
             await pending.finish()
         return
+    if plan.lone is not None and hooks is None and batch is None:
+        await _await_lone(plan.lone, values)  # one async call (a batch item): no dataflow
+        return
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    if (
-        len(plan.steps) == 1
-        and batch is None
-        and hooks is None
-        and not plan.has_controls
-        and plan.steps[0].is_async
-    ):
-        await _await_lone(plan.steps[0], values)  # one async call (a batch item): no dataflow
-        return
     await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks, batch).run()
 
 
