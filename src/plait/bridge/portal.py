@@ -111,6 +111,12 @@ async def acall(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     return result  # type: ignore[return-value]
 
 
+def usable() -> bool:
+    """True when :func:`call` may suspend here (greenlet installed, a loop running in
+    this thread): elsewhere it is a plain call."""
+    return _Worker is not None and _get_running_loop() is not None
+
+
 def in_worker() -> bool:
     """True when the current code runs in a portal worker, so :func:`wait` may be used."""
     return _Worker is not None and type(getcurrent()) is _Worker

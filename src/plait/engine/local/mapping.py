@@ -110,6 +110,7 @@ async def _lean_items(
     events = observed and services.scope is not None  # type: ignore[union-attr]
     # Only a cache: one set of hooks, passed from item to item (they run one at a time).
     hooks = NodeHooks(plan, None, runner.setup, -1) if observed and not events else None
+    on_loop = portal.usable()  # the same for the whole map: it never asks for a loop
     items_context = contextvars.copy_context()
     items_context.run(ENCLOSING.set, runner.shared_enclosing())
     enter = items_context.run
@@ -121,15 +122,18 @@ async def _lean_items(
             values = runner.values(item)
         outcome: Outcome
         try:
-            if observed:  # through the portal, as run_plan calls it: a node may await
-                if events:
-                    pending = portal.call(enter, runner.observed_inline, index, values)
-                else:
-                    assert hooks is not None
-                    hooks.next_item(index)
-                    pending = portal.call(enter, run_inline, plan, values, hooks)
+            if events:  # through the portal, as run_plan calls it: a node may await
+                pending = portal.call(enter, runner.observed_inline, index, values)
                 if type(pending) is portal.Suspended:
                     await pending.finish()
+            elif hooks is not None:  # only a cache
+                hooks.next_item(index)
+                if on_loop:
+                    pending = portal.call(enter, run_inline, plan, values, hooks)
+                    if type(pending) is portal.Suspended:
+                        await pending.finish()
+                else:  # the portal would make a plain call: made here
+                    enter(run_inline, plan, values, hooks)
             else:
                 enter(run_inline, plan, values)
             outcome = plan.outputs(values)
