@@ -185,8 +185,9 @@ class ProcessLauncher(ChunkLauncher):
             os.unlink(self.path)
 
 
-#: How long a broken pool's report waits for its workers' exit statuses.
-_EXIT_STATUS_WAIT_SECONDS = 1.0
+#: How long a broken pool's report waits for its workers' exit statuses at most (a
+#: loaded machine may take over a second to reap them; the wait ends once known).
+_EXIT_STATUS_WAIT_SECONDS = 5.0
 
 
 def _exit_codes(processes: dict[int, Any]) -> str:
@@ -203,6 +204,8 @@ def _exit_codes(processes: dict[int, Any]) -> str:
         known = [_exitcode(p) for p in processes.values()]
         if None not in known or time.monotonic() >= deadline:
             break
+        if any(code not in (None, 0, -signal.SIGTERM) for code in known):
+            break  # the dead worker's own status: the others are being stopped
         time.sleep(0.01)
     codes = {code for code in known if code not in (None, 0)}
     if len(codes) > 1:
