@@ -85,7 +85,7 @@ class ItemRunner:
         self.owner: object | None = None
         #: The map's batch calls, when the plan has batch nodes (see :meth:`batch`).
         self.batches: MapBatches | None = None
-        #: (enclosing, the record its items share): see :meth:`item_enclosing`.
+        #: (enclosing, the record its items share): see :meth:`shared_enclosing`.
         self._shared_enclosing: tuple[Enclosing, Enclosing] | None = None
 
     @property
@@ -204,21 +204,6 @@ class ItemRunner:
         except BaseException as exc:
             self._item_end(index, hooks, start, exc)
             raise
-        self._item_end(index, hooks, start)
-
-    def observed_inline(self, index: int, values: list[Any]) -> None:
-        """Item ``index`` of an inline plan without deps (its inputs in ``values``): plain
-        calls between its start and end events, with its cache; :meth:`observed`'s twin
-        for a sequential map that never suspends."""
-        hooks, start = self._item_start(index)
-        token = ENCLOSING.set(self.item_enclosing(index))
-        try:
-            run_inline(self.plan, values, hooks)
-        except BaseException as exc:
-            self._item_end(index, hooks, start, exc)
-            raise
-        finally:
-            ENCLOSING.reset(token)
         self._item_end(index, hooks, start)
 
     def _item_start(self, index: int) -> tuple[NodeHooks | None, float]:

@@ -18,6 +18,7 @@ import contextvars
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
@@ -106,10 +107,9 @@ async def _lean_items(
     base, slots = runner.base, runner.slots
     one = slots[0] if len(slots) == 1 else -1
     services = runner.services
-    observed = services is not None  # and events: only when callbacks are in effect
-    events = observed and services.scope is not None  # type: ignore[union-attr]
+    events = services is not None and services.scope is not None
     # Only a cache: one set of hooks, passed from item to item (they run one at a time).
-    hooks = NodeHooks(plan, None, runner.setup, -1) if observed and not events else None
+    hooks = None if events or runner.setup is None else NodeHooks(plan, None, runner.setup, -1)
     on_loop = portal.usable()  # the same for the whole map: it never asks for a loop
     items_context = contextvars.copy_context()
     items_context.run(ENCLOSING.set, runner.shared_enclosing())
@@ -122,17 +122,17 @@ async def _lean_items(
             values = runner.values(item)
         outcome: Outcome
         try:
-            if events:  # through the portal, as run_plan calls it: a node may await
-                pending = portal.call(enter, runner.observed_inline, index, values)
-                if type(pending) is portal.Suspended:
-                    await pending.finish()
+            # With hooks, through the portal as run_plan calls it: a node may await.
+            if events:  # the item's own enclosing record (it names the item) and events
+                enter(ENCLOSING.set, runner.item_enclosing(index))
+                await runner.observed(index, partial(portal.acall, enter, run_inline, plan, values))
             elif hooks is not None:  # only a cache
                 hooks.next_item(index)
                 if on_loop:
                     pending = portal.call(enter, run_inline, plan, values, hooks)
                     if type(pending) is portal.Suspended:
                         await pending.finish()
-                else:  # the portal would make a plain call: made here
+                else:  # the portal would make a plain call: made here, cheaper
                     enter(run_inline, plan, values, hooks)
             else:
                 enter(run_inline, plan, values)
