@@ -109,6 +109,22 @@ def test_an_async_executor_batches_the_items_it_runs_at_once() -> None:
     assert len(CALLS) < 10
 
 
+def test_an_async_executor_item_waits_for_the_items_submitted_after_it() -> None:
+    CALLS.clear()
+
+    def slowly() -> Iterator[str]:  # the executor's loop runs item 0 meanwhile
+        for text in _texts(6):
+            yield text
+            time.sleep(0.05)
+
+    with AsyncExecutor(max_concurrent=3) as executor, LocalEngine(map_executor=executor) as engine:
+        results = Pipeline([upper, size], engine=engine).map(
+            inputs={"text": slowly(), "log": None}, map_over="text"
+        )
+    assert results == _expected(6)
+    assert [len(call) for call in CALLS] == [3, 3]
+
+
 def test_loky_runs_jobs_of_a_batch(tmp_path: Path) -> None:
     loky = pytest.importorskip("loky")
     log = tmp_path / "calls.txt"

@@ -75,7 +75,7 @@ class MapBatches:
     """The batchers of one map (or one chunk of a map in a worker), and which of its
     items may still reach each of them."""
 
-    __slots__ = ("batchers", "pending", "refill", "supplied", "waiting")
+    __slots__ = ("batchers", "launching", "pending", "refill", "supplied", "waiting")
 
     def __init__(
         self,
@@ -97,6 +97,9 @@ class MapBatches:
         self.supplied = False
         #: An item finished and the map has not yet started the ones taking its room.
         self.refill = False
+        #: The map is submitting items that start on another loop at once (an
+        #: ``AsyncExecutor``'s): those submitted may be about to join a queue.
+        self.launching = False
 
     def enter(self, item: int) -> None:
         """Item ``item`` starts: until it passes them, it may reach every batch step."""
@@ -129,6 +132,16 @@ class MapBatches:
         """
         self.supplied = more
         self.refill = False
+        self._settle_soon()
+
+    def launched(self) -> None:
+        """The map has submitted a round of items to an executor whose loop starts them
+        at once (``launching`` was set before): the queues may be due."""
+        self.launching = False
+        self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        """:meth:`settle` on the queues' loop (it need not be the caller's)."""
         for batcher in self.batchers.values():
             if batcher.queue:
                 batcher.queue[0].future.get_loop().call_soon_threadsafe(self.settle)
@@ -145,7 +158,7 @@ class MapBatches:
     def stalled(self) -> bool:
         """Every item in flight waits in a queue: none will finish and make room, and
         the map is not about to start items in the room of those that finished."""
-        return not self.refill and len(self.waiting) >= len(self.pending)
+        return not self.refill and not self.launching and len(self.waiting) >= len(self.pending)
 
     def settle(self) -> None:
         """Start what is due in every queue (a plan has few batch steps)."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, Enclosing
+from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.batches import largest_batch
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
@@ -174,6 +175,10 @@ async def _scheduled_items(
         await batches.aclose()
 
 
+def _on_async_executor(launcher: Launcher) -> bool:
+    return isinstance(launcher, ExecutorLauncher) and isinstance(launcher.executor, AsyncExecutor)
+
+
 def _launcher(
     engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError
 ) -> tuple[Launcher, int]:
@@ -235,8 +240,14 @@ async def iterate(
     # Batch queues are told when the items taking finished ones' room have started;
     # only tasks on this loop start when launched (an executor may hold them back).
     batches = runner.batches if isinstance(launcher, TaskLauncher) else None
+    # An AsyncExecutor starts each item on its own loop as soon as it is submitted:
+    # its queues wait for the end of each round of submissions, or the first item
+    # could go alone before the next one was submitted.
+    submitting = runner.batches if _on_async_executor(launcher) else None
     try:
         while True:
+            if submitting is not None:
+                submitting.launching = True
             while not exhausted and running + len(waiting) < window:
                 size = launcher.chunk_size  # a cluster's launcher adapts it
                 room = window - running - len(waiting)
@@ -254,6 +265,8 @@ async def iterate(
                 running += len(chunk)
             if batches is not None:
                 batches.supply(not exhausted)
+            if submitting is not None:
+                submitting.launched()
             if not inflight:
                 return
             await inflight.wait_any()
