@@ -44,7 +44,7 @@ class PoolCluster(ClusterExecutor):
     def _stop(self) -> None:
         self.pool.shutdown()
 
-    def cpus(self) -> int:
+    def _count_cpus(self) -> int:
         return 2
 
     def ship(self, blob: bytes) -> Any:

@@ -42,8 +42,9 @@ from plait.engine.local.batches import MapBatches
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.controls import NodeRuntime, worker_runtime
 from plait.engine.local.hooks import NodeHooks
+from plait.engine.local.inline import run_inline
 from plait.engine.local.resources import run_with_deps
-from plait.engine.local.scheduler import run_inline, run_plan
+from plait.engine.local.scheduler import run_plan
 
 if TYPE_CHECKING:
     from plait.engine.local.dep_scope import DepScope

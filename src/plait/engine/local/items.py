@@ -25,7 +25,7 @@ from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
-from plait.engine.local.scheduler import run_inline, run_plan
+from plait.engine.local.scheduler import run_plan
 from plait.engine.request import annotate_item
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class ItemRunner:
         enclosing = self.enclosing
         token = ENCLOSING.set(enclosing) if enclosing else None
         try:
-            run_inline(plan, values)
+            plan.plain(values)
         finally:
             if token is not None:
                 ENCLOSING.reset(token)
@@ -288,6 +288,9 @@ def run_items(
             numbered = [(first + offset, item) for offset, item in enumerate(items)]
             block_on(run_together(runner, numbered, results, stop_on_error))
             return results, events
+        if runner.route.inline and runner.lean and runner.enclosing is None:
+            _run_plain_items(runner, first, items, results, stop_on_error)
+            return results, events
         for offset, item in enumerate(items):
             index = first + offset
             try:
@@ -297,6 +300,36 @@ def run_items(
                 if stop_on_error:
                     break
     return results, events
+
+
+def _run_plain_items(
+    runner: ItemRunner,
+    first: int,
+    items: Sequence[tuple[Any, ...]],
+    results: list[Result],
+    stop_on_error: bool,
+) -> None:
+    """:func:`run_items`' loop for lean items of an inline route: each item the plan's
+    plain calls (:meth:`ItemRunner.run_plain` written out, as chunks of small items
+    make this loop the worker's hot path)."""
+    plan = runner.plan
+    outputs = plan.outputs
+    base, slots = runner.base, runner.slots
+    one = slots[0] if len(slots) == 1 else -1
+    for index, item in enumerate(items, first):
+        if one >= 0:
+            values = base.copy()
+            values[one] = item[0]
+        else:
+            values = runner.values(item)
+        try:
+            plan.plain(values)
+        except Exception as exc:
+            results.append(_failed(runner, index, item, exc))
+            if stop_on_error:
+                break
+            continue
+        results.append((index, outputs(values)))
 
 
 def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Result:

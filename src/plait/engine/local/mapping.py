@@ -30,6 +30,7 @@ from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.executors import worker_count
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
+from plait.engine.local.inline import run_inline
 from plait.engine.local.items import ItemRunner
 from plait.engine.local.launchers import (
     Chunk,
@@ -41,7 +42,6 @@ from plait.engine.local.launchers import (
 from plait.engine.local.observe import observed_map
 from plait.engine.local.processes import ProcessLauncher
 from plait.engine.local.resources import around_map, map_scope
-from plait.engine.local.scheduler import run_inline
 from plait.engine.request import MapSpec, annotate_item
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ async def _lean_items(
                 else:  # the portal would make a plain call: made here, cheaper
                     enter(run_inline, plan, values, hooks)
             else:
-                enter(run_inline, plan, values)
+                enter(plan.plain, values)
             outcome = plan.outputs(values)
         except Exception as exc:
             inputs = runner.inputs(item)

@@ -12,10 +12,12 @@ import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from typing import Any, Final
 
 from plait.deps import Dep
+from plait.engine.local.inline import WarmingCalls
 from plait.engine.request import missing_inputs_error
 from plait.graph import Graph
 from plait.node import Node
@@ -122,6 +124,8 @@ class Plan:
         "lone",
         "needs_loop",
         "output_slots",
+        "outputs",
+        "plain",
         "roots",
         "steps",
         "template",
@@ -148,10 +152,18 @@ class Plan:
         self.lone = (
             steps[0] if len(steps) == 1 and steps[0].is_async and not steps[0].controlled else None
         )
-        #: Per step, what a plain call reads (:func:`.scheduler.run_inline`): (step, func,
-        #: the slot of its only argument or -1, its output's slot or -1 when it unpacks).
+        #: Per step, what a plain call reads (:mod:`.inline`): (step, func, the slot of its
+        #: only argument or -1, its output's slot or -1 when it unpacks).
         self.calls = tuple(
             (s, s.func, s.single, -1 if s.unpacks else s.out_slots[0]) for s in steps
+        )
+        #: ``plain(values)`` runs every step as a plain call (:mod:`.inline`): in a loop
+        #: at first, then as code compiled for this plan; never pickled.
+        self.plain: Callable[[list[Any]], None] = WarmingCalls(self)
+        #: ``outputs(values)``: the selected outputs of a finished run, as a dict; compiled
+        #: along with ``plain``.
+        self.outputs: Callable[[Sequence[Any]], dict[str, Any]] = partial(
+            outputs_by_loop, output_slots
         )
         #: Steps of batch nodes (a map groups their items into batch calls).
         self.batched = tuple(i for i, s in enumerate(steps) if s.node.batching is not None)
@@ -182,12 +194,27 @@ class Plan:
         """The run's inputs by name (what its deps' functions take)."""
         return {name: values[slot] for name, slot in self.input_slots}
 
-    def outputs(self, values: Sequence[Any]) -> dict[str, Any]:
-        """The selected outputs of a finished run."""
-        outputs = {}  # a loop, not a comprehension: no function made per call (3.11)
-        for name, slot in self.output_slots:
-            outputs[name] = values[slot]
-        return outputs
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to a worker process: generated functions are made again there.
+        state = {name: getattr(self, name) for name in self.__slots__ if name != "__weakref__"}
+        del state["outputs"], state["plain"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.outputs = partial(outputs_by_loop, self.output_slots)
+        self.plain = WarmingCalls(self)
+
+
+def outputs_by_loop(
+    output_slots: tuple[tuple[str, int], ...], values: Sequence[Any]
+) -> dict[str, Any]:
+    """The outputs named in ``output_slots``, read from their slots."""
+    outputs = {}  # a loop, not a comprehension: no function made per call (3.11)
+    for name, slot in output_slots:
+        outputs[name] = values[slot]
+    return outputs
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,7 @@ class RayExecutor(ClusterExecutor):
         if self._started:
             importlib.import_module("ray").shutdown()
 
-    def cpus(self) -> int:
+    def _count_cpus(self) -> int:
         ray = self._ray()
         per_task = float(self.ray_options.get("num_cpus", 1)) or 1.0
         return max(1, int(ray.cluster_resources().get("CPU", 1) // per_task))

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Executor
-from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from plait._text import plural, short_repr
 from plait.bridge import portal
-from plait.bridge.loops import describe_loop, is_loop_mismatch
 from plait.cache.miss import MISS
 from plait.engine.local.calls import submit_call
 from plait.engine.local.controls import NodeRuntime, call_controlled, timed_on_threads
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
+from plait.engine.local.inline import annotate, call_step, run_inline, store_result
 from plait.engine.local.plan import Plan, Route, Step
 from plait.errors import NodeDefinitionError, OutputArityError
 
@@ -69,127 +66,11 @@ async def run_plan(
 async def _await_lone(step: Step, values: list[Any]) -> None:
     """A plan of one plain async step, awaited here as the dataflow would await it."""
     try:
-        result = await _call(step, values)
+        result = await call_step(step, values)
     except Exception as exc:
         annotate(exc, step, values)
         raise
-    _store(step, values, result)
-
-
-def run_inline(plan: Plan, values: list[Any], hooks: NodeHooks | None = None) -> None:
-    """Run a plan of sync nodes as plain calls in topological order (no event loop)."""
-    if hooks is None:
-        # _call and _store's common cases written out: this loop is the hot path.
-        for step, func, single, out in plan.calls:
-            if single >= 0:
-                try:
-                    result = func(values[single])
-                except Exception as exc:
-                    annotate(exc, step, values)
-                    raise
-            else:
-                result = _call(step, values)
-            if out < 0 or type(result) is CoroutineType:
-                _store(step, values, result)  # unpacks or raises
-            else:
-                values[out] = result
-        return
-    before = hooks.before
-    for index, (step, _, _, out) in enumerate(plan.calls):
-        result = before(index, values)
-        if result is MISS:
-            try:
-                result = _call(step, values)
-                _store(step, values, result)
-            except BaseException as exc:
-                hooks.failed(index, exc)
-                raise
-            hooks.after(index, result)
-        elif out < 0:
-            _store(step, values, result)
-        else:  # a cached result: stored as a node returned it, never a coroutine
-            values[out] = result
-
-
-def _call(step: Step, values: list[Any]) -> Any:
-    """Call a step's function; annotate any exception with the node and its inputs."""
-    try:
-        if step.single >= 0:
-            return step.func(values[step.single])
-        if step.keyword:
-            return step.func(*step.args(values), **step.kwargs(values))
-        if step.getter is not None:
-            return step.func(*step.getter(values))
-        return step.func()
-    except Exception as exc:
-        annotate(exc, step, values)
-        raise
-
-
-def _store(step: Step, values: list[Any], result: Any) -> None:
-    outs = step.out_slots
-    if not step.unpacks:
-        if type(result) is CoroutineType:  # one type check: nothing measurable per node
-            raise _returned_coroutine(step, values, result)
-        values[outs[0]] = result
-        return
-    if not isinstance(result, tuple) or len(result) != len(outs):
-        exc = OutputArityError(
-            f"node {step.node.name!r} declares {plural(len(outs), 'output')} "
-            f"{step.node.output_name!r} and must return a tuple of length {len(outs)}; "
-            f"it returned {type(result).__name__} {short_repr(result)}"
-        )
-        annotate(exc, step, values)
-        raise exc
-    for slot, value in zip(outs, result, strict=True):
-        values[slot] = value
-
-
-def _returned_coroutine(
-    step: Step, values: Sequence[Any], coro: CoroutineType[Any, Any, Any]
-) -> NodeDefinitionError:
-    """The error for a node whose result is a coroutine: it is closed, never awaited."""
-    coro.close()  # no "coroutine was never awaited" warning on top of the error
-    name = step.node.name
-    if step.is_async:
-        hint = f"await it inside {name!r} and return its result"
-    else:
-        hint = (
-            f"{name!r} is a sync function (a lambda or def returning a coroutine looks like "
-            "one); define it with async def, or pass the async function itself "
-            "(functools.partial(async_fn, ...) to fix other arguments)"
-        )
-    exc = NodeDefinitionError(
-        f"node {name!r} returned a coroutine ({coro.__qualname__}), which plait does not "
-        f"await: {hint}"
-    )
-    annotate(exc, step, values)
-    return exc
-
-
-def annotate(
-    exc: BaseException, step: Step, values: Sequence[Any], *, worker_thread: bool = False
-) -> None:
-    """Add a note to ``exc`` naming the node and a short repr of its inputs; for an
-    object used on another event loop, a second one saying which loop the node ran on.
-
-    ``worker_thread``: the (sync) node ran on an executor's thread, not this one.
-    """
-    args = ", ".join(f"{name}={short_repr(values[slot])}" for name, slot in step.arg_slots)
-    outputs = ", ".join(step.node.outputs)
-    exc.add_note(f"plait: raised in node {step.node.name!r} (→ {outputs}) called with ({args})")
-    if is_loop_mismatch(exc):
-        where = describe_loop(sync=not step.is_async, worker_thread=worker_thread)
-        exc.add_note(f"plait: node {step.node.name!r} ran on {where}. {LOOP_HINT}")
-
-
-#: What to do about an object bound to another event loop (docs/notebooks.md).
-LOOP_HINT = (
-    "An object bound to another event loop (a client made at import, in another notebook "
-    "cell, or by a run on another loop) cannot be used there. Give nodes their client "
-    "through a Dep, set up on the loop each run uses, or in a notebook call only the async "
-    "forms (await pipeline.arun(...), await plait.abatch(...)): see docs/notebooks.md"
-)
+    store_result(step, values, result)
 
 
 class _Dataflow:
@@ -335,7 +216,7 @@ class _Dataflow:
         while True:
             index = inline.popleft()
             try:
-                result = _call(steps[index], values)
+                result = call_step(steps[index], values)
             except BaseException:
                 self.failing = index
                 raise
@@ -349,7 +230,7 @@ class _Dataflow:
         if hooks is not None:
             cached = hooks.before(index, self.values)
             if cached is not MISS:
-                _store(step, self.values, cached)
+                store_result(step, self.values, cached)
                 self.hits.append(index)
                 if self.batch is not None:
                     self.batch.passed(index)
@@ -380,14 +261,14 @@ class _Dataflow:
         if batch is not None and step.node.batching is not None:
             return batch.submit(index, self.values)
         if step.is_async:
-            return _call(step, self.values)  # errors creating the coroutine are annotated
+            return call_step(step, self.values)  # errors creating the coroutine are annotated
         return asyncio.to_thread(step.func, *step.args(self.values), **step.kwargs(self.values))
 
     def _finish(self, index: int, result: Any, inline: deque[int]) -> None:
         """Step ``index`` returned ``result``: store it and release its successors."""
         step = self.plan.steps[index]
         try:
-            _store(step, self.values, result)
+            store_result(step, self.values, result)
         except (OutputArityError, NodeDefinitionError):
             self.failing = index
             raise
