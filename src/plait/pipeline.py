@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from plait import bridge, viz
 from plait._text import did_you_mean, quoted
-from plait.engine.base import Engine, MapMode, OnError, Outcome
+from plait.engine.base import Engine, Finished, MapMode, OnError, Outcome
 from plait.engine.context import ENCLOSING
 from plait.engine.local import LocalEngine
 from plait.engine.local.observe import check_cache, check_callbacks
@@ -332,7 +340,7 @@ class Pipeline:
         are checked before this returns; see :meth:`map` for their meaning.
         """
         stream = self._map(inputs, map_over, map_mode, output_name, on_error, ordered)
-        return bridge.iterate(stream)
+        return _pairs(bridge.iterate(stream, stacklevel=4))  # warnings name the caller's loop
 
     def aimap(
         self,
@@ -349,7 +357,7 @@ class Pipeline:
         iterator: ``async with contextlib.aclosing(pipeline.aimap(...)) as items:``
         (otherwise they are cancelled when the iterator is garbage-collected).
         """
-        return self._map(inputs, map_over, map_mode, output_name, on_error, ordered)
+        return _apairs(self._map(inputs, map_over, map_mode, output_name, on_error, ordered))
 
     def _map(
         self,
@@ -359,7 +367,7 @@ class Pipeline:
         output_name: OutputSelection,
         on_error: OnError,
         ordered: bool,
-    ) -> AsyncIterator[tuple[int, Outcome]]:
+    ) -> AsyncIterator[Finished]:
         """Check a map request, then hand it to the engine."""
         given = self._given(inputs)
         names = check_map(given, map_over, map_mode, on_error, self.graph.inputs)
@@ -513,26 +521,49 @@ def _check_engine(engine: object) -> Engine:
 
 
 @bridge.loop_optional
-async def _collect(stream: AsyncIterator[tuple[int, Outcome]]) -> list[Outcome]:
+async def _collect(stream: AsyncIterator[Finished]) -> list[Outcome]:
     """Every outcome of a map, in input order. Needs an event loop only if the stream does."""
     if not bridge.is_loop_optional(stream):
         await bridge.ensure_loop()
-    results: list[Outcome] = []  # in order so far
-    later: dict[int, Outcome] = {}  # arrived before an earlier item
+    results: list[Any] = []  # by index; a gap holds None until its item arrives
     try:
-        async for index, outcome in stream:
-            if index == len(results):
-                results.append(outcome)
-            else:
-                later[index] = outcome
+        async for finished in stream:
+            for index, outcome in finished:
+                if index == len(results):
+                    results.append(outcome)
+                elif index < len(results):
+                    results[index] = outcome
+                else:  # ahead of items still running
+                    results += [None] * (index - len(results))
+                    results.append(outcome)
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
-    if later:
-        later.update(enumerate(results))
-        return [later[i] for i in range(len(later))]
     return results
+
+
+def _pairs(stream: Iterator[Finished]) -> Iterator[tuple[int, Outcome]]:
+    """A map's ``(index, outcome)`` pairs one by one; closing this closes ``stream``."""
+    try:
+        for finished in stream:
+            yield from finished
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+async def _apairs(stream: AsyncIterator[Finished]) -> AsyncGenerator[tuple[int, Outcome], None]:
+    """The async form of :func:`_pairs`."""
+    try:
+        async for finished in stream:
+            for pair in finished:
+                yield pair
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _rebuild_pipeline(

@@ -21,8 +21,11 @@ from plait.bridge.loops import block_on
 T = TypeVar("T")
 
 
-def iterate(stream: AsyncIterator[T]) -> Iterator[T]:
-    """Yield ``stream``'s items in sync code, wherever that code runs (see :func:`block_on`)."""
+def iterate(stream: AsyncIterator[T], *, stacklevel: int = 3) -> Iterator[T]:
+    """Yield ``stream``'s items in sync code, wherever that code runs (see :func:`block_on`).
+
+    ``stacklevel`` places a ``RunningLoopWarning`` as in :func:`block_on`; the default
+    names the code iterating this generator (one more per generator in between)."""
     pending: Awaitable[T] | None = None
     try:
         if is_loop_optional(stream):
@@ -41,11 +44,11 @@ def iterate(stream: AsyncIterator[T]) -> Iterator[T]:
             next_item: Awaitable[Any] = pending if pending is not None else anext(stream)
             pending = None
             try:
-                item = block_on(next_item, stacklevel=3)  # the code iterating
+                item = block_on(next_item, stacklevel=stacklevel)
             except StopAsyncIteration:
                 return
             yield item
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
-            block_on(aclose(), stacklevel=3)
+            block_on(aclose(), stacklevel=stacklevel)

@@ -77,6 +77,10 @@ class ItemError:
 
 #: What a map gives for one item: its outputs, or the ItemError it failed with.
 Outcome = dict[str, Any] | ItemError
+#: Map items that finished together, as ``(index, outcome)`` pairs: what
+#: :meth:`Engine.aimap` yields (a list per wake-up, not a pair per item, keeps the
+#: cost per item low from the engine to the caller).
+Finished = list[tuple[int, Outcome]]
 
 
 class Engine(abc.ABC):
@@ -124,8 +128,10 @@ class Engine(abc.ABC):
         output_name: tuple[str, ...] | None = None,
         on_error: OnError = "raise",
         ordered: bool = False,
-    ) -> AsyncIterator[tuple[int, Outcome]]:
-        """Run ``pipeline`` once per item; yield ``(index, outcome)`` as items finish.
+    ) -> AsyncIterator[Finished]:
+        """Run ``pipeline`` once per item; as items finish, yield lists of their
+        ``(index, outcome)`` pairs (:data:`Finished`): those that finished together,
+        never an empty list. ``Pipeline.imap`` and ``aimap`` hand the pairs on one by one.
 
         Args:
             inputs: every input; those named in ``map_over`` are iterables of

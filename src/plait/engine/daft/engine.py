@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from plait.engine.base import Engine, ItemError, MapMode, OnError, Outcome, PipelineView
+from plait.engine.base import Engine, Finished, ItemError, MapMode, OnError, Outcome, PipelineView
 from plait.engine.daft.split import Segment, requested, split, whole
 from plait.engine.local import observe
 from plait.engine.local.calls import unpicklable_note
@@ -167,7 +167,7 @@ class DaftEngine(Engine):
         output_name: tuple[str, ...] | None = None,
         on_error: OnError = "raise",
         ordered: bool = False,
-    ) -> AsyncGenerator[tuple[int, Outcome], None]:
+    ) -> AsyncGenerator[Finished, None]:
         """Run ``pipeline`` once per item as Daft queries; see :meth:`plait.Engine.aimap`.
 
         Leaving early stops reading the query; Daft cannot cancel it, so its stages
@@ -185,8 +185,8 @@ class DaftEngine(Engine):
         if services is not None and services.scope is not None:
             stream = observe.observed_map(services, spec.size_hint(), stream, inline=False)
         try:
-            async for entry in stream:
-                yield entry
+            async for finished in stream:
+                yield finished
         finally:
             await stream.aclose()
 
@@ -194,8 +194,8 @@ class DaftEngine(Engine):
 
     async def _outcomes(
         self, runner: ItemRunner, spec: MapSpec, on_error: OnError, ordered: bool
-    ) -> AsyncGenerator[tuple[int, Outcome], None]:
-        """Each item's outcome, a query per window of items."""
+    ) -> AsyncGenerator[Finished, None]:
+        """The items' outcomes as they finish, a query per window of items."""
         worker = runner.for_worker(keep_cache=self._in_process)
         work: ItemRunner | Staged = worker
         services = worker.services
@@ -221,8 +221,8 @@ class DaftEngine(Engine):
                     if on_error == "raise":
                         raise exc
                     failed = ItemError.of(exc, index, runner.inputs(items[index]))
-                    for entry in order.put(index, failed):
-                        yield entry
+                    if finished := order.put(index, failed):
+                        yield finished
                 replies = self._query(work, runner.plan, sent, rows, True)
                 try:
                     async for index, result, formatted, events in replies:
@@ -234,8 +234,8 @@ class DaftEngine(Engine):
                                 raise result
                             inputs = runner.inputs(items[index])
                             outcome = ItemError.of(result, index, inputs, formatted)
-                        for entry in order.put(index, outcome):
-                            yield entry
+                        if finished := order.put(index, outcome):
+                            yield finished
                 finally:
                     await replies.aclose()
 
@@ -420,7 +420,7 @@ class _Order:
         self.waiting: dict[int, Outcome] = {}
         self.next = 0
 
-    def put(self, index: int, outcome: Outcome) -> list[tuple[int, Outcome]]:
+    def put(self, index: int, outcome: Outcome) -> Finished:
         if not self.ordered:
             return [(index, outcome)]
         self.waiting[index] = outcome

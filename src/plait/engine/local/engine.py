@@ -13,7 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional
-from plait.engine.base import Engine, MapMode, OnError, Outcome, PipelineView
+from plait.engine.base import Engine, Finished, MapMode, OnError, PipelineView
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local import executors, observe
 from plait.engine.local.async_executor import AsyncExecutor
@@ -169,7 +169,7 @@ class LocalEngine(Engine):
         output_name: tuple[str, ...] | None = None,
         on_error: OnError = "raise",
         ordered: bool = False,
-    ) -> AsyncIterator[tuple[int, Outcome]]:
+    ) -> AsyncIterator[Finished]:
         """Run ``pipeline`` once per item; see :meth:`plait.Engine.aimap`.
 
         A sequential map of a plan whose route is inline never suspends: driven

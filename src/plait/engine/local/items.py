@@ -13,6 +13,7 @@ import copy
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
+from operator import itemgetter
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 
 #: One item's result: (index, outputs) or (index, exception, formatted traceback or None).
 Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
-#: What a worker sends back: one result per item run, and the events they emitted.
-Reply = tuple[list[Result], list[Event]]
+#: What a worker sends back: one result per item run (in index order), the events they
+#: emitted, and how many of them failed.
+Reply = tuple[list[Result], list[Event], int]
 
 
 class ItemRunner:
@@ -287,19 +289,21 @@ def run_items(
         if runner.plan.batched:
             numbered = [(first + offset, item) for offset, item in enumerate(items)]
             block_on(run_together(runner, numbered, results, stop_on_error))
-            return results, events
-        if runner.route.inline and runner.lean and runner.enclosing is None:
-            _run_plain_items(runner, first, items, results, stop_on_error)
-            return results, events
-        for offset, item in enumerate(items):
-            index = first + offset
-            try:
-                results.append((index, runner.run_blocking(index, item)))
-            except Exception as exc:
-                results.append(_failed(runner, index, item, exc))
-                if stop_on_error:
-                    break
-    return results, events
+            results.sort(key=itemgetter(0))  # in index order, as every reply
+            failed = sum(len(result) == 3 for result in results)
+        elif runner.route.inline and runner.lean and runner.enclosing is None:
+            failed = _run_plain_items(runner, first, items, results, stop_on_error)
+        else:
+            failed = 0
+            for index, item in enumerate(items, first):
+                try:
+                    results.append((index, runner.run_blocking(index, item)))
+                except Exception as exc:
+                    results.append(_failed(runner, index, item, exc))
+                    failed += 1
+                    if stop_on_error:
+                        break
+    return results, events, failed
 
 
 def _run_plain_items(
@@ -308,14 +312,15 @@ def _run_plain_items(
     items: Sequence[tuple[Any, ...]],
     results: list[Result],
     stop_on_error: bool,
-) -> None:
+) -> int:
     """:func:`run_items`' loop for lean items of an inline route: each item the plan's
     plain calls (:meth:`ItemRunner.run_plain` written out, as chunks of small items
-    make this loop the worker's hot path)."""
+    make this loop the worker's hot path); how many failed."""
     plan = runner.plan
     outputs = plan.outputs
     base, slots = runner.base, runner.slots
     one = slots[0] if len(slots) == 1 else -1
+    failed = 0
     for index, item in enumerate(items, first):
         if one >= 0:
             values = base.copy()
@@ -326,10 +331,12 @@ def _run_plain_items(
             plan.plain(values)
         except Exception as exc:
             results.append(_failed(runner, index, item, exc))
+            failed += 1
             if stop_on_error:
                 break
             continue
         results.append((index, outputs(values)))
+    return failed
 
 
 def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Result:

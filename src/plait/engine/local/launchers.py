@@ -31,13 +31,14 @@ class Launcher:
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         raise NotImplementedError
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
-        """A chunk of one item whose future holds its outputs or its exception."""
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
+        """A finished chunk's results, in index order, and True when none of them failed.
+        Here: a chunk of one item whose future holds its outputs or its exception."""
         ((index, _),) = chunk
         try:
-            return [(index, future.result())]
+            return [(index, future.result())], True
         except Exception as exc:
-            return [(index, exc, None)]
+            return [(index, exc, None)], False
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
         """Called after a failure, before everything in flight is cancelled."""
@@ -87,9 +88,10 @@ class ThreadChunkLauncher(Launcher):
         job = self.executor.submit(self._run, contextvars.copy_context(), chunk)
         inflight.add_job(job, chunk)
 
-    def _run(self, context: contextvars.Context, chunk: Chunk) -> list[Result]:
+    def _run(self, context: contextvars.Context, chunk: Chunk) -> tuple[list[Result], bool]:
         run = self.runner.run_blocking
         results: list[Result] = []
+        clean = True
         for index, item in chunk:
             if self.stopped:
                 break
@@ -97,13 +99,14 @@ class ThreadChunkLauncher(Launcher):
                 results.append((index, context.copy().run(run, index, item)))
             except Exception as exc:
                 results.append((index, exc, None))
+                clean = False
                 if self.stop_on_error:
                     self.stopped = True  # the chunks beside it stop now, not when the loop sees it
                     break
-        return results
+        return results, clean
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
-        results: list[Result] = future.result()
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
+        results: tuple[list[Result], bool] = future.result()
         return results
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
@@ -142,14 +145,14 @@ class ExecutorLauncher(Launcher):
             job = self.executor.submit(run_elsewhere, self.remote, chunk[0][0], items)
         inflight.add_job(job, chunk)
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
         if self.in_process:
             return super().results(future, chunk)
         try:
             reply: Reply = future.result()
-            results, events = reply
+            results, events, failed = reply
         except Exception as exc:  # the executor's own failure, not the items'
-            return [(index, exc, None) for index, _ in chunk]
+            return [(index, exc, None) for index, _ in chunk], False
         if self.replayer is not None:
             self.replayer.replay(events)
-        return results
+        return results, failed == 0

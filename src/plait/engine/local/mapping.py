@@ -19,10 +19,10 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from plait.bridge import ensure_loop, loop_optional, portal
-from plait.engine.base import ItemError, OnError, Outcome
+from plait.engine.base import Finished, ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.batches import largest_batch
@@ -50,12 +50,12 @@ if TYPE_CHECKING:
 
 def map_items(
     engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError, ordered: bool
-) -> AsyncIterator[tuple[int, Outcome]]:
-    """The stream of ``(index, outcome)`` of a map, with its deps and events around it."""
+) -> AsyncIterator[Finished]:
+    """The stream of a map's finished items, with its deps and events around it."""
     depth = ENCLOSING.get().map_depth + 1
     plan = runner.plan
     inline = runner.route.map_inline
-    stream: AsyncGenerator[tuple[int, Outcome], None]
+    stream: AsyncGenerator[Finished, None]
     if inline:
         runner.enclosing = Enclosing(engine.nested_engine(depth, 1), depth, 1)
         items = _inline_items if plan.deps else _lean_items
@@ -75,7 +75,7 @@ def map_items(
 @loop_optional
 async def _inline_items(
     runner: ItemRunner, spec: MapSpec, on_error: OnError
-) -> AsyncGenerator[tuple[int, Outcome], None]:
+) -> AsyncGenerator[Finished, None]:
     """Items one after another as plain calls: this never suspends."""
     for index, item in enumerate(spec.items()):
         outcome: Outcome
@@ -87,13 +87,13 @@ async def _inline_items(
             if on_error == "raise":
                 raise
             outcome = ItemError.of(exc, index, inputs)
-        yield index, outcome
+        yield [(index, outcome)]
 
 
 @loop_optional
 async def _lean_items(
     runner: ItemRunner, spec: MapSpec, on_error: OnError
-) -> AsyncGenerator[tuple[int, Outcome], None]:
+) -> AsyncGenerator[Finished, None]:
     """:func:`_inline_items` of a plan without deps: the hot loop of a sequential map,
     written out (no call per item beyond the nodes' own, and the cache and callback
     hooks when the map has them; the twin of :meth:`ItemRunner.arun`).
@@ -144,7 +144,7 @@ async def _lean_items(
             if on_error == "raise":
                 raise
             outcome = ItemError.of(exc, index, inputs)
-        yield index, outcome
+        yield [(index, outcome)]
 
 
 @loop_optional
@@ -155,7 +155,7 @@ async def _scheduled_items(
     depth: int,
     on_error: OnError,
     ordered: bool,
-) -> AsyncGenerator[tuple[int, Outcome], None]:
+) -> AsyncGenerator[Finished, None]:
     """Items as tasks on the loop or jobs on the map executor, ``window`` in flight."""
     await ensure_loop()
     launcher, window = _launcher(engine, runner, spec, on_error)
@@ -168,9 +168,8 @@ async def _scheduled_items(
         runner, spec.items(), launcher, window=window, on_error=on_error, ordered=ordered
     )
     try:
-        async for batch in batches:
-            for entry in batch:
-                yield entry
+        async for finished in batches:
+            yield finished
     finally:
         await batches.aclose()
 
@@ -224,8 +223,8 @@ async def iterate(
     window: int,
     on_error: OnError,
     ordered: bool,
-) -> AsyncGenerator[list[tuple[int, Outcome]], None]:
-    """Run every item; yield batches of ``(index, outcome)`` as items finish.
+) -> AsyncGenerator[Finished, None]:
+    """Run every item; yield lists of ``(index, outcome)`` as items finish.
 
     At most ``window`` items are in flight or waiting to be yielded in order. On
     the first failure (``on_error="raise"``), or when the consumer stops early,
@@ -270,32 +269,40 @@ async def iterate(
             if not inflight:
                 return
             await inflight.wait_any()
-            batch: list[tuple[int, Outcome]] = []
+            finished: Finished = []
             while (done := inflight.pop_done()) is not None:
                 future, chunk = done
                 running -= len(chunk)
-                for result in launcher.results(future, chunk):
-                    index = result[0]
-                    outcome: Outcome
-                    if len(result) == 2:
-                        outcome = result[1]
-                    else:
-                        _, exc, formatted = result
-                        inputs = runner.inputs(dict(chunk)[index])
-                        if formatted is None:  # raised here, not in another process
-                            annotate_item(exc, index, inputs)
-                        if on_error == "raise":
-                            raise exc
-                        outcome = ItemError.of(exc, index, inputs, formatted)
-                    if not ordered:
-                        batch.append((index, outcome))
-                        continue
-                    waiting[index] = outcome
-                    while next_index in waiting:
-                        batch.append((next_index, waiting.pop(next_index)))
-                        next_index += 1
-            if batch:
-                yield batch
+                results, clean = launcher.results(future, chunk)
+                if clean and (
+                    not ordered or (len(results) == len(chunk) and results[0][0] == next_index)
+                ):  # every item's outputs, in order: the results are the entries
+                    finished += cast(Finished, results)
+                    if ordered:
+                        next_index += len(results)
+                else:
+                    for result in results:
+                        index = result[0]
+                        outcome: Outcome
+                        if len(result) == 2:
+                            outcome = result[1]
+                        else:
+                            _, exc, formatted = result
+                            inputs = runner.inputs(dict(chunk)[index])
+                            if formatted is None:  # raised here, not in another process
+                                annotate_item(exc, index, inputs)
+                            if on_error == "raise":
+                                raise exc
+                            outcome = ItemError.of(exc, index, inputs, formatted)
+                        if ordered:
+                            waiting[index] = outcome
+                        else:
+                            finished.append((index, outcome))
+                while next_index in waiting:
+                    finished.append((next_index, waiting.pop(next_index)))
+                    next_index += 1
+            if finished:
+                yield finished
     except BaseException:
         await launcher.before_cancel(inflight)
         await inflight.cancel_all()

@@ -102,12 +102,12 @@ class ChunkLauncher(Launcher):
         if run:
             self.launch(inflight, run)
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> list[Result]:
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
         if chunk[0][0] in self.unsent:  # never sent: see _launch_apart
             self.unsent.discard(chunk[0][0])
             return super().results(future, chunk)
         try:
-            results, events = self.reply(future.result(), chunk)
+            results, events, failed = self.reply(future.result(), chunk)
         except Exception as exc:
             dead = self.died(exc)
             if dead is None:
@@ -116,7 +116,7 @@ class ChunkLauncher(Launcher):
         del self.in_flight[chunk[0][0]]
         if self.replayer is not None:
             self.replayer.replay(events)
-        return results
+        return results, failed == 0
 
     def spans(self) -> str:
         """The items in flight, as ranges: ``0-15, 32-47``."""
@@ -298,12 +298,14 @@ def run_sent(runner: ItemRunner, first: int, sent: bytes, stop_on_error: bool) -
     bare error for the whole chunk. It arrives as the plain reply.
     """
     items: list[tuple[Any, ...]] = pickle.loads(sent)
-    results, events = run_items(runner, first, items, stop_on_error=stop_on_error)
+    reply = run_items(runner, first, items, stop_on_error=stop_on_error)
     try:
-        return Pickled(bytes(ForkingPickler.dumps((results, events))))
+        return Pickled(bytes(ForkingPickler.dumps(reply)))
     except Exception:
+        results, events, _ = reply
         results = [_sendable(runner, result, items[result[0] - first]) for result in results]
-        return Pickled(bytes(ForkingPickler.dumps((results, events))))
+        failed = sum(len(result) == 3 for result in results)
+        return Pickled(bytes(ForkingPickler.dumps((results, events, failed))))
 
 
 class Pickled:
