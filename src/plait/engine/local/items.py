@@ -317,7 +317,6 @@ def _run_plain_items(
     plain calls (:meth:`ItemRunner.run_plain` written out, as chunks of small items
     make this loop the worker's hot path); how many failed."""
     plan = runner.plan
-    outputs = plan.outputs
     base, slots = runner.base, runner.slots
     one = slots[0] if len(slots) == 1 else -1
     failed = 0
@@ -335,7 +334,7 @@ def _run_plain_items(
             if stop_on_error:
                 break
             continue
-        results.append((index, outputs(values)))
+        results.append((index, plan.outputs(values)))
     return failed
 
 
