@@ -9,6 +9,7 @@ type and carry a note (``BaseException.add_note``) naming the node that raised.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class PlaitError(Exception):
@@ -112,6 +113,14 @@ class Unfingerprintable(PlaitError, TypeError):
         super().__init__(message)
         self.type_name = type_name
         self.path: tuple[str, ...] = tuple(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (to or from a worker process) with its keyword-only fields.
+        return (_unfingerprintable, (str(self), self.type_name, self.path), self.__dict__)
+
+
+def _unfingerprintable(message: str, type_name: str, path: tuple[str, ...]) -> Unfingerprintable:
+    return Unfingerprintable(message, type_name=type_name, path=path)
 
 
 class CacheWarning(PlaitWarning):

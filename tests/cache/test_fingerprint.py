@@ -1116,3 +1116,18 @@ def test_a_node_appending_to_a_list_it_closes_over_hits_the_cache() -> None:
     assert calls == [3]  # the second run was a hit
     assert pipeline.run(inputs={"x": 4}) == {"doubled": 8}
     assert calls == [3, 4]
+
+
+def test_unfingerprintable_pickles_with_its_fields() -> None:
+    import pickle
+
+    with pytest.raises(Unfingerprintable) as info:
+        fingerprint_value({"k": threading.Lock()})
+    info.value.add_note("a note")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.type_name, copy.path) == (
+        str(info.value),
+        info.value.type_name,
+        info.value.path,
+    )
+    assert copy.__notes__ == ["a note"]

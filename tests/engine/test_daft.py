@@ -612,3 +612,53 @@ def test_a_key_made_of_values_from_an_earlier_stage(engine: DaftEngine, tmp_path
     on_daft = pipeline.with_engine(engine)
     assert on_daft.map({"x": range(5)}, map_over="x", output_name="w") == want
     assert sorted(set(calls)) == ["fresh"]  # LocalEngine's keys: everything else cached
+
+
+class Versioned:
+    """A dep whose cache key is its version (a model, a prompt set)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def __cache_key__(self) -> str:
+        return self.version
+
+
+VERSION = ["v1"]
+
+
+def versioned() -> Versioned:
+    return Versioned(VERSION[0])
+
+
+def test_a_dep_s_cache_key_reaches_the_keys_of_later_stages(
+    engine: DaftEngine, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+
+    @node(output_name="k")
+    def keyed(x: int, model: Versioned = Dep(versioned, scope="item")) -> str:
+        calls.append("keyed")
+        return f"{model.version}:{x}"
+
+    @node(output_name="h", resources={"cpus": 1})
+    def heavy(k: str) -> str:  # its key is made of keyed's, the dep's key among them
+        calls.append("heavy")
+        return k + "!"
+
+    pipeline = Pipeline([keyed, heavy]).with_cache(DiskCache(tmp_path))
+    items = {"x": range(3)}
+    VERSION[0] = "v1"
+    try:
+        want = pipeline.map(items, map_over="x")
+        calls.clear()
+        on_daft = pipeline.with_engine(engine)
+        assert on_daft.map(items, map_over="x") == want
+        assert calls == []  # LocalEngine's keys: everything cached
+        VERSION[0] = "v2"
+        assert on_daft.map(items, map_over="x") == [
+            {"k": f"v2:{x}", "h": f"v2:{x}!"} for x in range(3)
+        ]
+        assert sorted(set(calls)) == ["heavy", "keyed"]
+    finally:
+        VERSION[0] = "v1"

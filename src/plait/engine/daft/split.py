@@ -31,7 +31,8 @@ class Segment:
     #: The node's own request (a node with resources), or None (fused nodes).
     resources: Resources | None
     #: Slots computed by this segment or earlier ones that later segments read or
-    #: the plan outputs: what a row carries on to the next stage.
+    #: the plan outputs: what a row carries on to the next stage (for a dep only
+    #: earlier nodes take that later cache keys are made of, its key: a ``DepKey``).
     carried: tuple[int, ...]
 
     @property
@@ -58,8 +59,10 @@ def split(plan: Plan, *, keyed: bool = False) -> list[Segment]:
     for start, stop in bounds:
         produced = {slot for step in plan.steps[:stop] for slot in step.out_slots}
         read_later = {slot for step in plan.steps[stop:] for _, slot in step.arg_slots}
-        if keyed:
-            read_later |= _key_leaves(plan, stop)
+        if keyed:  # and the keys of deps only earlier nodes take (see staged.Staged)
+            leaves = _key_leaves(plan, stop)
+            produced |= (plan.dep_slots & leaves) - read_later
+            read_later |= leaves
         carried = tuple(sorted(produced & (read_later | output_slots)))
         segments.append(_segment(_part(plan, start, stop), start, stop, carried))
     return segments

@@ -45,6 +45,7 @@ from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inline import run_inline
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
+from plait.engine.local.signatures import DepKey
 
 if TYPE_CHECKING:
     from plait.engine.local.dep_scope import DepScope
@@ -184,9 +185,13 @@ class Staged:
         """What segment ``number`` passes on: the outputs after the last one."""
         if number == len(self.segments) - 1:
             return self.runner.plan.outputs(values)
+        deps = self.runner.plan.dep_slots  # a dep goes on as its key (it may not pickle)
         return Carry(
             carry.item,
-            tuple(values[slot] for slot in self.segments[number].carried),
+            tuple(
+                DepKey(values[slot]) if slot in deps else values[slot]
+                for slot in self.segments[number].carried
+            ),
             0 if hooks is None else hooks.hits,
             elapsed,
             [],

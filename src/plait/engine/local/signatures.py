@@ -173,9 +173,30 @@ class CacheSetup:
         )
 
 
+class DepKey:
+    """A dep's part of cache keys, taken where the dep was set up, to stand in for the
+    dep in its slot where it is not (a later Daft stage: :mod:`plait.engine.daft.staged`)."""
+
+    __slots__ = ("error", "part")
+
+    def __init__(self, dep: object) -> None:
+        self.part: bytes | None = None
+        self.error: Unfingerprintable | None = None
+        try:
+            self.part = _part(_DEP, dep)
+        except Unfingerprintable as exc:
+            self.error = exc
+
+
 def _part(kind: int, value: Any) -> bytes:
-    if kind == _DEP and not hasattr(value, "__cache_key__"):
-        return b"d"  # which resource, not its value
+    if kind == _DEP:
+        if type(value) is DepKey:
+            if value.part is None:
+                assert value.error is not None
+                raise value.error
+            return value.part
+        if not hasattr(value, "__cache_key__"):
+            return b"d"  # which resource, not its value
     cls = type(value)
     # Small ints and short strings, the usual map items, enter keys as they are: no hash.
     if cls is int and _INT_MIN <= value <= _INT_MAX:
