@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 from collections import deque
 from typing import Any, Generic, TypeVar
 
@@ -31,8 +32,21 @@ class InFlight(Generic[K]):
         return len(self._futures)
 
     def start_task(self, coro: Any, key: K, name: str | None = None) -> None:
-        """Run ``coro`` as a task on the loop."""
-        self._track(self._loop.create_task(coro, name=name), key)
+        """Run ``coro`` as a task on the loop.
+
+        The task reports its own end, in its last step: a done-callback would run
+        one loop iteration later and wake the waiter one iteration after that, so
+        a map's next items would start two iterations after the last ones ended.
+        Only :meth:`cancel_all` may cancel these tasks (a task cancelled before
+        its first step never reports).
+        """
+        self._futures[self._loop.create_task(self._reporting(coro), name=name)] = key
+
+    async def _reporting(self, coro: Any) -> Any:
+        try:
+            return await coro
+        finally:  # the task is done as soon as this returns, before the waiter wakes
+            self._on_done(asyncio.current_task(self._loop))  # type: ignore[arg-type]
 
     def add_job(self, job: concurrent.futures.Future[Any], key: K) -> None:
         """Track an executor job (a ``concurrent.futures.Future``)."""
@@ -83,6 +97,7 @@ class InFlight(Generic[K]):
             if job is not None:
                 job.cancel()  # a queued job never starts; a running one finishes
             else:
+                _close_unstarted(future)
                 future.cancel()
         try:
             await wait_all_deferring_cancel(set(self._futures))
@@ -90,6 +105,15 @@ class InFlight(Generic[K]):
             self._futures.clear()
             self._jobs.clear()
             self._done.clear()
+
+
+def _close_unstarted(task: asyncio.Future[Any]) -> None:
+    """Close the coroutine a task of :meth:`InFlight.start_task` wraps if the task has
+    not taken its first step: cancelled now, it never will, and the coroutine would
+    be reported as never awaited."""
+    wrapper = task.get_coro()  # type: ignore[attr-defined]
+    if inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED:
+        wrapper.cr_frame.f_locals["coro"].close()
 
 
 async def wait_all_deferring_cancel(futures: set[asyncio.Future[Any]]) -> None:
