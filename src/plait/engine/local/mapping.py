@@ -19,7 +19,7 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import Finished, ItemError, OnError, Outcome
@@ -277,7 +277,7 @@ async def iterate(
                 if clean and (
                     not ordered or (len(results) == len(chunk) and results[0][0] == next_index)
                 ):  # every item's outputs, in order: the results are the entries
-                    finished += cast(Finished, results)
+                    finished += results  # type: ignore[arg-type]
                     if ordered:
                         next_index += len(results)
                 else:
