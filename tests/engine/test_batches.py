@@ -145,20 +145,22 @@ def test_a_run_is_a_batch_of_one_and_a_map_matches_single_calls() -> None:
 
 
 def test_a_partial_batch_goes_after_max_wait() -> None:
-    released = threading.Event()
+    gate: list[asyncio.Future[None]] = []  # made on the map's loop by the first waiter
     seen: list[list[int]] = []
 
     @node(output_name="ready")
     async def arrive(x):
-        if x > 0:  # the others arrive only once the first batch has been called
-            while not released.is_set():
-                await asyncio.sleep(0.005)
+        if x > 0:  # the others arrive only once the first batch has been called, together
+            if not gate:
+                gate.append(asyncio.get_running_loop().create_future())
+            await gate[0]
         return x
 
     @node(output_name="y", batch_size=10, max_wait=0.05)
     def collect(ready):
         seen.append(list(ready))
-        released.set()
+        if not gate[0].done():
+            gate[0].get_loop().call_soon_threadsafe(gate[0].set_result, None)
         return ready
 
     with LocalEngine(map_executor="async") as engine:
