@@ -145,12 +145,19 @@ class ItemRunner:
         values = self.values(item)
         plan = self.plan
         batches = self.batches
+        if batches is None and self.lean:  # the item's run and nothing around it
+            token = ENCLOSING.set(self.enclosing or TOP)  # what item_enclosing gives then
+            try:
+                await run_plan(self.route, values, self.runtime)
+            finally:
+                ENCLOSING.reset(token)
+            return plan.outputs(values)
         if batches is not None:
             batches.enter(index)
         batch = None if batches is None else batches.item(index)
         token = ENCLOSING.set(self.item_enclosing(index))
         try:
-            if self.services is None and not plan.deps:
+            if self.lean:
                 await run_plan(self.route, values, self.runtime, None, batch)
             elif plan.deps:
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import Finished, ItemError, OnError, Outcome
@@ -156,7 +156,13 @@ async def _scheduled_items(
     on_error: OnError,
     ordered: bool,
 ) -> AsyncGenerator[Finished, None]:
-    """Items as tasks on the loop or jobs on the map executor, ``window`` in flight."""
+    """Items as tasks on the loop or jobs on the map executor; lists of ``(index,
+    outcome)`` as they finish.
+
+    At most ``window`` items are in flight or waiting to be yielded in order. On
+    the first failure (``on_error="raise"``), or when the consumer stops early,
+    everything in flight is cancelled and awaited before this returns.
+    """
     await ensure_loop()
     launcher, window = _launcher(engine, runner, spec, on_error)
     # Room for two whole batches (a sequential map of a plan with batch nodes too): one
@@ -164,74 +170,8 @@ async def _scheduled_items(
     window = max(window, 2 * largest_batch(runner.plan))
     # Nested maps share the budget: see LocalEngine.nested_engine.
     runner.enclosing = Enclosing(engine.nested_engine(depth, window), depth, window)
-    batches = iterate(
-        runner, spec.items(), launcher, window=window, on_error=on_error, ordered=ordered
-    )
-    try:
-        async for finished in batches:
-            yield finished
-    finally:
-        await batches.aclose()
-
-
-def _on_async_executor(launcher: Launcher) -> bool:
-    return isinstance(launcher, ExecutorLauncher) and isinstance(launcher.executor, AsyncExecutor)
-
-
-def _launcher(
-    engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError
-) -> tuple[Launcher, int]:
-    """How this map's items start, and how many may be in flight."""
-    executor = engine.map_pool()
-    if executor is None:
-        return TaskLauncher(runner), engine.map_window(None)
-    if runner.route.items_on_loop:  # on this loop; plain sync nodes on the pool's threads
-        return TaskLauncher(runner), engine.map_window(executor)
-    if isinstance(executor, ProcessPoolExecutor):
-        workers = worker_count(executor, engine.max_workers)
-        launcher = ProcessLauncher(
-            runner,
-            executor,
-            workers,
-            stop_on_error=on_error == "raise",
-            size_hint=spec.size_hint(),
-            on_abort=engine.discard_map_pool if engine.owns_map_pool() else None,
-        )
-        return launcher, 2 * workers * launcher.chunk_size
-    if isinstance(executor, ClusterExecutor):
-        cluster = ClusterLauncher(
-            runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
-        )
-        return cluster, cluster.window
-    if isinstance(executor, ThreadPoolExecutor) and not runner.plan.batched:
-        # Chunks of items per thread job; never for batch nodes, whose items must wait
-        # together (a thread runs its chunk's items one after another).
-        workers = worker_count(executor, engine.max_workers)
-        threads = ThreadChunkLauncher(
-            runner, executor, workers, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
-        )
-        return threads, 2 * workers * threads.chunk_size
-    jobs = ExecutorLauncher(runner, executor)  # chunks of a batch on other processes
-    return jobs, engine.map_window(executor) * jobs.chunk_size
-
-
-async def iterate(
-    runner: ItemRunner,
-    items: Iterator[tuple[Any, ...]],
-    launcher: Launcher,
-    *,
-    window: int,
-    on_error: OnError,
-    ordered: bool,
-) -> AsyncGenerator[Finished, None]:
-    """Run every item; yield lists of ``(index, outcome)`` as items finish.
-
-    At most ``window`` items are in flight or waiting to be yielded in order. On
-    the first failure (``on_error="raise"``), or when the consumer stops early,
-    everything in flight is cancelled and awaited before this returns.
-    """
     inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
-    numbered = enumerate(items)
+    numbered = enumerate(spec.items())
     waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
     running = 0  # items in flight
     next_index = 0
@@ -310,3 +250,44 @@ async def iterate(
         raise
     finally:
         launcher.close()
+
+
+def _on_async_executor(launcher: Launcher) -> bool:
+    return isinstance(launcher, ExecutorLauncher) and isinstance(launcher.executor, AsyncExecutor)
+
+
+def _launcher(
+    engine: LocalEngine, runner: ItemRunner, spec: MapSpec, on_error: OnError
+) -> tuple[Launcher, int]:
+    """How this map's items start, and how many may be in flight."""
+    executor = engine.map_pool()
+    if executor is None:
+        return TaskLauncher(runner), engine.map_window(None)
+    if runner.route.items_on_loop:  # on this loop; plain sync nodes on the pool's threads
+        return TaskLauncher(runner), engine.map_window(executor)
+    if isinstance(executor, ProcessPoolExecutor):
+        workers = worker_count(executor, engine.max_workers)
+        launcher = ProcessLauncher(
+            runner,
+            executor,
+            workers,
+            stop_on_error=on_error == "raise",
+            size_hint=spec.size_hint(),
+            on_abort=engine.discard_map_pool if engine.owns_map_pool() else None,
+        )
+        return launcher, 2 * workers * launcher.chunk_size
+    if isinstance(executor, ClusterExecutor):
+        cluster = ClusterLauncher(
+            runner, executor, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
+        )
+        return cluster, cluster.window
+    if isinstance(executor, ThreadPoolExecutor) and not runner.plan.batched:
+        # Chunks of items per thread job; never for batch nodes, whose items must wait
+        # together (a thread runs its chunk's items one after another).
+        workers = worker_count(executor, engine.max_workers)
+        threads = ThreadChunkLauncher(
+            runner, executor, workers, stop_on_error=on_error == "raise", size_hint=spec.size_hint()
+        )
+        return threads, 2 * workers * threads.chunk_size
+    jobs = ExecutorLauncher(runner, executor)  # chunks of a batch on other processes
+    return jobs, engine.map_window(executor) * jobs.chunk_size

@@ -162,9 +162,7 @@ class Plan:
         self.plain: Callable[[list[Any]], None] = WarmingCalls(self)
         #: ``outputs(values)``: the selected outputs of a finished run, as a dict; compiled
         #: along with ``plain``.
-        self.outputs: Callable[[Sequence[Any]], dict[str, Any]] = partial(
-            outputs_by_loop, output_slots
-        )
+        self.outputs = outputs_before_compiling(output_slots)
         #: Steps of batch nodes (a map groups their items into batch calls).
         self.batched = tuple(i for i, s in enumerate(steps) if s.node.batching is not None)
         #: False when every step is a plain sync call: the run never suspends.
@@ -203,8 +201,23 @@ class Plan:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             setattr(self, name, value)
-        self.outputs = partial(outputs_by_loop, self.output_slots)
+        self.outputs = outputs_before_compiling(self.output_slots)
         self.plain = WarmingCalls(self)
+
+
+def outputs_before_compiling(
+    output_slots: tuple[tuple[str, int], ...],
+) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """``outputs(values)`` until the plan is compiled: a closure for one output (the
+    usual map item's), a loop over them for more."""
+    if len(output_slots) == 1:
+        ((name, slot),) = output_slots
+
+        def one_output(values: Sequence[Any]) -> dict[str, Any]:
+            return {name: values[slot]}
+
+        return one_output
+    return partial(outputs_by_loop, output_slots)
 
 
 def outputs_by_loop(
