@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +29,15 @@ if TYPE_CHECKING:
     from plait.engine.local.batches import ItemBatches
 
 
-async def run_plan(
+def run_plan(
     route: Route,
     values: list[Any],
     runtime: NodeRuntime | None = None,
     hooks: NodeHooks | None = None,
     batch: ItemBatches | None = None,
-) -> None:
-    """Run every step of ``route``'s plan, writing results into ``values``.
+) -> Awaitable[None]:
+    """Run every step of ``route``'s plan, writing results into ``values``: await what
+    this returns (the coroutine of the way the plan runs, with no frame around it).
 
     An inline route (no async or controlled node, no executor, no limit) runs
     the steps as plain calls in topological order; this then suspends only while
@@ -50,17 +52,20 @@ async def run_plan(
     """
     plan = route.plan
     if route.inline:
-        # Through the portal: a node may await (run_sync) without blocking the loop.
-        pending = portal.call(run_inline, plan, values, hooks)
-        if type(pending) is portal.Suspended:
-            await pending.finish()
-        return
+        return _run_inline_route(plan, values, hooks)
     if plan.lone is not None and hooks is None and batch is None:
-        await _await_lone(plan.lone, values)  # one async call (a batch item): no dataflow
-        return
+        return _await_lone(plan.lone, values)  # one async call (a batch item): no dataflow
     if plan.has_controls and runtime is None:
         raise AssertionError("a plan with controlled nodes needs a NodeRuntime")
-    await _Dataflow(plan, values, route.executor, runtime, route.limit, hooks, batch).run()
+    return _Dataflow(plan, values, route.executor, runtime, route.limit, hooks, batch).run()
+
+
+async def _run_inline_route(plan: Plan, values: list[Any], hooks: NodeHooks | None) -> None:
+    """The plan's steps as plain calls, through the portal: a node may await
+    (``run_sync``) without blocking the loop."""
+    pending = portal.call(run_inline, plan, values, hooks)
+    if type(pending) is portal.Suspended:
+        await pending.finish()
 
 
 async def _await_lone(step: Step, values: list[Any]) -> None:
