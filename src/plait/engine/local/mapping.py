@@ -19,7 +19,7 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import Finished, ItemError, OnError, Outcome
@@ -221,6 +221,7 @@ async def _scheduled_items(
                     if ordered:
                         next_index += len(results)
                 else:
+                    chunk_items: dict[int, tuple[Any, ...]] | None = None  # made once, if needed
                     for result in results:
                         index = result[0]
                         outcome: Outcome
@@ -228,7 +229,9 @@ async def _scheduled_items(
                             outcome = result[1]
                         else:
                             _, exc, formatted = result
-                            inputs = runner.inputs(dict(chunk)[index])
+                            if chunk_items is None:
+                                chunk_items = dict(chunk)
+                            inputs = runner.inputs(chunk_items[index])
                             if formatted is None:  # raised here, not in another process
                                 annotate_item(exc, index, inputs)
                             if on_error == "raise":
