@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from operator import itemgetter
 from time import perf_counter
@@ -24,6 +24,7 @@ from plait.engine.local.batches import MapBatches
 from plait.engine.local.controls import NodeRuntime, worker_runtime
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
+from plait.engine.local.inline import annotate, call_step, store_result
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
@@ -174,6 +175,29 @@ class ItemRunner:
             if batches is not None:
                 batches.leave(index)
         return plan.outputs(values)
+
+    def task(self) -> Callable[[int, tuple[Any, ...]], Coroutine[Any, Any, dict[str, Any]]]:
+        """What runs an item as a task on the map's loop: :meth:`arun`, or for a lean map
+        of one plain async call (a ``batch``), that call with nothing around it."""
+        if self.batches is None and self.lean and self.plan.lone is not None:
+            return self._lone_task
+        return self.arun
+
+    async def _lone_task(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """:meth:`arun` of a lean item whose plan is one plain async call, run as a task:
+        the task's own context holds the enclosing record (nothing to reset), and the
+        step is awaited here as ``run_plan`` would await it."""
+        step = self.plan.lone
+        assert step is not None
+        values = self.values(item)
+        ENCLOSING.set(self.enclosing or TOP)
+        try:
+            result = await call_step(step, values)
+        except Exception as exc:
+            annotate(exc, step, values)
+            raise
+        store_result(step, values, result)
+        return self.plan.outputs(values)
 
     def run_blocking(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` to completion in a worker (a thread or a process)."""

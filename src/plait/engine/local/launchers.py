@@ -55,10 +55,11 @@ class TaskLauncher(Launcher):
 
     def __init__(self, runner: ItemRunner) -> None:
         self.runner = runner
+        self.run = runner.task()
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         ((index, item),) = chunk
-        inflight.start_task(self.runner.arun(index, item), chunk)
+        inflight.start_task(self.run(index, item), chunk)
 
 
 class ThreadChunkLauncher(Launcher):
