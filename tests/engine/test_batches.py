@@ -333,6 +333,23 @@ def test_collect_fails_every_item_of_the_failed_batch_only() -> None:
     assert ("batch_end", "picky", ((3, 4, 5), "ValueError")) in recorder.events
 
 
+def test_each_failed_item_keeps_its_own_notes_when_tblib_pickles_exceptions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tblib's pickling support (which dask's distributed installs for every exception
+    class) makes ``copy.copy`` of an exception share its ``__dict__``, notes and all."""
+    import copyreg
+
+    from tblib import pickling_support
+
+    monkeypatch.setitem(copyreg.dispatch_table, ValueError, pickling_support.pickle_exception)
+    results = Pipeline([picky]).map(inputs={"x": range(8)}, map_over="x", on_error="collect")
+    failed = [r for r in results if isinstance(r, ItemError)]
+    assert [r.exception.__notes__[1:] for r in failed] == [
+        [f"plait: in map item {i} with inputs (x={i})"] for i in (3, 4, 5)
+    ]
+
+
 def test_fail_fast_names_the_node_and_the_batch_items() -> None:
     with pytest.raises(ValueError, match="4 is not welcome") as info:
         Pipeline([picky]).map(inputs={"x": range(8)}, map_over="x")

@@ -464,6 +464,8 @@ def _copy_error(exc: BaseException) -> BaseException:
         return exc
     if type(dup) is not type(exc):
         return exc
+    if dup.__dict__ is exc.__dict__:  # tblib's pickling support (dask installs it) copies so
+        dup.__dict__ = dict(exc.__dict__)
     notes = getattr(exc, "__notes__", None)
     if notes is not None:
         dup.__notes__ = list(notes)
