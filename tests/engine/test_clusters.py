@@ -47,7 +47,7 @@ class PoolCluster(ClusterExecutor):
     def _count_cpus(self) -> int:
         return 2
 
-    def ship(self, blob: bytes) -> Any:
+    def _put(self, blob: bytes) -> Any:
         self.shipped.append(blob)
         return "shipped"
 
@@ -85,7 +85,27 @@ def test_cancel_reaches_the_task_and_shutdown_refuses_new_work(cluster: PoolClus
         cluster.submit(triple, 1)
 
 
-def test_a_map_ships_the_pipeline_once_and_chunks_grow_to_the_largest(
+def padded(x: int, pad: bytes) -> int:
+    return x + len(pad)
+
+
+def test_a_map_puts_a_large_pipeline_on_the_cluster_once_and_sends_a_small_one_in_each_task(
+    cluster: PoolCluster,
+) -> None:
+    pipeline = Pipeline([node(padded, output_name="y")], engine=LocalEngine(map_executor=cluster))
+    assert pipeline.map({"x": range(100), "pad": b""}, map_over="x") == [
+        {"y": x} for x in range(100)
+    ]
+    assert cluster.shipped == []  # small: it travels in each task
+    pad = b"p" * clusters.SHIP_INLINE  # a broadcast input makes the runner large
+    out = pipeline.map({"x": range(100), "pad": pad}, map_over="x")
+    assert out == [{"y": x + len(pad)} for x in range(100)]
+    assert len(cluster.shipped) == 1  # put once for the map's tasks
+    pipeline.map({"x": range(100), "pad": pad}, map_over="x")
+    assert len(cluster.shipped) == 2  # and once per map
+
+
+def test_chunks_start_at_a_quarter_share_or_grow_from_the_first_chunk(
     cluster: PoolCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
@@ -99,7 +119,6 @@ def test_a_map_ships_the_pipeline_once_and_chunks_grow_to_the_largest(
     pipeline = Pipeline([node(triple, output_name="y")], engine=LocalEngine(map_executor=cluster))
     out = pipeline.map({"x": range(2000)}, map_over="x")
     assert out == [{"y": 3 * x} for x in range(2000)]
-    assert len(cluster.shipped) == 1  # once per map
     # A quarter of each worker's share of 2,000 items, from the start.
     assert set(sizes) == {250}
     sizes.clear()
@@ -108,7 +127,6 @@ def test_a_map_ships_the_pipeline_once_and_chunks_grow_to_the_largest(
     # A stream's length is unknown: a slow start from FIRST_CHUNK, then the largest
     # chunk the round trip asks for (trivial items: MAX_CHUNK, bounded by the window).
     assert sizes[:3] == [clusters.FIRST_CHUNK, 2 * clusters.FIRST_CHUNK, 4 * clusters.FIRST_CHUNK]
-    assert len(cluster.shipped) == 2
     assert pipeline.map({"x": []}, map_over="x") == []
 
 

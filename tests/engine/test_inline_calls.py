@@ -12,7 +12,8 @@ import pytest
 
 from plait import LocalEngine, NodeDefinitionError, OutputArityError, Pipeline, node
 from plait.engine.local.inline import COMPILE_AFTER, WarmingCalls, run_inline
-from plait.engine.local.plan import plan_for
+from plait.engine.local.items import ItemRunner, Reply, run_items
+from plait.engine.local.plan import Route, plan_for
 
 #: Enough runs for a plan to be compiled, and one more run of its compiled code.
 RUNS = COMPILE_AFTER + 2
@@ -127,3 +128,94 @@ def test_a_plan_is_pickled_without_its_compiled_calls_and_warms_up_again() -> No
         run_inline(copy, values)
         assert copy.outputs(values) == expected(2)
     assert not isinstance(copy.plain, WarmingCalls)
+
+
+# --- map items in a worker's chunk (run_items): a loop at first, then compiled ---------
+
+
+def worker_runner(
+    pipe: Pipeline, names: tuple[str, ...], given: dict[str, Any], output_name: str | None = None
+) -> ItemRunner:
+    """The runner a worker process unpickles for a map over ``names``."""
+    selected = None if output_name is None else (output_name,)
+    plan = plan_for(pipe.graph, selected, {*names, *given})
+    runner = ItemRunner(Route.in_worker(plan), given, names, None).for_worker()
+    copy: ItemRunner = pickle.loads(cloudpickle.dumps(runner))
+    copy.attach_local_runtime()
+    return copy
+
+
+def chunks_before_and_after_compiling(
+    runner: ItemRunner, items: list[tuple[Any, ...]], *, stop_on_error: bool = False
+) -> list[Reply]:
+    """A short chunk (run in the loop), then a chunk long enough to compile, then one more
+    through the compiled code: each chunk holds ``items``, numbered from 100 on."""
+    replies = [run_items(runner, 100, items, stop_on_error=stop_on_error)]
+    assert runner.compiled_items(0) is None
+    run_items(runner, 100, items * (COMPILE_AFTER // len(items) + 1), stop_on_error=False)
+    assert runner.compiled_items(0) is not None
+    replies.append(run_items(runner, 100, items, stop_on_error=stop_on_error))
+    return replies
+
+
+def test_map_items_in_a_worker_run_every_kind_of_call_the_same_once_compiled() -> None:
+    runner = worker_runner(pipeline(), ("x",), {"factor": 5})
+    items = [(x,) for x in range(5)]
+    for outputs, failures, _ in chunks_before_and_after_compiling(runner, items):
+        assert outputs == [expected(x, factor=5) for x in range(5)]
+        assert failures == []
+
+
+def test_map_items_with_a_mapped_input_the_outputs_do_not_need() -> None:
+    first = node(lambda x: x + 1, output_name="a", name="first")
+    other = node(lambda y: y * 2, output_name="b", name="other")
+    runner = worker_runner(Pipeline([first, other]), ("y", "x"), {}, output_name="a")
+    items = [(-1, x) for x in range(4)]
+    for outputs, _, _ in chunks_before_and_after_compiling(runner, items):
+        assert outputs == [{"a": x + 1} for x in range(4)]
+
+
+def test_failed_map_items_in_a_worker_carry_their_notes_once_compiled() -> None:
+    @node(output_name="y")
+    def fragile(scaled: int, x: int) -> int:
+        if x == 1:
+            raise KeyError(x)
+        return scaled + x
+
+    runner = worker_runner(Pipeline([zero, split, scale, fragile]), ("x",), {})
+    items = [(x,) for x in range(3)]
+    for outputs, failures, _ in chunks_before_and_after_compiling(runner, items):
+        assert [None if out is None else out["y"] for out in outputs] == [120, None, 122]
+        ((index, exc, formatted),) = failures
+        assert (index, type(exc)) == (101, KeyError)
+        assert exc.__notes__ == [
+            "plait: raised in node 'fragile' (→ y) called with (scaled=120, x=1)",
+            "plait: in map item 101 with inputs (x=1)",
+        ]
+        assert "fragile" in formatted
+    for outputs, failures, _ in chunks_before_and_after_compiling(
+        worker_runner(Pipeline([zero, split, scale, fragile]), ("x",), {}),
+        items,
+        stop_on_error=True,
+    ):
+        assert outputs[1:] == [None]  # stopped at the failed item
+        assert [index for index, _, _ in failures] == [101]
+
+
+def test_wrong_outputs_of_map_items_in_a_worker_are_errors_naming_the_node() -> None:
+    async def later(x: int) -> int:
+        return x
+
+    short = node(lambda x: (x,), output_name=("a", "b"), name="short")
+    sneaky = node(lambda x: later(x), output_name="c", name="sneaky")
+    for pipe, error, message in [
+        (Pipeline([short]), OutputArityError, "node 'short' declares 2 outputs"),
+        (Pipeline([sneaky]), NodeDefinitionError, "node 'sneaky' returned a coroutine"),
+    ]:
+        runner = worker_runner(pipe, ("x",), {})
+        for outputs, failures, _ in chunks_before_and_after_compiling(runner, [(7,)]):
+            assert outputs == [None]
+            ((_, exc, _),) = failures
+            assert isinstance(exc, error)
+            assert message in str(exc)
+            assert exc.__notes__[0].endswith("called with (x=7)")

@@ -35,7 +35,7 @@ from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.daft.watch import Ledger, aguarded, guarded
 from plait.engine.local import observe
 from plait.engine.local.controls import worker_runtime
-from plait.engine.local.items import ItemRunner, Result, run_together
+from plait.engine.local.items import Failure, ItemRunner, run_together
 from plait.engine.local.plan import Plan, Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
@@ -247,18 +247,19 @@ def run_rows_together(runner: ItemRunner, indices: list[int], blobs: list[bytes]
     from plait.bridge import block_on
 
     items = [(index, decode(blob)) for index, blob in zip(indices, blobs, strict=True)]
-    results: list[Result] = []
+    outputs: list[dict[str, Any] | None] = [None] * len(items)
+    failures: list[Failure] = []
     with recording() as events:
-        block_on(run_together(runner, items, results, stop_on_error=False))
-    by_index = {result[0]: result for result in results}
+        block_on(run_together(runner, items, outputs, failures, stop_on_error=False))
+    failed = {failure[0]: failure for failure in failures}
     replies = []
-    for row, index in enumerate(indices):
-        result = by_index[index]
+    for row, (index, produced) in enumerate(zip(indices, outputs, strict=True)):
         carried = events if row == 0 else []
-        if len(result) == 2:
-            reply: Reply = (index, result[1], None, carried)
+        if produced is not None:
+            reply: Reply = (index, produced, None, carried)
         else:
-            reply = (index, result[1], result[2], carried)
+            _, error, formatted = failed[index]
+            reply = (index, error, formatted, carried)
         replies.append(encode_reply(runner, reply))
     return replies
 

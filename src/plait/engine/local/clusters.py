@@ -4,10 +4,10 @@ A :class:`ClusterExecutor` is a ``concurrent.futures.Executor`` over a cluster's
 tasks (:class:`~plait.engine.local.ray_executor.RayExecutor`, :class:`DaskExecutor`
 around a ``distributed.Client``), so it serves as a node executor like any other.
 A map on one runs through :class:`ClusterLauncher`: the map's item runner is
-cloudpickled once and put on the cluster once (``ray.put``,
-``client.scatter(broadcast=True)``); each task then carries a chunk of
-consecutive items and a reference to it, and a worker unpickles the runner once
-per map (:func:`run_shipped_chunk`). Items run through
+cloudpickled once; a small one travels in each task, a large one is put on the
+cluster once (``ray.put``, ``client.scatter(broadcast=True)``) and each task
+carries a reference to it. Each task carries a chunk of consecutive items, and a
+worker unpickles the runner once per map (:func:`run_shipped_chunk`). Items run through
 :func:`~plait.engine.local.items.run_items` as in a local process pool: errors
 come back as values with their tracebacks and plait's notes, callback events are
 replayed here.
@@ -54,6 +54,11 @@ MAX_CHUNK = 4096
 FIRST_CHUNK = 16
 #: Work per chunk, in round trips: the round trip then costs about 5% of a chunk.
 ROUND_TRIPS_PER_CHUNK = 20
+#: A map's runner pickled smaller than this many bytes travels in each of its tasks
+#: rather than once through the cluster's object store: a put and its fetch by each
+#: worker cost a map about 5 ms on a local Ray (measured: 1.19× against 0.96× the
+#: hand-written map), and both backends carry small arguments in the task itself.
+SHIP_INLINE = 64 * 1024
 
 
 class ClusterExecutor(Executor):
@@ -164,6 +169,12 @@ class ClusterExecutor(Executor):
         raise NotImplementedError
 
     def ship(self, blob: bytes) -> Any:
+        """What a task is given to receive ``blob`` (a map's pickled runner): ``blob``
+        itself when smaller than :data:`SHIP_INLINE` (it travels in each task),
+        otherwise a handle of it, put on the cluster once."""
+        return blob if len(blob) < SHIP_INLINE else self._put(blob)
+
+    def _put(self, blob: bytes) -> Any:
         """Put ``blob`` on the cluster once; a task given the handle returned receives
         ``blob`` itself."""
         raise NotImplementedError
@@ -329,7 +340,7 @@ class DaskExecutor(ClusterExecutor):
     def _count_cpus(self) -> int:
         return sum(self.client.nthreads().values()) or 1
 
-    def ship(self, blob: bytes) -> Any:
+    def _put(self, blob: bytes) -> Any:
         return self.client.scatter(blob, broadcast=True, hash=False)
 
     def dead_worker(self, error: BaseException) -> bool:

@@ -24,7 +24,14 @@ from plait.engine.local.batches import MapBatches
 from plait.engine.local.controls import NodeRuntime, worker_runtime
 from plait.engine.local.hooks import NodeHooks
 from plait.engine.local.inflight import InFlight
-from plait.engine.local.inline import annotate, call_step, store_result
+from plait.engine.local.inline import (
+    COMPILE_AFTER,
+    ItemsRun,
+    annotate,
+    call_step,
+    compile_items,
+    store_result,
+)
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
@@ -37,15 +44,33 @@ if TYPE_CHECKING:
 
 #: One item's result: (index, outputs) or (index, exception, formatted traceback or None).
 Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
-#: What a worker sends back: one result per item run (in index order), the events they
-#: emitted, and how many of them failed.
-Reply = tuple[list[Result], list[Event], int]
+#: An item that failed in a worker: (index, exception, formatted traceback).
+Failure = tuple[int, BaseException, str]
+#: What a worker sends back for a chunk of consecutive items: the outputs of each item
+#: in order (None for one that failed or did not run: after a failure with
+#: ``stop_on_error``), the failures in index order, and the events the items emitted.
+#: Columnar, so a chunk that did not fail carries no index per item.
+Reply = tuple[list[dict[str, Any] | None], list[Failure], list[Event]]
+
+
+def reply_results(first: int, reply: Reply) -> tuple[list[Result], bool]:
+    """A reply's results (``first`` is its first item's index) in index order, and True
+    when none of its items failed."""
+    outputs, failures, _ = reply
+    if not failures:
+        return list(zip(range(first, first + len(outputs)), outputs, strict=True)), True  # type: ignore[arg-type]
+    results: list[Result] = [(i, out) for i, out in enumerate(outputs, first) if out is not None]
+    results += failures
+    results.sort(key=itemgetter(0))
+    return results, False
 
 
 class ItemRunner:
     """Turns one item's mapped values into a finished run of the plan."""
 
     __slots__ = (
+        "_items_run",
+        "_items_seen",
         "_shared_enclosing",
         "base",
         "batches",
@@ -90,6 +115,9 @@ class ItemRunner:
         self.batches: MapBatches | None = None
         #: (enclosing, the record its items share): see :meth:`shared_enclosing`.
         self._shared_enclosing: tuple[Enclosing, Enclosing] | None = None
+        #: Items run so far as plain calls in a worker, and their compiled loop.
+        self._items_seen = 0
+        self._items_run: ItemsRun | None = None
 
     @property
     def lean(self) -> bool:
@@ -117,6 +145,16 @@ class ItemRunner:
             if slot >= 0:
                 values[slot] = value
         return values
+
+    def compiled_items(self, count: int) -> ItemsRun | None:
+        """The map's items compiled as plain calls (:func:`compile_items`), once this
+        runner is about to have run :data:`COMPILE_AFTER` of them (``count`` more now);
+        None before."""
+        if self._items_run is None:
+            self._items_seen += count
+            if self._items_seen >= COMPILE_AFTER:
+                self._items_run = compile_items(self.plan, self.slots)
+        return self._items_run
 
     def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
         return dict(zip(self.names, item, strict=True))
@@ -293,6 +331,7 @@ class ItemRunner:
         clone.runtime = None
         clone.enclosing = None  # a worker process is its own top level
         clone._shared_enclosing = None
+        clone._items_seen, clone._items_run = 0, None  # compiled there: code is not sent
         clone.setup = None  # rebuilt there by attach_local_runtime
         clone.shared = None  # resources do not cross processes: each item sets its own up
         clone.owner = None  # process-scoped deps there are the worker's, kept until it exits
@@ -315,62 +354,64 @@ def run_items(
     """Run consecutive items in a worker process; exceptions come back as values with
     their tracebacks, events as a list to replay. Items of a plan with batch nodes run
     together, as tasks on one loop, so that they share batch calls."""
-    results: list[Result] = []
+    outputs: list[dict[str, Any] | None] = []
+    failures: list[Failure] = []
     with recording() as events:
         if runner.plan.batched:
-            numbered = [(first + offset, item) for offset, item in enumerate(items)]
-            block_on(run_together(runner, numbered, results, stop_on_error))
-            results.sort(key=itemgetter(0))  # in index order, as every reply
-            failed = sum(len(result) == 3 for result in results)
+            numbered = list(enumerate(items, first))
+            outputs = [None] * len(items)
+            block_on(run_together(runner, numbered, outputs, failures, stop_on_error))
+            failures.sort(key=itemgetter(0))
         elif runner.route.inline and runner.lean and runner.enclosing is None:
-            failed = _run_plain_items(runner, first, items, results, stop_on_error)
+            _run_plain_items(runner, first, items, outputs, failures, stop_on_error)
         else:
-            failed = 0
             for index, item in enumerate(items, first):
                 try:
-                    results.append((index, runner.run_blocking(index, item)))
+                    outputs.append(runner.run_blocking(index, item))
                 except Exception as exc:
-                    results.append(_failed(runner, index, item, exc))
-                    failed += 1
+                    outputs.append(None)
+                    failures.append(_failed(runner, index, item, exc))
                     if stop_on_error:
                         break
-    return results, events, failed
+    return outputs, failures, events
 
 
 def _run_plain_items(
     runner: ItemRunner,
     first: int,
     items: Sequence[tuple[Any, ...]],
-    results: list[Result],
+    outputs: list[dict[str, Any] | None],
+    failures: list[Failure],
     stop_on_error: bool,
-) -> int:
+) -> None:
     """:func:`run_items`' loop for lean items of an inline route: each item the plan's
-    plain calls (:meth:`ItemRunner.run_plain` written out, as chunks of small items
-    make this loop the worker's hot path); how many failed."""
+    plain calls. Chunks of small items make this a worker's hot path: once the map
+    has run :data:`COMPILE_AFTER` items here, they run through code compiled for it
+    (:func:`compile_items`), before that in this loop."""
+
+    def fail(index: int, item: tuple[Any, ...], exc: Exception) -> bool:
+        failures.append(_failed(runner, index, item, exc))
+        return stop_on_error
+
+    compiled = runner.compiled_items(len(items))
+    if compiled is not None:
+        compiled(items, first, runner.base, outputs.append, fail)
+        return
     plan = runner.plan
-    base, slots = runner.base, runner.slots
-    one = slots[0] if len(slots) == 1 else -1
-    failed = 0
     for index, item in enumerate(items, first):
-        if one >= 0:
-            values = base.copy()
-            values[one] = item[0]
-        else:
-            values = runner.values(item)
+        values = runner.values(item)
         try:
             plan.plain(values)
         except Exception as exc:
-            results.append(_failed(runner, index, item, exc))
-            failed += 1
-            if stop_on_error:
+            outputs.append(None)
+            if fail(index, item, exc):
                 break
             continue
-        results.append((index, plan.outputs(values)))
-    return failed
+        outputs.append(plan.outputs(values))
 
 
-def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Result:
-    """Item ``index`` raised ``exc`` in a worker: its result, to send back as a value."""
+def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Failure:
+    """Item ``index`` raised ``exc`` in a worker: its failure, to send back as a value."""
     annotate_item(exc, index, runner.inputs(item))
     return (index, portable(exc), "".join(traceback.format_exception(exc)))
 
@@ -378,25 +419,28 @@ def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exceptio
 async def run_together(
     runner: ItemRunner,
     items: Sequence[tuple[int, tuple[Any, ...]]],
-    results: list[Result],
+    outputs: list[dict[str, Any] | None],
+    failures: list[Failure],
     stop_on_error: bool,
 ) -> None:
-    """Run the items (index, item) as tasks on this loop, sharing their batch calls;
-    their results are appended to ``results`` as they finish."""
+    """Run the items ``(index, item)`` as tasks on this loop, sharing their batch calls;
+    as they finish, each one's outputs go to its place in ``outputs`` (the place of
+    the item in ``items``), its failure to ``failures``."""
     together = copy.copy(runner)
     together.batch()
-    inflight: InFlight[tuple[int, tuple[Any, ...]]] = InFlight(asyncio.get_running_loop())
-    for index, item in items:
-        inflight.start_task(together.arun(index, item), (index, item))
+    inflight: InFlight[int] = InFlight(asyncio.get_running_loop())
+    for place, (index, item) in enumerate(items):
+        inflight.start_task(together.arun(index, item), place)
     try:
         while inflight:
             await inflight.wait_any()
             while (done := inflight.pop_done()) is not None:
-                future, (index, item) = done
+                future, place = done
                 try:
-                    results.append((index, future.result()))
+                    outputs[place] = future.result()
                 except Exception as exc:
-                    results.append(_failed(runner, index, item, exc))
+                    index, item = items[place]
+                    failures.append(_failed(runner, index, item, exc))
                     if stop_on_error:
                         return
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.batches import largest_batch
 from plait.engine.local.inflight import InFlight
-from plait.engine.local.items import ItemRunner, Reply, Result, run_elsewhere
+from plait.engine.local.items import ItemRunner, Reply, Result, reply_results, run_elsewhere
 
 Chunk = list[tuple[int, tuple[Any, ...]]]
 
@@ -151,9 +151,8 @@ class ExecutorLauncher(Launcher):
             return super().results(future, chunk)
         try:
             reply: Reply = future.result()
-            results, events, failed = reply
         except Exception as exc:  # the executor's own failure, not the items'
             return [(index, exc, None) for index, _ in chunk], False
         if self.replayer is not None:
-            self.replayer.replay(events)
-        return results, failed == 0
+            self.replayer.replay(reply[2])
+        return reply_results(chunk[0][0], reply)

@@ -26,6 +26,7 @@ from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.reduction import ForkingPickler
+from operator import itemgetter
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -35,7 +36,7 @@ from plait.engine.local import launchers
 from plait.engine.local.batches import chunk_size
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
-from plait.engine.local.items import ItemRunner, Reply, Result, run_items
+from plait.engine.local.items import ItemRunner, Reply, Result, reply_results, run_items
 from plait.engine.local.launchers import Chunk, Launcher
 from plait.engine.request import annotate_item
 from plait.errors import WorkerDiedError
@@ -107,7 +108,7 @@ class ChunkLauncher(Launcher):
             self.unsent.discard(chunk[0][0])
             return super().results(future, chunk)
         try:
-            results, events, failed = self.reply(future.result(), chunk)
+            reply = self.reply(future.result(), chunk)
         except Exception as exc:
             dead = self.died(exc)
             if dead is None:
@@ -115,8 +116,8 @@ class ChunkLauncher(Launcher):
             raise dead from None
         del self.in_flight[chunk[0][0]]
         if self.replayer is not None:
-            self.replayer.replay(events)
-        return results, failed == 0
+            self.replayer.replay(reply[2])
+        return reply_results(chunk[0][0], reply)
 
     def spans(self) -> str:
         """The items in flight, as ranges: ``0-15, 32-47``."""
@@ -302,10 +303,7 @@ def run_sent(runner: ItemRunner, first: int, sent: bytes, stop_on_error: bool) -
     try:
         return Pickled(bytes(ForkingPickler.dumps(reply)))
     except Exception:
-        results, events, _ = reply
-        results = [_sendable(runner, result, items[result[0] - first]) for result in results]
-        failed = sum(len(result) == 3 for result in results)
-        return Pickled(bytes(ForkingPickler.dumps((results, events, failed))))
+        return Pickled(bytes(ForkingPickler.dumps(_sendable(runner, first, items, reply))))
 
 
 class Pickled:
@@ -318,17 +316,25 @@ class Pickled:
         return (pickle.loads, (self.blob,))
 
 
-def _sendable(runner: ItemRunner, result: Result, item: tuple[Any, ...]) -> Result:
-    """``result``, or the error of sending it back when one of its outputs cannot be pickled."""
-    if len(result) != 2:
-        return result
-    index, outputs = result[0], result[1]
-    for name, value in outputs.items():
-        try:
-            ForkingPickler.dumps(value)
-        except Exception as exc:
-            producer = next((s.node.name for s in runner.plan.steps if name in s.node.outputs), "?")
-            exc.add_note(unpicklable_note({name: value}, f"node {producer!r}", "output"))
-            annotate_item(exc, index, runner.inputs(item))
-            return (index, portable(exc), "".join(traceback.format_exception(exc)))
-    return result
+def _sendable(runner: ItemRunner, first: int, items: list[tuple[Any, ...]], reply: Reply) -> Reply:
+    """``reply`` with each item one of whose outputs cannot be pickled turned into that
+    item's failure: the error of sending it back, with notes naming the output."""
+    outputs, failures, events = reply
+    failures = list(failures)
+    for offset, produced in enumerate(outputs):
+        if produced is None:
+            continue
+        index = first + offset
+        for name, value in produced.items():
+            try:
+                ForkingPickler.dumps(value)
+            except Exception as exc:
+                steps = runner.plan.steps
+                producer = next((s.node.name for s in steps if name in s.node.outputs), "?")
+                exc.add_note(unpicklable_note({name: value}, f"node {producer!r}", "output"))
+                annotate_item(exc, index, runner.inputs(items[offset]))
+                failures.append((index, portable(exc), "".join(traceback.format_exception(exc))))
+                outputs[offset] = None
+                break
+    failures.sort(key=itemgetter(0))
+    return outputs, failures, events

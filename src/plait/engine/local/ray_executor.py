@@ -99,7 +99,7 @@ class RayExecutor(ClusterExecutor):
         per_task = float(self.ray_options.get("num_cpus", 1)) or 1.0
         return max(1, int(ray.cluster_resources().get("CPU", 1) // per_task))
 
-    def ship(self, blob: bytes) -> Any:
+    def _put(self, blob: bytes) -> Any:
         return self._ray().put(blob)
 
     def dead_worker(self, error: BaseException) -> bool:
