@@ -137,6 +137,18 @@ def slow(x: int) -> int:
     return x
 
 
+def test_a_small_map_goes_at_once_and_a_large_one_two_chunks_per_worker(
+    cluster: PoolCluster,
+) -> None:
+    runner: Any = type("Runner", (), {"names": ("x",), "replayer": lambda self: None})()
+    runner.for_worker = lambda: Pipeline([node(slow, output_name="y")])
+    small = ClusterLauncher(runner, cluster, stop_on_error=True, size_hint=10_000)
+    assert (small.largest, small.window) == (1250, 10_000)  # 4 chunks per worker, all sent
+    size = 2 * 4 * clusters.MAX_CHUNK + 1
+    large = ClusterLauncher(runner, cluster, stop_on_error=True, size_hint=size)
+    assert (large.largest, large.window) == (clusters.MAX_CHUNK, 2 * 2 * clusters.MAX_CHUNK)
+
+
 def test_chunks_shrink_to_the_round_trip_when_items_are_slow(cluster: PoolCluster) -> None:
     pipeline = Pipeline([node(slow, output_name="y")])
     runner: Any = type("Runner", (), {"names": ("x",), "replayer": lambda self: None})()

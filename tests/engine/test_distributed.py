@@ -415,7 +415,7 @@ def test_the_window_comes_from_the_cluster_cpus(cluster: Any) -> None:
     runner.for_worker = lambda: pipeline  # anything picklable: not run here
     launcher = ClusterLauncher(runner, executor, stop_on_error=True, size_hint=800)
     assert launcher.largest == 100  # a quarter of each of 2 workers' share
-    assert launcher.window == 2 * 2 * 100
+    assert launcher.window == 800  # the whole map: its 8 chunks go at once
     assert launcher.chunk_size == 100  # a map of known length starts at its largest
 
 
