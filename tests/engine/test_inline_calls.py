@@ -219,3 +219,19 @@ def test_wrong_outputs_of_map_items_in_a_worker_are_errors_naming_the_node() -> 
             assert isinstance(exc, error)
             assert message in str(exc)
             assert exc.__notes__[0].endswith("called with (x=7)")
+
+
+def test_plans_of_the_same_shape_share_compiled_code_and_call_their_own_nodes() -> None:
+    from plait.engine.local.inline import compile_calls
+
+    plus = Pipeline([node(lambda x: x + 1, output_name="y", name="step")])
+    times = Pipeline([node(lambda x: x * 10, output_name="y", name="step")])
+    plans = [plan_for(pipe.graph, None, {"x"}) for pipe in (plus, times)]
+    calls = [compile_calls(plan) for plan in plans]
+    assert calls[0].__code__ is calls[1].__code__  # compiled once per process
+    results = []
+    for plan, call in zip(plans, calls, strict=True):
+        values = plan.new_values({"x": 4}, partial=True)
+        call(values)
+        results.append(plan.outputs(values))
+    assert results == [{"y": 5}, {"y": 40}]
