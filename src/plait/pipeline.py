@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 from collections.abc import (
@@ -528,19 +529,28 @@ async def _collect(stream: AsyncIterator[Finished]) -> list[Outcome]:
     results: list[Any] = []  # by index; a gap holds None until its item arrives
     try:
         async for finished in stream:
+            count = len(results)
+            if finished[0][0] == count and finished[-1][0] == count + len(finished) - 1:
+                results += map(_outcome, finished)  # the next items, all of them (in order)
+                continue
             for index, outcome in finished:
-                if index == len(results):
+                if index == count:
                     results.append(outcome)
-                elif index < len(results):
+                    count += 1
+                elif index < count:
                     results[index] = outcome
                 else:  # ahead of items still running
-                    results += [None] * (index - len(results))
+                    results += [None] * (index - count)
                     results.append(outcome)
+                    count = index + 1
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
     return results
+
+
+_outcome = operator.itemgetter(1)
 
 
 def _pairs(stream: Iterator[Finished]) -> Iterator[tuple[int, Outcome]]:

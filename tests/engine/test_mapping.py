@@ -1602,3 +1602,30 @@ def test_mapping_over_a_string_is_an_error_that_says_so() -> None:
         with pytest.raises(InputError, match=r"mapped input 'b' is a (str|bytes) .*one item per"):
             pipe.map({"a": [1, 2, 3], "b": value}, map_over=["a", "b"])
     assert pipe.map({"a": [1], "b": ["xyz"]}, map_over=["a", "b"]) == [{"pair": (1, "xyz")}]
+
+
+def test_items_that_finish_together_are_handed_on_in_index_order() -> None:
+    """Items that finish in one wake-up, here in reverse order, come as one list
+    (``Finished``) in index order; ``map`` relies on it to take a run of them at once."""
+
+    @node(output_name="y")
+    async def late_first(x: int) -> int:
+        gate = asyncio.get_running_loop().create_future()
+        waiting.append((x, gate))
+        if len(waiting) == 10:  # the last to start: release all, the latest item first
+            for _, other in sorted(waiting, reverse=True):
+                other.set_result(None)
+        await gate
+        return x
+
+    waiting: list[tuple[int, asyncio.Future[None]]] = []
+    engine = LocalEngine(map_executor="async")
+    pipeline = Pipeline([late_first], engine=engine)
+
+    async def lists() -> list[list[int]]:
+        stream = engine.aimap(pipeline, {"x": range(10)}, ("x",))
+        return [[index for index, _ in finished] async for finished in stream]
+
+    assert asyncio.run(lists()) == [list(range(10))]
+    waiting.clear()
+    assert pipeline.map({"x": range(10)}, map_over="x") == [{"y": x} for x in range(10)]

@@ -77,9 +77,9 @@ class ItemError:
 
 #: What a map gives for one item: its outputs, or the ItemError it failed with.
 Outcome = dict[str, Any] | ItemError
-#: Map items that finished together, as ``(index, outcome)`` pairs: what
-#: :meth:`Engine.aimap` yields (a list per wake-up, not a pair per item, keeps the
-#: cost per item low from the engine to the caller).
+#: Map items that finished together, as ``(index, outcome)`` pairs in index order:
+#: what :meth:`Engine.aimap` yields (a list per wake-up, not a pair per item, keeps
+#: the cost per item low from the engine to the caller).
 Finished = list[tuple[int, Outcome]]
 
 
@@ -131,7 +131,8 @@ class Engine(abc.ABC):
     ) -> AsyncIterator[Finished]:
         """Run ``pipeline`` once per item; as items finish, yield lists of their
         ``(index, outcome)`` pairs (:data:`Finished`): those that finished together,
-        never an empty list. ``Pipeline.imap`` and ``aimap`` hand the pairs on one by one.
+        in index order, never an empty list. ``Pipeline.imap`` and ``aimap`` hand the
+        pairs on one by one.
 
         Args:
             inputs: every input; those named in ``map_over`` are iterables of

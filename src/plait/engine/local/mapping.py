@@ -19,6 +19,7 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
@@ -210,7 +211,9 @@ async def _scheduled_items(
                 return
             await inflight.wait_any()
             finished: Finished = []
+            pieces = 0  # chunks taken now: more than one may finish out of order
             while (done := inflight.pop_done()) is not None:
+                pieces += 1
                 future, chunk = done
                 running -= len(chunk)
                 results, clean = launcher.results(future, chunk)
@@ -245,6 +248,8 @@ async def _scheduled_items(
                     finished.append((next_index, waiting.pop(next_index)))
                     next_index += 1
             if finished:
+                if pieces > 1 and not ordered:
+                    finished.sort(key=itemgetter(0))  # Finished is in index order
                 yield finished
     except BaseException:
         await launcher.before_cancel(inflight)
