@@ -155,7 +155,7 @@ def test_chunks_shrink_to_the_round_trip_when_items_are_slow(cluster: PoolCluste
     runner.for_worker = lambda: pipeline
     launcher = ClusterLauncher(runner, cluster, stop_on_error=True, size_hint=None)
     assert (launcher.largest, launcher.window) == (clusters.MAX_CHUNK, 4 * clusters.MAX_CHUNK)
-    launcher.reply((([], []), 16 * 0.05), [(i, (i,)) for i in range(16)])
+    launcher.reply((([], [], []), 16 * 0.05), (0, [(i,) for i in range(16)]))
     # 20 round trips of 3 ms of work: 60 ms, about one 50 ms item.
     assert launcher.chunk_size == 2
 

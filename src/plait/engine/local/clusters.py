@@ -224,7 +224,7 @@ class ClusterLauncher(ChunkLauncher):
 
     def reply(self, value: Any, chunk: Chunk) -> Reply:
         reply, seconds = value
-        per_item = seconds / len(chunk)
+        per_item = seconds / len(chunk[1])
         smoothed = per_item if self.per_item is None else (self.per_item + per_item) / 2
         self.per_item = smoothed
         wanted = math.ceil(self.target / smoothed) if smoothed > 0 else self.largest

@@ -13,7 +13,8 @@ from plait.engine.local.batches import largest_batch
 from plait.engine.local.inflight import InFlight
 from plait.engine.local.items import ItemRunner, Reply, Result, reply_results, run_elsewhere
 
-Chunk = list[tuple[int, tuple[Any, ...]]]
+#: Consecutive map items: the first one's index, and each one's mapped values.
+Chunk = tuple[int, list[tuple[Any, ...]]]
 
 
 def chunk_size(size_hint: int | None, workers: int, *, unknown: int = 16, most: int = 256) -> int:
@@ -34,7 +35,7 @@ class Launcher:
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
         """A finished chunk's results, in index order, and True when none of them failed.
         Here: a chunk of one item whose future holds its outputs or its exception."""
-        ((index, _),) = chunk
+        index = chunk[0]
         try:
             return [(index, future.result())], True
         except Exception as exc:
@@ -58,7 +59,7 @@ class TaskLauncher(Launcher):
         self.run = runner.task()
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        ((index, item),) = chunk
+        index, (item,) = chunk
         inflight.start_task(self.run(index, item), chunk)
 
 
@@ -93,7 +94,8 @@ class ThreadChunkLauncher(Launcher):
         run = self.runner.run_blocking
         results: list[Result] = []
         clean = True
-        for index, item in chunk:
+        first, items = chunk
+        for index, item in enumerate(items, first):
             if self.stopped:
                 break
             try:
@@ -133,17 +135,16 @@ class ExecutorLauncher(Launcher):
             self.chunk_size = max(1, largest_batch(runner.plan))
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        index, item = chunk[0]
+        index, items = chunk
         job: JobFuture[Any]
         if isinstance(self.executor, AsyncExecutor):  # its own loop runs the item's nodes
-            job = self.executor.submit(self.runner.arun, index, item)
+            job = self.executor.submit(self.runner.arun, index, items[0])
         elif self.in_process:
             ctx = contextvars.copy_context()
-            job = self.executor.submit(ctx.run, self.runner.run_blocking, index, item)
+            job = self.executor.submit(ctx.run, self.runner.run_blocking, index, items[0])
         else:
             assert self.remote is not None
-            items = [item for _, item in chunk]
-            job = self.executor.submit(run_elsewhere, self.remote, chunk[0][0], items)
+            job = self.executor.submit(run_elsewhere, self.remote, index, items)
         inflight.add_job(job, chunk)
 
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
@@ -152,7 +153,8 @@ class ExecutorLauncher(Launcher):
         try:
             reply: Reply = future.result()
         except Exception as exc:  # the executor's own failure, not the items'
-            return [(index, exc, None) for index, _ in chunk], False
+            first, items = chunk
+            return [(first + offset, exc, None) for offset in range(len(items))], False
         if self.replayer is not None:
             self.replayer.replay(reply[2])
-        return reply_results(chunk[0][0], reply)
+        return reply_results(chunk[0], reply)

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import Finished, ItemError, OnError, Outcome
@@ -172,7 +172,8 @@ async def _scheduled_items(
     # Nested maps share the budget: see LocalEngine.nested_engine.
     runner.enclosing = Enclosing(engine.nested_engine(depth, window), depth, window)
     inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
-    numbered = enumerate(spec.items())
+    items = spec.items()
+    launched = 0  # items launched so far: the index of the next one
     waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
     running = 0  # items in flight
     next_index = 0
@@ -194,15 +195,16 @@ async def _scheduled_items(
                 if room < size and running:  # a whole chunk once more items finish
                     break
                 if size == 1:  # items one by one (tasks): the common case, written out
-                    entry = next(numbered, None)
-                    chunk = [] if entry is None else [entry]
+                    item = next(items, None)
+                    values = [] if item is None else [item]
                 else:
-                    chunk = list(itertools.islice(numbered, min(size, room)))
-                if not chunk:
+                    values = list(itertools.islice(items, min(size, room)))
+                if not values:
                     exhausted = True
                     break
-                launcher.launch(inflight, chunk)
-                running += len(chunk)
+                launcher.launch(inflight, (launched, values))
+                launched += len(values)
+                running += len(values)
             if batches is not None:
                 batches.supply(not exhausted)
             if submitting is not None:
@@ -215,16 +217,16 @@ async def _scheduled_items(
             while (done := inflight.pop_done()) is not None:
                 pieces += 1
                 future, chunk = done
-                running -= len(chunk)
+                first, values = chunk
+                running -= len(values)
                 results, clean = launcher.results(future, chunk)
                 if clean and (
-                    not ordered or (len(results) == len(chunk) and results[0][0] == next_index)
+                    not ordered or (len(results) == len(values) and first == next_index)
                 ):  # every item's outputs, in order: the results are the entries
                     finished += results  # type: ignore[arg-type]
                     if ordered:
                         next_index += len(results)
                 else:
-                    chunk_items: dict[int, tuple[Any, ...]] | None = None  # made once, if needed
                     for result in results:
                         index = result[0]
                         outcome: Outcome
@@ -232,9 +234,7 @@ async def _scheduled_items(
                             outcome = result[1]
                         else:
                             _, exc, formatted = result
-                            if chunk_items is None:
-                                chunk_items = dict(chunk)
-                            inputs = runner.inputs(chunk_items[index])
+                            inputs = runner.inputs(values[index - first])
                             if formatted is None:  # raised here, not in another process
                                 annotate_item(exc, index, inputs)
                             if on_error == "raise":

@@ -72,40 +72,41 @@ class ChunkLauncher(Launcher):
         return reply
 
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
-        first = chunk[0][0]
+        first, items = chunk
         try:  # here rather than on the pool's thread, to know which item cannot go
-            items = bytes(ForkingPickler.dumps([item for _, item in chunk]))
+            sent = bytes(ForkingPickler.dumps(items))
         except Exception:
             self._launch_apart(inflight, chunk)
             return
-        inflight.add_job(self.submit(first, items), chunk)
-        self.in_flight[first] = chunk[-1][0]
+        inflight.add_job(self.submit(first, sent), chunk)
+        self.in_flight[first] = first + len(items) - 1
 
     def _launch_apart(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         """A chunk with an item that cannot be pickled: that item fails here, with a
         note naming its input; the runs of items around it go as chunks of their own."""
-        run: Chunk = []
-        for index, item in chunk:
+        first, items = chunk
+        run: list[tuple[Any, ...]] = []  # the items before this one that can go
+        for index, item in enumerate(items, first):
             try:
                 ForkingPickler.dumps(item)
             except Exception as exc:
                 if run:
-                    self.launch(inflight, run)
+                    self.launch(inflight, (index - len(run), run))
                     run = []
                 inputs = dict(zip(self.names, item, strict=True))
                 exc.add_note(unpicklable_note(inputs, f"map item {index}", "input"))
                 failed: JobFuture[Any] = JobFuture()
                 failed.set_exception(exc)
                 self.unsent.add(index)
-                inflight.add_job(failed, [(index, item)])
+                inflight.add_job(failed, (index, [item]))
             else:
-                run.append((index, item))
+                run.append(item)
         if run:
-            self.launch(inflight, run)
+            self.launch(inflight, (first + len(items) - len(run), run))
 
     def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
-        if chunk[0][0] in self.unsent:  # never sent: see _launch_apart
-            self.unsent.discard(chunk[0][0])
+        if chunk[0] in self.unsent:  # never sent: see _launch_apart
+            self.unsent.discard(chunk[0])
             return super().results(future, chunk)
         try:
             reply = self.reply(future.result(), chunk)
@@ -114,10 +115,10 @@ class ChunkLauncher(Launcher):
             if dead is None:
                 raise
             raise dead from None
-        del self.in_flight[chunk[0][0]]
+        del self.in_flight[chunk[0]]
         if self.replayer is not None:
             self.replayer.replay(reply[2])
-        return reply_results(chunk[0][0], reply)
+        return reply_results(chunk[0], reply)
 
     def spans(self) -> str:
         """The items in flight, as ranges: ``0-15, 32-47``."""
