@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import cloudpickle  # type: ignore[import-untyped]
 import pytest
 
 from plait import LocalEngine, Pipeline, WorkerDiedError, node
 from plait.engine.local import clusters
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
+from plait.engine.local.items import ItemRunner
+from plait.engine.local.plan import Route, plan_for
 
 
 class PoolCluster(ClusterExecutor):
@@ -185,3 +189,18 @@ def test_plait_imports_ray_only_when_a_ray_executor_starts() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False RayExecutor(init_kwargs={'num_cpus': 1})"
+
+
+def test_a_worker_reuses_a_runner_sent_in_each_task_for_maps_of_the_same_pipeline() -> None:
+    pipeline = Pipeline([node(triple, output_name="y")])
+    plan = plan_for(pipeline.graph, None, {"x"})
+    blob = cloudpickle.dumps(ItemRunner(Route.in_worker(plan), {}, ("x",), None).for_worker())
+    sent = pickle.dumps([(1,), (2,)])
+    clusters._RUNNERS.clear()
+    for _ in range(2):  # two maps, the runner sent in each task: known by its bytes
+        reply, _ = clusters.run_shipped_chunk(bytes(blob), (None, 0, sent, True))
+        assert pickle.loads(reply.blob)[0] == [{"y": 3}, {"y": 6}]
+    assert list(clusters._RUNNERS) == [blob]
+    clusters.run_shipped_chunk(blob, ("map-token", 0, sent, True))  # put on the cluster
+    assert list(clusters._RUNNERS) == [blob, "map-token"]
+    clusters._RUNNERS.clear()

@@ -211,8 +211,13 @@ class ClusterLauncher(ChunkLauncher):
             self.window = size_hint
         self.target = ROUND_TRIPS_PER_CHUNK * executor.round_trip  # seconds of work a chunk
         self.per_item: float | None = None  # seconds, smoothed over replies (None: none yet)
-        self.token = uuid.uuid4().hex
-        self.shipped: Any = executor.ship(cloudpickle.dumps(runner.for_worker()))
+        blob = cloudpickle.dumps(runner.for_worker())
+        self.shipped: Any = executor.ship(blob)
+        # A worker keeps the runners it unpickled by what identifies them: a runner
+        # that travels in each task by its bytes, so maps of the same pipeline and
+        # inputs share one (unpickling it and compiling its loop cost a worker's first
+        # chunk about 0.5 ms); one put on the cluster by this map's token.
+        self.token = None if self.shipped is blob else uuid.uuid4().hex
 
     def submit(self, first: int, items: bytes) -> JobFuture[Any]:
         # Two arguments: a backend serializes each one apart (on Ray, ~25 µs apiece).
@@ -249,27 +254,32 @@ class ClusterLauncher(ChunkLauncher):
 
 # --- on a worker of the cluster -----------------------------------------------------
 
-#: The runners of maps this worker has run chunks of, newest last: token -> runner.
-_RUNNERS: collections.OrderedDict[str, ItemRunner] = collections.OrderedDict()
+#: The runners of maps this worker has run chunks of, newest last, by their map's token
+#: or, for a runner sent in each task, by its bytes.
+_RUNNERS: collections.OrderedDict[str | bytes, ItemRunner] = collections.OrderedDict()
 _runners_lock = threading.Lock()
 #: Maps whose runners a worker keeps at once (a map's runner holds its broadcast inputs).
 _KEEP = 4
 
 
-def run_shipped_chunk(shipped: bytes, chunk: tuple[str, int, bytes, bool]) -> tuple[Pickled, float]:
-    """On a worker: run a chunk ``(token, first, sent, stop_on_error)`` of the map
-    ``token`` whose runner was shipped as ``shipped``; the reply, and the seconds its
+def run_shipped_chunk(
+    shipped: bytes, chunk: tuple[str | None, int, bytes, bool]
+) -> tuple[Pickled, float]:
+    """On a worker: run a chunk ``(token, first, sent, stop_on_error)`` of the map whose
+    runner was shipped as ``shipped`` (``token`` names a map's runner put on the
+    cluster; None: the runner is known by its bytes); the reply, and the seconds its
     items took."""
     token, first, sent, stop_on_error = chunk
+    key = shipped if token is None else token
     with _runners_lock:
-        runner = _RUNNERS.get(token)
+        runner = _RUNNERS.get(key)
         if runner is not None:
-            _RUNNERS.move_to_end(token)
+            _RUNNERS.move_to_end(key)
     if runner is None:
         runner = cloudpickle.loads(shipped)
         runner.attach_local_runtime()
         with _runners_lock:
-            runner = _RUNNERS.setdefault(token, runner)
+            runner = _RUNNERS.setdefault(key, runner)
             while len(_RUNNERS) > _KEEP:
                 _RUNNERS.popitem(last=False)
     start = perf_counter()  # the items' time, not the runner's first load
