@@ -530,7 +530,12 @@ async def _collect(stream: AsyncIterator[Finished]) -> list[Outcome]:
     try:
         async for finished in stream:
             count = len(results)
-            if finished[0][0] == count and finished[-1][0] == count + len(finished) - 1:
+            if len(finished) == 1:  # an item on its own (a sequential map): the common case
+                index, outcome = finished[0]
+                if index == count:
+                    results.append(outcome)
+                    continue
+            elif finished[0][0] == count and finished[-1][0] == count + len(finished) - 1:
                 results += map(_outcome, finished)  # the next items, all of them (in order)
                 continue
             for index, outcome in finished:

@@ -213,9 +213,8 @@ async def _scheduled_items(
                 return
             await inflight.wait_any()
             finished: Finished = []
-            pieces = 0  # chunks taken now: more than one may finish out of order
+            unsorted = False  # chunks that finished together may come out of order
             while (done := inflight.pop_done()) is not None:
-                pieces += 1
                 future, chunk = done
                 first, values = chunk
                 running -= len(values)
@@ -223,6 +222,8 @@ async def _scheduled_items(
                 if clean and (
                     not ordered or (len(results) == len(values) and first == next_index)
                 ):  # every item's outputs, in order: the results are the entries
+                    if finished and first < finished[-1][0]:
+                        unsorted = True
                     finished += results  # type: ignore[arg-type]
                     if ordered:
                         next_index += len(results)
@@ -243,12 +244,13 @@ async def _scheduled_items(
                         if ordered:
                             waiting[index] = outcome
                         else:
+                            unsorted = unsorted or bool(finished and index < finished[-1][0])
                             finished.append((index, outcome))
                 while next_index in waiting:
                     finished.append((next_index, waiting.pop(next_index)))
                     next_index += 1
             if finished:
-                if pieces > 1 and not ordered:
+                if unsorted:
                     finished.sort(key=itemgetter(0))  # Finished is in index order
                 yield finished
     except BaseException:
