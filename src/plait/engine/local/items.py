@@ -161,11 +161,7 @@ class ItemRunner:
 
     def run_plain(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """Run item ``index`` as plain calls; only for lean items of an inline route."""
-        if len(item) == 1 and self.slots[0] >= 0:
-            values = self.base.copy()
-            values[self.slots[0]] = item[0]
-        else:
-            values = self.values(item)
+        values = self.values(item)
         plan = self.plan
         enclosing = self.enclosing
         token = ENCLOSING.set(enclosing) if enclosing else None
