@@ -106,7 +106,7 @@ ItemsRun = Callable[
         Sequence[tuple[Any, ...]],
         int,
         Sequence[Any],
-        Callable[[dict[str, Any] | None], None],
+        list[dict[str, Any] | None],
         Callable[[int, tuple[Any, ...], Exception], bool],
     ],
     None,
@@ -114,27 +114,28 @@ ItemsRun = Callable[
 
 
 def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
-    """The function ``items(items, first, base, output, fail)`` that runs map items
+    """The function ``items(items, first, base, outputs, fail)`` that runs map items
     one after another as plain calls of ``plan``'s steps (a worker's chunk).
 
     ``mapped`` are the slots of an item's mapped values (-1: not needed), ``base``
     the map's slot list (broadcast inputs), ``first`` the first item's index. Each
-    item's outputs go to ``output``; a failed item gives ``output(None)``, then
-    ``fail(index, item, exc)``, which says whether to stop. Values live in local
-    variables, not a slot list; errors get the same notes as :func:`compile_calls`.
+    item's outputs are appended to ``outputs`` (an empty list); a failed item
+    appends None, then ``fail(index, item, exc)`` says whether to stop. Values live
+    in local variables, not a slot list; errors get the same notes as
+    :func:`compile_calls`.
     """
     produced = {slot for step in plan.steps for slot in step.out_slots}
     count = len(plan.template)
     names = tuple(f"l{slot}" for slot in range(count))
     namespace = _call_namespace(plan)
     namespace["slot_values"] = partial(_slot_values, names)
-    lines = ["def items(items, first, base, output, fail):"]
+    lines = ["def items(items, first, base, outputs, fail):", "    output = outputs.append"]
     lines += [
         f"    l{slot} = base[{slot}]"
         for slot in range(count)
         if slot not in produced and slot not in mapped
     ]
-    lines.append("    for index, item in enumerate(items, first):")
+    lines.append("    for item in items:")
     targets = [f"l{slot}" if slot >= 0 else "_" for slot in mapped]
     if any(slot >= 0 for slot in mapped):
         lines.append(f"        {', '.join(targets)}, = item")
@@ -144,6 +145,7 @@ def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
     lines += [
         "            pass",
         "        except Exception as exc:",
+        "            index = first + len(outputs)  # the items before it each have an entry",
         "            output(None)",
         "            if fail(index, item, exc):",
         "                return",
@@ -164,14 +166,16 @@ def _call_lines(plan: Plan, slot: Callable[[int], str], values: str, indent: str
     for index, step in enumerate(plan.steps):
         args = [slot(s) for s in step.positional]
         args += [f"{name}={slot(s)}" for name, s in step.keyword]
+        outs = step.out_slots
+        # A result goes straight to its slot when that is a local variable.
+        result = slot(outs[0]) if not step.unpacks and slot(outs[0]).isidentifier() else "r"
         lines += [
             "try:",
-            f"    r = f{index}({', '.join(args)})",
+            f"    {result} = f{index}({', '.join(args)})",
             "except Exception as exc:",
             f"    annotate(exc, s{index}, {values})",
             "    raise",
         ]
-        outs = step.out_slots
         if step.unpacks:
             lines += [
                 f"if not isinstance(r, tuple) or len(r) != {len(outs)}:",
@@ -180,10 +184,11 @@ def _call_lines(plan: Plan, slot: Callable[[int], str], values: str, indent: str
             ]
         else:
             lines += [
-                "if type(r) is Coroutine:",
-                f"    raise returned_coroutine(s{index}, {values}, r)",
-                f"{slot(outs[0])} = r",
+                f"if type({result}) is Coroutine:",
+                f"    raise returned_coroutine(s{index}, {values}, {result})",
             ]
+            if result == "r":
+                lines.append(f"{slot(outs[0])} = r")
     return [indent + line for line in lines]
 
 

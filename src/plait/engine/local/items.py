@@ -391,7 +391,7 @@ def _run_plain_items(
 
     compiled = runner.compiled_items(len(items))
     if compiled is not None:
-        compiled(items, first, runner.base, outputs.append, fail)
+        compiled(items, first, runner.base, outputs, fail)
         return
     plan = runner.plan
     for index, item in enumerate(items, first):
