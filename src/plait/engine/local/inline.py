@@ -100,7 +100,7 @@ def compile_calls(plan: Plan) -> Callable[[list[Any]], None]:
     return function
 
 
-#: ``items(items, first, base, output, fail)``: see :func:`compile_items`.
+#: ``items(items, first, base, outputs, fail)``: see :func:`compile_items`.
 ItemsRun = Callable[
     [
         Sequence[tuple[Any, ...]],
@@ -141,9 +141,10 @@ def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
         lines.append(f"        {', '.join(targets)}, = item")
     lines.append("        try:")
     lines += _call_lines(plan, lambda slot: f"l{slot}", "slot_values(locals())", " " * 12)
+    if not plan.steps:
+        lines.append("            pass")
     entries = ", ".join(f"{name!r}: l{slot}" for name, slot in plan.output_slots)
     lines += [
-        "            pass",
         "        except Exception as exc:",
         "            index = first + len(outputs)  # the items before it each have an entry",
         "            output(None)",

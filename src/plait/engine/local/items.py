@@ -48,8 +48,8 @@ Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
 Failure = tuple[int, BaseException, str]
 #: What a worker sends back for a chunk of consecutive items: the outputs of each item
 #: in order (None for one that failed or did not run: after a failure with
-#: ``stop_on_error``), the failures in index order, and the events the items emitted.
-#: Columnar, so a chunk that did not fail carries no index per item.
+#: ``stop_on_error``), the failures (each names its item), and the events the items
+#: emitted. Columnar, so a chunk that did not fail carries no index per item.
 Reply = tuple[list[dict[str, Any] | None], list[Failure], list[Event]]
 
 
@@ -357,7 +357,6 @@ def run_items(
             numbered = list(enumerate(items, first))
             outputs = [None] * len(items)
             block_on(run_together(runner, numbered, outputs, failures, stop_on_error))
-            failures.sort(key=itemgetter(0))
         elif runner.route.inline and runner.lean and runner.enclosing is None:
             _run_plain_items(runner, first, items, outputs, failures, stop_on_error)
         else:
@@ -366,7 +365,7 @@ def run_items(
                     outputs.append(runner.run_blocking(index, item))
                 except Exception as exc:
                     outputs.append(None)
-                    failures.append(_failed(runner, index, item, exc))
+                    failures.append(failure(runner, index, item, exc))
                     if stop_on_error:
                         break
     return outputs, failures, events
@@ -386,7 +385,7 @@ def _run_plain_items(
     (:func:`compile_items`), before that in this loop."""
 
     def fail(index: int, item: tuple[Any, ...], exc: Exception) -> bool:
-        failures.append(_failed(runner, index, item, exc))
+        failures.append(failure(runner, index, item, exc))
         return stop_on_error
 
     compiled = runner.compiled_items(len(items))
@@ -406,7 +405,7 @@ def _run_plain_items(
         outputs.append(plan.outputs(values))
 
 
-def _failed(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Failure:
+def failure(runner: ItemRunner, index: int, item: tuple[Any, ...], exc: Exception) -> Failure:
     """Item ``index`` raised ``exc`` in a worker: its failure, to send back as a value."""
     annotate_item(exc, index, runner.inputs(item))
     return (index, portable(exc), "".join(traceback.format_exception(exc)))
@@ -436,7 +435,7 @@ async def run_together(
                     outputs[place] = future.result()
                 except Exception as exc:
                     index, item = items[place]
-                    failures.append(_failed(runner, index, item, exc))
+                    failures.append(failure(runner, index, item, exc))
                     if stop_on_error:
                         return
     finally:

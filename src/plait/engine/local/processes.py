@@ -19,26 +19,29 @@ import pickle
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.reduction import ForkingPickler
-from operator import itemgetter
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-from plait.callbacks.remote import portable
 from plait.engine.local import launchers
 from plait.engine.local.batches import chunk_size
 from plait.engine.local.calls import unpicklable_note
 from plait.engine.local.inflight import InFlight
-from plait.engine.local.items import ItemRunner, Reply, Result, reply_results, run_items
+from plait.engine.local.items import (
+    ItemRunner,
+    Reply,
+    Result,
+    failure,
+    reply_results,
+    run_items,
+)
 from plait.engine.local.launchers import Chunk, Launcher
-from plait.engine.request import annotate_item
 from plait.errors import WorkerDiedError
 
 
@@ -320,12 +323,10 @@ class Pickled:
 def _sendable(runner: ItemRunner, first: int, items: list[tuple[Any, ...]], reply: Reply) -> Reply:
     """``reply`` with each item one of whose outputs cannot be pickled turned into that
     item's failure: the error of sending it back, with notes naming the output."""
-    outputs, failures, events = reply
-    failures = list(failures)
+    outputs, failures, _ = reply
     for offset, produced in enumerate(outputs):
         if produced is None:
             continue
-        index = first + offset
         for name, value in produced.items():
             try:
                 ForkingPickler.dumps(value)
@@ -333,9 +334,7 @@ def _sendable(runner: ItemRunner, first: int, items: list[tuple[Any, ...]], repl
                 steps = runner.plan.steps
                 producer = next((s.node.name for s in steps if name in s.node.outputs), "?")
                 exc.add_note(unpicklable_note({name: value}, f"node {producer!r}", "output"))
-                annotate_item(exc, index, runner.inputs(items[offset]))
-                failures.append((index, portable(exc), "".join(traceback.format_exception(exc))))
+                failures.append(failure(runner, first + offset, items[offset], exc))
                 outputs[offset] = None
                 break
-    failures.sort(key=itemgetter(0))
-    return outputs, failures, events
+    return reply
