@@ -47,13 +47,20 @@ test: install
 # start it (marked `ray`, and `daft_ray` for Daft on Ray, left out of a plain pytest
 # run) run in a private network namespace with only loopback. Daft's runner is set
 # once per process: the Daft-on-Ray tests run in a pytest process of their own.
-# Needs root (unshare) and iproute2 (ip).
+# Needs root (unshare) and iproute2 (ip). Each run has a Ray temp directory of its own
+# (suites of two interpreters side by side share nothing); when it fails, Ray's logs
+# are printed: a driver whose raylet died exits at once, status 1, saying nothing.
 IP := $(shell command -v ip 2>/dev/null || echo /usr/sbin/ip)
 test-ray: install
 	@test -x $(IP) || (apt-get update -qq && apt-get install -y -qq iproute2)
-	RAY_USAGE_STATS_ENABLED=0 PLAIT_NETNS=1 unshare -n sh -c \
+	@ray_tmp=$$(mktemp -d /tmp/plait-ray.XXXXXX); \
+	RAY_TMPDIR=$$ray_tmp RAY_USAGE_STATS_ENABLED=0 PLAIT_NETNS=1 unshare -n sh -c \
 		'$(IP) link set lo up && $(PY) -m pytest -m ray -p no:cacheprovider && \
-		exec $(PY) -m pytest -m daft_ray -p no:cacheprovider'
+		exec $(PY) -m pytest -m daft_ray -p no:cacheprovider'; \
+	status=$$?; \
+	if [ $$status -ne 0 ]; then echo "Ray tests failed (status $$status); Ray's logs:"; \
+		$(PY) tools/ray_logs.py $$ray_tmp; fi; \
+	rm -rf $$ray_tmp; exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples
