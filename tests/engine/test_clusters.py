@@ -23,6 +23,7 @@ from plait.engine.local import clusters
 from plait.engine.local.clusters import ClusterExecutor, ClusterLauncher
 from plait.engine.local.items import ItemRunner
 from plait.engine.local.plan import Route, plan_for
+from plait.engine.local.processes import pickle_items
 
 
 class PoolCluster(ClusterExecutor):
@@ -195,7 +196,7 @@ def test_a_worker_reuses_a_runner_sent_in_each_task_for_maps_of_the_same_pipelin
     pipeline = Pipeline([node(triple, output_name="y")])
     plan = plan_for(pipeline.graph, None, {"x"})
     blob = cloudpickle.dumps(ItemRunner(Route.in_worker(plan), {}, ("x",), None).for_worker())
-    sent = pickle.dumps([(1,), (2,)])
+    sent = pickle_items([(1,), (2,)])
     clusters._RUNNERS.clear()
     for _ in range(2):  # two maps, the runner sent in each task: known by its bytes
         reply, _ = clusters.run_shipped_chunk(bytes(blob), (None, 0, sent, True))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from plait import ItemError, LocalEngine, Pipeline, WorkerDiedError, node
+from plait.engine.local.processes import pickle_items, unpickle_items
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +417,16 @@ def test_unpicklable_outputs_and_inputs_of_parallel_nodes_are_named() -> None:
             "to a worker process"
         )
         assert Pipeline([double_in_process], engine=engine).run({"x": 4}) == {"y": 8}
+
+
+def test_chunk_items_travel_as_columns_and_come_back_as_items() -> None:
+    items = [(1, ("a", None)), (2, ("b", [3]))]  # two mapped inputs, values of any shape
+    assert unpickle_items(pickle_items(items)) == items
+    assert unpickle_items(pickle_items([(None,)] * 3)) == [(None,)] * 3
+
+
+def test_a_map_of_two_mapped_inputs_in_processes(engine: LocalEngine) -> None:
+    pipeline = Pipeline([node(lambda x, y: (x, y), output_name="pair")], engine=engine)
+    inputs = {"x": [1, 2, 3], "y": [("a",), None, {"k": 1}]}
+    results = pipeline.map(inputs, map_over=("x", "y"))
+    assert [out["pair"] for out in results] == list(zip(inputs["x"], inputs["y"], strict=True))

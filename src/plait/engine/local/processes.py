@@ -20,11 +20,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures import Future as JobFuture
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.reduction import ForkingPickler
+from operator import itemgetter
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -77,7 +78,7 @@ class ChunkLauncher(Launcher):
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         first, items = chunk
         try:  # here rather than on the pool's thread, to know which item cannot go
-            sent = bytes(ForkingPickler.dumps(items))
+            sent = pickle_items(items)
         except Exception:
             self._launch_apart(inflight, chunk)
             return
@@ -107,7 +108,7 @@ class ChunkLauncher(Launcher):
         if run:
             self.launch(inflight, (first + len(items) - len(run), run))
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[Sequence[Result], bool]:
         if chunk[0] in self.unsent:  # never sent: see _launch_apart
             self.unsent.discard(chunk[0])
             return super().results(future, chunk)
@@ -302,12 +303,24 @@ def run_sent(runner: ItemRunner, first: int, sent: bytes, stop_on_error: bool) -
     that item's error, with a note naming the output and its node, rather than a
     bare error for the whole chunk. It arrives as the plain reply.
     """
-    items: list[tuple[Any, ...]] = pickle.loads(sent)
+    items = unpickle_items(sent)
     reply = run_items(runner, first, items, stop_on_error=stop_on_error)
     try:
         return Pickled(bytes(ForkingPickler.dumps(reply)))
     except Exception:
         return Pickled(bytes(ForkingPickler.dumps(_sendable(runner, first, items, reply))))
+
+
+def pickle_items(items: Sequence[tuple[Any, ...]]) -> bytes:
+    """A chunk's items pickled as columns, a list of values per mapped input: a pickled
+    tuple per item costs about ten times as much, on both ends."""
+    columns = [list(map(itemgetter(i), items)) for i in range(len(items[0]))]
+    return bytes(ForkingPickler.dumps(columns))
+
+
+def unpickle_items(sent: bytes) -> list[tuple[Any, ...]]:
+    """The items :func:`pickle_items` pickled."""
+    return list(zip(*pickle.loads(sent), strict=True))
 
 
 class Pickled:
