@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait import bridge, viz
 from plait._text import did_you_mean, quoted
-from plait.engine.base import Engine, Finished, MapMode, OnError, Outcome
+from plait.engine.base import Consecutive, Engine, Finished, MapMode, OnError, Outcome
 from plait.engine.context import ENCLOSING
 from plait.engine.local import LocalEngine
 from plait.engine.local.observe import check_cache, check_callbacks
@@ -530,6 +530,15 @@ async def _collect(stream: AsyncIterator[Finished]) -> list[Outcome]:
     try:
         async for finished in stream:
             count = len(results)
+            if type(finished) is Consecutive:  # a chunk's outcomes: in their place at once
+                first, outcomes = finished.first, finished.outcomes
+                end = first + len(outcomes)
+                if first == count:
+                    results += outcomes
+                else:
+                    results += [None] * (end - count)  # nothing when they fill a gap
+                    results[first:end] = outcomes
+                continue
             if len(finished) == 1:  # an item on its own (a sequential map): the common case
                 index, outcome = finished[0]
                 if index == count:

@@ -11,6 +11,7 @@ import pytest
 
 import plait
 from plait import InputError, ItemError, LocalEngine, MissingInputsError, Pipeline, node
+from plait.engine.base import Consecutive
 
 DOC = Path(__file__).parents[2] / "docs" / "engines.md"
 
@@ -97,3 +98,47 @@ def test_errors_are_the_same_as_on_the_local_engine() -> None:
         "map pipeline over x",
         "map pipeline over x",
     ]
+
+
+class RunsEngine(plait.Engine):
+    """Yields a map's outcomes as runs of consecutive items, in the order given."""
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self.runs = runs  # (first, end) of each run
+
+    async def arun(self, pipeline: Any, inputs: Any, output_name: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def aimap(self, pipeline: Any, inputs: Any, map_over: Any, **options: Any) -> Any:
+        xs = list(inputs["x"])
+        for first, end in self.runs:
+            yield Consecutive(first, [{"y": x} for x in xs[first:end]])
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [(0, 3), (3, 7)],  # in order
+        [(4, 7), (0, 2), (2, 4)],  # one ahead of a gap, then the gap in two
+        [(2, 7), (0, 2)],  # the gap before it last
+    ],
+)
+def test_runs_of_consecutive_items_come_back_in_their_places(runs: list[tuple[int, int]]) -> None:
+    pipe = Pipeline([slow_double], engine=RunsEngine(runs))
+    assert pipe.map({"x": range(7)}, map_over="x") == [{"y": x} for x in range(7)]
+    pairs = list(pipe.imap({"x": range(7)}, map_over="x"))
+    assert sorted(pairs, key=lambda pair: pair[0]) == [(x, {"y": x}) for x in range(7)]
+
+
+def test_consecutive_reads_as_index_outcome_pairs() -> None:
+    run = Consecutive(5, [{"y": 1}, {"y": 2}, {"y": 3}])
+    assert list(run) == [(5, {"y": 1}), (6, {"y": 2}), (7, {"y": 3})]
+    assert len(run) == 3
+    assert run[0] == (5, {"y": 1})
+    assert run[-1] == (7, {"y": 3})
+    assert run[-3] == (5, {"y": 1})
+    assert run[1:] == [(6, {"y": 2}), (7, {"y": 3})]
+    for position in (3, -4):
+        with pytest.raises(IndexError, match="of 3 consecutive outcomes"):
+            run[position]
+    assert repr(Consecutive(0, [])) == "Consecutive(0, [])"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import abc
 import traceback
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from plait._text import short_repr
 
@@ -77,10 +77,51 @@ class ItemError:
 
 #: What a map gives for one item: its outputs, or the ItemError it failed with.
 Outcome = dict[str, Any] | ItemError
+
+
+class Consecutive(Sequence[tuple[int, Outcome]]):
+    """The outcomes of consecutive map items, the first of them item ``first``, read as
+    their ``(index, outcome)`` pairs: a :data:`Finished` that holds no pair per item.
+
+    A chunk of items that a worker ran arrives as its outcomes in order; pairing
+    each one with its index would cost an object per item, made only to be taken
+    apart again by the caller (``Pipeline.map`` takes ``outcomes`` whole).
+    """
+
+    __slots__ = ("first", "outcomes")
+
+    def __init__(self, first: int, outcomes: list[Outcome]) -> None:
+        self.first = first
+        self.outcomes = outcomes
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def __iter__(self) -> Iterator[tuple[int, Outcome]]:
+        return zip(range(self.first, self.first + len(self.outcomes)), self.outcomes, strict=True)
+
+    @overload
+    def __getitem__(self, position: int) -> tuple[int, Outcome]: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[tuple[int, Outcome]]: ...
+    def __getitem__(self, position: int | slice) -> Any:
+        if isinstance(position, slice):
+            return list(self)[position]
+        count = len(self.outcomes)
+        if not -count <= position < count:
+            raise IndexError(f"position {position} of {count} consecutive outcomes")
+        position %= count
+        return (self.first + position, self.outcomes[position])
+
+    def __repr__(self) -> str:
+        return f"Consecutive({self.first}, {self.outcomes!r})"
+
+
 #: Map items that finished together, as ``(index, outcome)`` pairs in index order:
-#: what :meth:`Engine.aimap` yields (a list per wake-up, not a pair per item, keeps
-#: the cost per item low from the engine to the caller).
-Finished = list[tuple[int, Outcome]]
+#: what :meth:`Engine.aimap` yields, a list of pairs or a :class:`Consecutive` (a
+#: sequence per wake-up, not a pair per item, keeps the cost per item low from the
+#: engine to the caller).
+Finished = list[tuple[int, Outcome]] | Consecutive
 
 
 class Engine(abc.ABC):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.bridge import block_on, ensure_loop, loop_optional
 from plait.callbacks.remote import Event, Replayer, portable, recording
+from plait.engine.base import Consecutive
 from plait.engine.context import ENCLOSING, TOP, Enclosing
 from plait.engine.local.batches import MapBatches
 from plait.engine.local.controls import NodeRuntime, worker_runtime
@@ -44,8 +45,9 @@ if TYPE_CHECKING:
 
 #: One item's result: (index, outputs) or (index, exception, formatted traceback or None).
 Result = tuple[int, dict[str, Any]] | tuple[int, BaseException, str | None]
-#: An item that failed in a worker: (index, exception, formatted traceback).
-Failure = tuple[int, BaseException, str]
+#: An item that failed: (index, exception, its traceback formatted where it was raised,
+#: or None when that was this process).
+Failure = tuple[int, BaseException, str | None]
 #: What a worker sends back for a chunk of consecutive items: the outputs of each item
 #: in order (None for one that failed or did not run: after a failure with
 #: ``stop_on_error``), the failures (each names its item), and the events the items
@@ -53,12 +55,13 @@ Failure = tuple[int, BaseException, str]
 Reply = tuple[list[dict[str, Any] | None], list[Failure], list[Event]]
 
 
-def reply_results(first: int, reply: Reply) -> tuple[list[Result], bool]:
+def reply_results(first: int, reply: Reply) -> tuple[Sequence[Result], bool]:
     """A reply's results (``first`` is its first item's index) in index order, and True
-    when none of its items failed."""
+    when none of its items failed: then they are the outputs as they came
+    (:class:`~plait.engine.base.Consecutive`), without a pair per item."""
     outputs, failures, _ = reply
     if not failures:
-        return list(zip(range(first, first + len(outputs)), outputs, strict=True)), True  # type: ignore[arg-type]
+        return Consecutive(first, outputs), True  # type: ignore[arg-type,return-value]
     results: list[Result] = [(i, out) for i, out in enumerate(outputs, first) if out is not None]
     results += failures
     results.sort(key=itemgetter(0))

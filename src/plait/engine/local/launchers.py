@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as JobFuture
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.batches import largest_batch
 from plait.engine.local.inflight import InFlight
-from plait.engine.local.items import ItemRunner, Reply, Result, reply_results, run_elsewhere
+from plait.engine.local.items import (
+    Failure,
+    ItemRunner,
+    Reply,
+    Result,
+    reply_results,
+    run_elsewhere,
+)
 
 #: Consecutive map items: the first one's index, and each one's mapped values.
 Chunk = tuple[int, list[tuple[Any, ...]]]
@@ -32,7 +40,7 @@ class Launcher:
     def launch(self, inflight: InFlight[Chunk], chunk: Chunk) -> None:
         raise NotImplementedError
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[Sequence[Result], bool]:
         """A finished chunk's results, in index order, and True when none of them failed.
         Here: a chunk of one item whose future holds its outputs or its exception."""
         index = chunk[0]
@@ -90,27 +98,26 @@ class ThreadChunkLauncher(Launcher):
         job = self.executor.submit(self._run, contextvars.copy_context(), chunk)
         inflight.add_job(job, chunk)
 
-    def _run(self, context: contextvars.Context, chunk: Chunk) -> tuple[list[Result], bool]:
+    def _run(self, context: contextvars.Context, chunk: Chunk) -> Reply:
         run = self.runner.run_blocking
-        results: list[Result] = []
-        clean = True
+        outputs: list[dict[str, Any] | None] = []
+        failures: list[Failure] = []
         first, items = chunk
         for index, item in enumerate(items, first):
             if self.stopped:
                 break
             try:
-                results.append((index, context.copy().run(run, index, item)))
+                outputs.append(context.copy().run(run, index, item))
             except Exception as exc:
-                results.append((index, exc, None))
-                clean = False
+                outputs.append(None)
+                failures.append((index, exc, None))
                 if self.stop_on_error:
                     self.stopped = True  # the chunks beside it stop now, not when the loop sees it
                     break
-        return results, clean
+        return outputs, failures, []
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
-        results: tuple[list[Result], bool] = future.result()
-        return results
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[Sequence[Result], bool]:
+        return reply_results(chunk[0], future.result())
 
     async def before_cancel(self, inflight: InFlight[Chunk]) -> None:
         self.stopped = True
@@ -147,7 +154,7 @@ class ExecutorLauncher(Launcher):
             job = self.executor.submit(run_elsewhere, self.remote, index, items)
         inflight.add_job(job, chunk)
 
-    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[list[Result], bool]:
+    def results(self, future: asyncio.Future[Any], chunk: Chunk) -> tuple[Sequence[Result], bool]:
         if self.in_process:
             return super().results(future, chunk)
         try:

@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from plait.bridge import ensure_loop, loop_optional, portal
-from plait.engine.base import Finished, ItemError, OnError, Outcome
+from plait.engine.base import Consecutive, Finished, ItemError, OnError, Outcome
 from plait.engine.context import ENCLOSING, Enclosing
 from plait.engine.local.async_executor import AsyncExecutor
 from plait.engine.local.batches import largest_batch
@@ -212,7 +212,7 @@ async def _scheduled_items(
             if not inflight:
                 return
             await inflight.wait_any()
-            finished: Finished = []
+            finished: list[tuple[int, Outcome]] = []  # as pairs, for one yield
             unsorted = False  # chunks that finished together may come out of order
             while (done := inflight.pop_done()) is not None:
                 future, chunk = done
@@ -222,11 +222,17 @@ async def _scheduled_items(
                 if clean and (
                     not ordered or (len(results) == len(values) and first == next_index)
                 ):  # every item's outputs, in order: the results are the entries
-                    if finished and first < finished[-1][0]:
-                        unsorted = True
-                    finished += results  # type: ignore[arg-type]
                     if ordered:
                         next_index += len(results)
+                    if isinstance(results, Consecutive):  # a chunk's outputs, as they came
+                        if finished:  # those before it first (in ordered mode, they are)
+                            yield _in_index_order(finished, unsorted)
+                            finished, unsorted = [], False
+                        yield results
+                    else:
+                        if finished and first < finished[-1][0]:
+                            unsorted = True
+                        finished += results  # type: ignore[arg-type]
                 else:
                     for result in results:
                         index = result[0]
@@ -250,9 +256,7 @@ async def _scheduled_items(
                     finished.append((next_index, waiting.pop(next_index)))
                     next_index += 1
             if finished:
-                if unsorted:
-                    finished.sort(key=itemgetter(0))  # Finished is in index order
-                yield finished
+                yield _in_index_order(finished, unsorted)
     except BaseException:
         await launcher.before_cancel(inflight)
         await inflight.cancel_all()
@@ -260,6 +264,14 @@ async def _scheduled_items(
         raise
     finally:
         launcher.close()
+
+
+def _in_index_order(finished: list[tuple[int, Outcome]], unsorted: bool) -> Finished:
+    """``finished``, sorted by index if ``unsorted`` says it may not be (a
+    :data:`Finished` is in index order)."""
+    if unsorted:
+        finished.sort(key=itemgetter(0))
+    return finished
 
 
 def _on_async_executor(launcher: Launcher) -> bool:
