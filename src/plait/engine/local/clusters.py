@@ -341,7 +341,7 @@ class DaskExecutor(ClusterExecutor):
             try:
                 value = await task._result()
             except BaseException as exc:
-                settle(partial(_reraise, exc))
+                settle(partial(reraise, exc))
             else:
                 settle(lambda: value)
 
@@ -369,5 +369,5 @@ async def _awaited(awaitable: Any) -> None:
     await awaitable
 
 
-def _reraise(error: BaseException) -> Any:
+def reraise(error: BaseException) -> Any:
     raise error

@@ -8,10 +8,12 @@ process. As a map executor, a map ships its pipeline once and its items in chunk
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
-from plait.engine.local.clusters import ClusterExecutor
+from plait.engine.local.clusters import ClusterExecutor, reraise, run_shipped_chunk
 
 
 class RayExecutor(ClusterExecutor):
@@ -50,10 +52,12 @@ class RayExecutor(ClusterExecutor):
         self.init_kwargs = dict(init_kwargs or {})
         self.ray_options = dict(ray_options or {})
         self._remote: Any = None
+        self._waiter: _Waiter
+        self._chunks: Any = None  # the task that runs a chunk of a map's items
         self._started = False  # this executor called ray.init
 
     def _ray(self) -> Any:
-        """The ray module, with Ray running and this executor's task defined."""
+        """The ray module, with Ray running and this executor's tasks defined."""
         ray = importlib.import_module("ray")
         if self._remote is not None:
             return ray
@@ -68,15 +72,19 @@ class RayExecutor(ClusterExecutor):
                     ray.init(address=self.address, **kwargs)
                     self._started = True
                 options = {"max_retries": 0, **self.ray_options}
+                self._waiter = _Waiter(ray)
+                self._chunks = ray.remote(run_shipped_chunk).options(**options)
                 self._remote = ray.remote(_call).options(**options)
         return ray
 
     def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._ray()
+        if fn is run_shipped_chunk:  # a map's chunk: a task of its own, one argument fewer
+            return self._chunks.remote(*args, **kwargs)
         return self._remote.remote(fn, *args, **kwargs)
 
     def _when_done(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
-        task.future().add_done_callback(lambda done: settle(done.result))
+        self._waiter.add(task, settle)
 
     def _cancel(self, task: Any) -> None:
         importlib.import_module("ray").cancel(task)
@@ -119,3 +127,64 @@ class RayExecutor(ClusterExecutor):
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The Ray task: one call."""
     return fn(*args, **kwargs)
+
+
+#: Seconds one wait for tasks lasts at most: a task submitted during a wait is taken in
+#: when one of the tasks waited for ends, or after this.
+WAIT_SLICE = 0.01
+#: Seconds the waiting thread stays once no task is pending (the next map's tasks
+#: then need no new thread), before it ends.
+LINGER = 1.0
+
+
+class _Waiter:
+    """Waits for an executor's Ray tasks on a thread of its own (``ray.wait``), and
+    settles each one as it ends; the thread runs while tasks are pending (and
+    :data:`LINGER` seconds after).
+
+    A done-callback per task (``ObjectRef.future()``) would run each result's
+    deserialization and callbacks on Ray's IO thread, contending for the GIL with
+    the threads that submit: a map of 10k small items took about 10% longer.
+    """
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
+        self._pending: dict[Any, Callable[[Callable[[], Any]], None]] = {}
+        self._waiting = False  # the thread runs
+
+    def add(self, task: Any, settle: Callable[[Callable[[], Any]], None]) -> None:
+        """Call ``settle(outcome)`` once ``task`` has ended (``outcome`` is its ``ray.get``)."""
+        with self._lock:
+            self._pending[task] = settle
+            self._added.notify()
+            if self._waiting:
+                return
+            self._waiting = True
+        threading.Thread(target=self._wait, name="plait-ray-waiter", daemon=True).start()
+
+    def _wait(self) -> None:
+        ray = self._ray
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._added.wait(LINGER)
+                    if not self._pending:
+                        self._waiting = False
+                        return
+                tasks = list(self._pending)
+            try:
+                ready, _ = ray.wait(tasks, num_returns=1, timeout=WAIT_SLICE)
+            except BaseException as exc:  # Ray shut down under its tasks
+                with self._lock:
+                    settles = list(self._pending.values())
+                    self._pending.clear()
+                    self._waiting = False
+                for settle in settles:
+                    settle(partial(reraise, exc))
+                return
+            for task in ready:
+                with self._lock:
+                    settle = self._pending.pop(task)
+                settle(partial(ray.get, task))
