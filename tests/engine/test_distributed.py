@@ -500,3 +500,22 @@ def test_a_node_with_resources_in_the_middle(backend: Any, tmp_path: Path) -> No
     again.map(inputs, map_over="x", on_error="collect")
     ends = [event[0] for event in cached.events]
     assert ends.count("map_item_cached") == 58  # the failing items run again, nothing else
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.ray
+def test_a_ray_task_that_ends_first_is_settled_first(ray_executor: Any) -> None:
+    """One thread waits for every task: a short task submitted while it waits for a long
+    one is settled when it ends, not when the long one does."""
+    long = ray_executor.submit(_sleep, 3.0)
+    time.sleep(0.5)  # the waiting thread is waiting for the long task alone
+    start = time.monotonic()
+    short = ray_executor.submit(_sleep, 0.1)
+    assert short.result(timeout=10) == 0.1
+    assert time.monotonic() - start < 2.0
+    assert not long.done()
+    assert long.result(timeout=10) == 3.0
