@@ -199,9 +199,9 @@ def test_a_worker_reuses_a_runner_sent_in_each_task_for_maps_of_the_same_pipelin
     sent = pickle_items([(1,), (2,)])
     clusters._RUNNERS.clear()
     for _ in range(2):  # two maps, the runner sent in each task: known by its bytes
-        reply, _ = clusters.run_shipped_chunk(bytes(blob), (None, 0, sent, True))
+        reply, _ = clusters.run_shipped_chunk((None, 0, sent, True, bytes(blob)))
         assert pickle.loads(reply.blob)[0] == [{"y": 3}, {"y": 6}]
     assert list(clusters._RUNNERS) == [blob]
-    clusters.run_shipped_chunk(blob, ("map-token", 0, sent, True))  # put on the cluster
+    clusters.run_shipped_chunk(("map-token", 0, sent, True, None), blob)  # put on the cluster
     assert list(clusters._RUNNERS) == [blob, "map-token"]
     clusters._RUNNERS.clear()

@@ -79,7 +79,7 @@ class RayExecutor(ClusterExecutor):
 
     def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._ray()
-        if fn is run_shipped_chunk:  # a map's chunk: a task of its own, one argument fewer
+        if fn is run_shipped_chunk:  # a map's chunk: a task of its own (no function to send)
             return self._chunks.remote(*args, **kwargs)
         return self._remote.remote(fn, *args, **kwargs)
 
