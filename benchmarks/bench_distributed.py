@@ -40,7 +40,7 @@ CPU_ITEMS = 40
 CPU_SECONDS = 0.05
 CPUS = 2
 REPEATS = 3
-MAP_REPEATS = 11  # the 10k-item maps take 15-50 ms each: more samples for a steadier median
+MAP_REPEATS = 31  # the 10k-item maps take 15-50 ms each: more samples for a steadier median
 
 
 def chain() -> list[Node]:
