@@ -175,6 +175,19 @@ def test_map_items_with_a_mapped_input_the_outputs_do_not_need() -> None:
         assert outputs == [{"a": x + 1} for x in range(4)]
 
 
+def test_failed_map_items_over_one_input_the_outputs_do_not_need_name_it() -> None:
+    inverse = node(lambda x: 1 // x, output_name="a", name="inverse")
+    other = node(lambda y: y * 2, output_name="b", name="other")
+    runner = worker_runner(Pipeline([inverse, other]), ("y",), {"x": 0}, output_name="a")
+    items = [(f"y{n}",) for n in range(2)]
+    for outputs, failures, _ in chunks_before_and_after_compiling(runner, items):
+        assert outputs == [None, None]
+        assert [exc.__notes__[-1] for _, exc, _ in failures] == [
+            "plait: in map item 100 with inputs (y='y0')",
+            "plait: in map item 101 with inputs (y='y1')",
+        ]
+
+
 def test_failed_map_items_in_a_worker_carry_their_notes_once_compiled() -> None:
     @node(output_name="y")
     def fragile(scaled: int, x: int) -> int:

@@ -16,6 +16,7 @@ import contextvars
 import dataclasses
 import itertools
 import multiprocessing
+import pickle
 import threading
 import time
 import warnings
@@ -40,6 +41,7 @@ from plait import (
     bridge,
     node,
 )
+from plait.engine.request import MapSpec, OneInputItems
 
 #: Map executors: the three aliases and a ThreadPoolExecutor instance.
 EXECUTORS = ("sequential", "async", "threaded", "instance")
@@ -1629,3 +1631,20 @@ def test_items_that_finish_together_are_handed_on_in_index_order() -> None:
     assert asyncio.run(lists()) == [list(range(10))]
     waiting.clear()
     assert pipeline.map({"x": range(10)}, map_over="x") == [{"y": x} for x in range(10)]
+
+
+def test_items_of_a_map_over_one_input_read_as_one_value_tuples() -> None:
+    items = OneInputItems(["a", None, ("t",)])
+    assert len(items) == 3
+    assert list(items) == [("a",), (None,), (("t",),)]
+    assert items[0] == ("a",)
+    assert items[-1] == (("t",),)
+    assert list(items[1:]) == [(None,), (("t",),)]
+    assert pickle.loads(pickle.dumps(items)).values == ["a", None, ("t",)]
+    spec = MapSpec.of({"x": range(5)}, ("x",), "zip")
+    tuples, values = spec.items_and_values()
+    assert values is not None
+    assert next(tuples) == (0,)
+    assert list(itertools.islice(values, 2)) == [1, 2]  # the same items, read as values
+    assert list(tuples) == [(3,), (4,)]
+    assert MapSpec.of({"x": [1], "y": [2]}, ("x", "y"), "zip").items_and_values()[1] is None

@@ -17,6 +17,7 @@ import pytest
 
 from plait import ItemError, LocalEngine, Pipeline, WorkerDiedError, node
 from plait.engine.local.processes import pickle_items, unpickle_items
+from plait.engine.request import OneInputItems
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +423,10 @@ def test_unpicklable_outputs_and_inputs_of_parallel_nodes_are_named() -> None:
 def test_chunk_items_travel_as_columns_and_come_back_as_items() -> None:
     items = [(1, ("a", None)), (2, ("b", [3]))]  # two mapped inputs, values of any shape
     assert unpickle_items(pickle_items(items)) == items
-    assert unpickle_items(pickle_items([(None,)] * 3)) == [(None,)] * 3
+    one_input = unpickle_items(pickle_items([(None,)] * 3))
+    assert isinstance(one_input, OneInputItems)  # a map over one input: its values
+    assert list(one_input) == [(None,)] * 3
+    assert unpickle_items(pickle_items(OneInputItems([1, "a"]))).values == [1, "a"]
 
 
 def test_a_map_of_two_mapped_inputs_in_processes(engine: LocalEngine) -> None:

@@ -13,7 +13,7 @@ import re
 import warnings
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from plait._text import did_you_mean, plural, quoted, short_repr
 from plait.deps import all_deps
@@ -209,9 +209,44 @@ class MapSpec:
             return zip(self.columns[0])
         return _strict_zip(self.names, self.columns)
 
+    def items_and_values(self) -> tuple[Iterator[tuple[Any, ...]], Iterator[Any] | None]:
+        """:meth:`items`, and when the map zips a single input, the iterator of its values
+        they are read from: values taken from it (:class:`OneInputItems`) are items
+        taken without a tuple made for each."""
+        if self.mode == "zip" and len(self.columns) == 1:
+            values = iter(self.columns[0])
+            return zip(values), values
+        return self.items(), None
+
     def inputs(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """An item's mapped values by input name."""
         return dict(zip(self.names, item, strict=True))
+
+
+class OneInputItems(Sequence[tuple[Any, ...]]):
+    """Consecutive items of a map over one input, held as that input's values: read as
+    the one-value tuples they are, with no tuple made per item until one is read (a
+    chunk of them is pickled as its values)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return zip(self.values)
+
+    @overload
+    def __getitem__(self, position: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, position: slice) -> OneInputItems: ...
+    def __getitem__(self, position: int | slice) -> Any:
+        if isinstance(position, slice):
+            return OneInputItems(self.values[position])
+        return (self.values[position],)
 
 
 def map_items(

@@ -122,7 +122,8 @@ def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
     item's outputs are appended to ``outputs`` (an empty list); a failed item
     appends None, then ``fail(index, item, exc)`` says whether to stop. Values live
     in local variables, not a slot list; errors get the same notes as
-    :func:`compile_calls`.
+    :func:`compile_calls`. With one mapped input, ``items`` are its values, not
+    one-value tuples (no tuple is made for an item unless it fails).
     """
     produced = {slot for step in plan.steps for slot in step.out_slots}
     count = len(plan.template)
@@ -135,10 +136,13 @@ def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
         for slot in range(count)
         if slot not in produced and slot not in mapped
     ]
-    lines.append("    for item in items:")
-    targets = [f"l{slot}" if slot >= 0 else "_" for slot in mapped]
-    if any(slot >= 0 for slot in mapped):
-        lines.append(f"        {', '.join(targets)}, = item")
+    targets = [f"l{slot}" if slot >= 0 else f"m{i}" for i, slot in enumerate(mapped)]
+    if len(mapped) == 1:
+        item = f"({targets[0]},)"
+        lines.append(f"    for {targets[0]} in items:")
+    else:
+        item = "item"
+        lines += ["    for item in items:", f"        {', '.join(targets)}, = item"]
     lines.append("        try:")
     lines += _call_lines(plan, lambda slot: f"l{slot}", "slot_values(locals())", " " * 12)
     if not plan.steps:
@@ -148,7 +152,7 @@ def compile_items(plan: Plan, mapped: Sequence[int]) -> ItemsRun:
         "        except Exception as exc:",
         "            index = first + len(outputs)  # the items before it each have an entry",
         "            output(None)",
-        "            if fail(index, item, exc):",
+        f"            if fail(index, {item}, exc):",
         "                return",
         "            continue",
         f"        output({{{entries}}})",

@@ -36,7 +36,7 @@ from plait.engine.local.inline import (
 from plait.engine.local.plan import Route
 from plait.engine.local.resources import run_with_deps
 from plait.engine.local.scheduler import run_plan
-from plait.engine.request import annotate_item
+from plait.engine.request import OneInputItems, annotate_item
 
 if TYPE_CHECKING:
     from plait.engine.local.dep_scope import DepScope
@@ -393,7 +393,11 @@ def _run_plain_items(
 
     compiled = runner.compiled_items(len(items))
     if compiled is not None:
-        compiled(items, first, runner.base, outputs, fail)
+        if len(runner.slots) == 1:  # the loop of a map over one input takes its values
+            values = items.values if isinstance(items, OneInputItems) else [v for (v,) in items]
+            compiled(values, first, runner.base, outputs, fail)
+        else:
+            compiled(items, first, runner.base, outputs, fail)
         return
     plan = runner.plan
     for index, item in enumerate(items, first):

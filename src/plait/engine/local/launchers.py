@@ -21,8 +21,9 @@ from plait.engine.local.items import (
     run_elsewhere,
 )
 
-#: Consecutive map items: the first one's index, and each one's mapped values.
-Chunk = tuple[int, list[tuple[Any, ...]]]
+#: Consecutive map items: the first one's index, and each one's mapped values (a list
+#: of tuples, or for a map over one input its values: ``OneInputItems``).
+Chunk = tuple[int, Sequence[tuple[Any, ...]]]
 
 
 def chunk_size(size_hint: int | None, workers: int, *, unknown: int = 16, most: int = 256) -> int:

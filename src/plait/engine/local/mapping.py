@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait.bridge import ensure_loop, loop_optional, portal
 from plait.engine.base import Consecutive, Finished, ItemError, OnError, Outcome
@@ -43,7 +43,7 @@ from plait.engine.local.launchers import (
 from plait.engine.local.observe import observed_map
 from plait.engine.local.processes import ProcessLauncher
 from plait.engine.local.resources import around_map, map_scope
-from plait.engine.request import MapSpec, annotate_item
+from plait.engine.request import MapSpec, OneInputItems, annotate_item
 
 if TYPE_CHECKING:
     from plait.engine.local.engine import LocalEngine
@@ -172,7 +172,7 @@ async def _scheduled_items(
     # Nested maps share the budget: see LocalEngine.nested_engine.
     runner.enclosing = Enclosing(engine.nested_engine(depth, window), depth, window)
     inflight: InFlight[Chunk] = InFlight(asyncio.get_running_loop())
-    items = spec.items()
+    items, one_input = spec.items_and_values()
     launched = 0  # items launched so far: the index of the next one
     waiting: dict[int, Outcome] = {}  # finished, not yet yielded (ordered mode)
     running = 0  # items in flight
@@ -194,9 +194,12 @@ async def _scheduled_items(
                 room = window - running - len(waiting)
                 if room < size and running:  # a whole chunk once more items finish
                     break
+                values: Sequence[tuple[Any, ...]]
                 if size == 1:  # items one by one (tasks): the common case, written out
                     item = next(items, None)
                     values = [] if item is None else [item]
+                elif one_input is not None:  # no tuple per item: the values themselves
+                    values = OneInputItems(list(itertools.islice(one_input, min(size, room))))
                 else:
                     values = list(itertools.islice(items, min(size, room)))
                 if not values:

@@ -43,6 +43,7 @@ from plait.engine.local.items import (
     run_items,
 )
 from plait.engine.local.launchers import Chunk, Launcher
+from plait.engine.request import OneInputItems
 from plait.errors import WorkerDiedError
 
 
@@ -314,13 +315,20 @@ def run_sent(runner: ItemRunner, first: int, sent: bytes, stop_on_error: bool) -
 def pickle_items(items: Sequence[tuple[Any, ...]]) -> bytes:
     """A chunk's items pickled as columns, a list of values per mapped input: a pickled
     tuple per item costs about ten times as much, on both ends."""
-    columns = [list(map(itemgetter(i), items)) for i in range(len(items[0]))]
+    if isinstance(items, OneInputItems):
+        columns = [items.values]
+    else:
+        columns = [list(map(itemgetter(i), items)) for i in range(len(items[0]))]
     return bytes(ForkingPickler.dumps(columns))
 
 
-def unpickle_items(sent: bytes) -> list[tuple[Any, ...]]:
-    """The items :func:`pickle_items` pickled."""
-    return list(zip(*pickle.loads(sent), strict=True))
+def unpickle_items(sent: bytes) -> Sequence[tuple[Any, ...]]:
+    """The items :func:`pickle_items` pickled (those of a map over one input, as its
+    values: :class:`~plait.engine.request.OneInputItems`)."""
+    columns = pickle.loads(sent)
+    if len(columns) == 1:
+        return OneInputItems(columns[0])
+    return list(zip(*columns, strict=True))
 
 
 class Pickled:
@@ -333,7 +341,9 @@ class Pickled:
         return (pickle.loads, (self.blob,))
 
 
-def _sendable(runner: ItemRunner, first: int, items: list[tuple[Any, ...]], reply: Reply) -> Reply:
+def _sendable(
+    runner: ItemRunner, first: int, items: Sequence[tuple[Any, ...]], reply: Reply
+) -> Reply:
     """``reply`` with each item one of whose outputs cannot be pickled turned into that
     item's failure: the error of sending it back, with notes naming the output."""
     outputs, failures, _ = reply
