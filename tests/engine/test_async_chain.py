@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from plait import MemoryCache, Pipeline, node
+from plait import ItemError, MemoryCache, Pipeline, node
 from plait.errors import NodeDefinitionError
 
 
@@ -84,3 +84,55 @@ def test_a_lone_async_node_with_a_cache_or_a_retry_takes_the_dataflow() -> None:
     assert cached.run({"x": 5}) == {"y": 6}
     assert cached.run({"x": 5}) == {"y": 6}
     assert calls == [1, 1, 5]
+
+
+async def _half(x: int) -> int:
+    if x == 3:
+        raise KeyError(f"item {x}")
+    return x // 2
+
+
+async def _scaled_half(x: int, scale: int = 1) -> int:
+    return await _half(x) * scale
+
+
+async def _returns_coroutine(x: int) -> Any:
+    return _half(x)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "called_with"),
+    [
+        pytest.param(Pipeline([node(_half, output_name="y")]), "x=3", id="the item alone"),
+        pytest.param(
+            Pipeline([node(_scaled_half, output_name="y")]).bind(scale=1),
+            "x=3, scale=1",
+            id="with a bound input",
+        ),
+        pytest.param(
+            Pipeline([node(_half, output_name="y", retries=1, retry_on=OSError)]),
+            "x=3",
+            id="controlled: the dataflow",
+        ),
+    ],
+)
+def test_a_map_of_one_async_call_gives_what_the_dataflow_gives(
+    pipeline: Pipeline, called_with: str
+) -> None:
+    """A map of one plain async call runs each item as that call (its value passed as
+    it is when it is the call's one argument): outputs, error notes and collected
+    errors are those of the dataflow, and a returned coroutine is refused."""
+    items = {"x": range(6)}
+    outcomes = pipeline.map(items, map_over="x", on_error="collect")
+    assert outcomes[:3] == [{"y": 0}, {"y": 0}, {"y": 1}]
+    failed = outcomes[3]
+    assert isinstance(failed, ItemError)
+    assert (failed.index, failed.inputs, type(failed.exception)) == (3, {"x": 3}, KeyError)
+    with pytest.raises(KeyError) as info:
+        pipeline.map(items, map_over="x")
+    assert info.value.__notes__[0].endswith(f"(→ y) called with ({called_with})")
+    assert "map item 3" in info.value.__notes__[1]
+
+    refused = Pipeline([node(_returns_coroutine, output_name="y")])
+    with pytest.raises(NodeDefinitionError, match="'_returns_coroutine' returned a coroutine"):
+        refused.map({"x": [1]}, map_over="x")

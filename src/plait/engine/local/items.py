@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from operator import itemgetter
 from time import perf_counter
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from plait.bridge import block_on, ensure_loop, loop_optional
@@ -31,6 +32,7 @@ from plait.engine.local.inline import (
     annotate,
     call_step,
     compile_items,
+    returned_coroutine,
     store_result,
 )
 from plait.engine.local.plan import Route
@@ -217,8 +219,37 @@ class ItemRunner:
         """What runs an item as a task on the map's loop: :meth:`arun`, or for a lean map
         of one plain async call (a ``batch``), that call with nothing around it."""
         if self.batches is None and self.lean and self.plan.lone is not None:
-            return self._lone_task
+            return self._lone_call if self._lone_takes_item() else self._lone_task
         return self.arun
+
+    def _lone_takes_item(self) -> bool:
+        """True when the lone step's one argument is the map's one input and its one
+        output is the one selected: then an item is ``{name: await func(value)}``."""
+        step = self.plan.lone
+        assert step is not None
+        outputs = self.plan.output_slots
+        return (
+            self.slots == (step.single,)
+            and step.single >= 0
+            and not step.unpacks
+            and len(outputs) == 1
+            and outputs[0][1] == step.out_slots[0]
+        )
+
+    async def _lone_call(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
+        """:meth:`_lone_task` when :meth:`_lone_takes_item`: the item's value goes to the
+        call as it is, with no list of the plan's values (made only for an error's note)."""
+        step = self.plan.lone
+        assert step is not None
+        ENCLOSING.set(self.enclosing or TOP)
+        try:
+            result = await step.func(item[0])
+        except Exception as exc:
+            annotate(exc, step, self.values(item))
+            raise
+        if type(result) is CoroutineType:  # as store_result refuses it
+            raise returned_coroutine(step, self.values(item), result)
+        return {self.plan.output_slots[0][0]: result}
 
     async def _lone_task(self, index: int, item: tuple[Any, ...]) -> dict[str, Any]:
         """:meth:`arun` of a lean item whose plan is one plain async call, run as a task:
