@@ -40,8 +40,13 @@ CONCURRENT = 10
 DELAY = 0.05  # seconds the server takes per request
 BATCH_REPEATS = 15
 #: The no-op rows' figures are under 1 ms, and one sample moves by ±30% on a shared
-#: machine: many repeats (about 1 s in all) keep their medians steady.
-NOOP_REPEATS = 200
+#: machine: many repeats (about 1 s in all) keep their medians steady. Each sample
+#: times a few calls back to back, as timeit does: a single call right after the full
+#: collection the harness makes before each sample runs with cold CPU caches, which
+#: weigh on batch's longer code path (on the 2-core host of 2026-12-06: 0.64-0.68 ms
+#: against 0.45-0.51 for the bound, 1.33-1.45; back to back, 1.22-1.25).
+NOOP_REPEATS = 40
+NOOP_NUMBER = 5
 MAX_BATCH_VS_ABATCH = 1.05
 #: The two do the same network work and differ by fixed costs under 1 ms (the no-op
 #: rows), while on a shared 2-core machine the medians of the ~300 ms figures move
@@ -177,7 +182,7 @@ def bench_batch(port: int) -> list[Row]:
             return await asyncio.gather(*(bounded(i) for i in queries))
 
         async def noop_threadsafe() -> list[int]:  # sync code handing the batch to a loop
-            return asyncio.run_coroutine_threadsafe(gather_noops(), other.loop).result()
+            return asyncio.run_coroutine_threadsafe(gather_noops(), other_all.loop).result()
 
         async def noop_threadsafe_bounded() -> list[int]:
             return asyncio.run_coroutine_threadsafe(gather_bounded_noops(), other.loop).result()
@@ -194,14 +199,21 @@ def bench_batch(port: int) -> list[Row]:
             noop_threadsafe,
             noop_threadsafe_bounded,
             repeats=NOOP_REPEATS,
+            number=NOOP_NUMBER,
         )
         return timed + fixed
 
+    # Each hand-written form has a loop thread of its own, as batch has its portal: the
+    # bounded form used to follow the all-at-once one on a shared thread, which the
+    # row before had just woken (on the 2-core host of 2026-12-06, with the two apart
+    # the no-op ratio read 1.24-1.37 in make bench; shared, 1.37-1.45).
     other = bridge.LoopThread("bench-raw-loop")
+    other_all = bridge.LoopThread("bench-raw-loop-all")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunningLoopWarning)  # (ii) blocks its caller, knowingly
         thread_s, batch_s, abatch_s, node_s, *fixed = asyncio.run(main())
     other.stop()
+    other_all.stop()
     noop_thread_s, noop_batch_s, noop_abatch_s, noop_threadsafe_s, noop_bounded_s = fixed
     name = f"{QUERIES} GETs (50 ms) ×{CONCURRENT} from sync code in a loop"
     return [
