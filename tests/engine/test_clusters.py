@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -205,3 +206,34 @@ def test_a_worker_reuses_a_runner_sent_in_each_task_for_maps_of_the_same_pipelin
     clusters.run_shipped_chunk(("map-token", 0, sent, True, None), blob)  # put on the cluster
     assert list(clusters._RUNNERS) == [blob, "map-token"]
     clusters._RUNNERS.clear()
+
+
+def fails_first(x: int) -> int:
+    if x == 0:
+        raise ValueError("item 0")
+    time.sleep(0.1)  # the others are still in flight when item 0 fails
+    return x
+
+
+def test_a_backend_may_have_a_failed_map_wait_for_its_chunks_instead_of_cancelling_them(
+    cluster: PoolCluster,
+) -> None:
+    """Ray's cancellation races with its replies: its chunks are waited for, not
+    cancelled, when a map fails (a backend says which tasks are not cancellable)."""
+    cancelled: list[Any] = []
+    cluster._cancel = cancelled.append  # type: ignore[method-assign]
+    pipeline = Pipeline([node(fails_first, output_name="y")])
+    engine = LocalEngine(map_executor=cluster)
+    with pytest.raises(ValueError, match="item 0"):
+        pipeline.with_engine(engine).map({"x": range(8)}, map_over="x")  # 8 chunks of 1
+    assert cancelled  # the chunks still queued were cancelled
+
+    cancelled.clear()
+    cluster._cancellable = lambda fn: fn is not clusters.run_shipped_chunk  # type: ignore[method-assign]
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="item 0"):
+        pipeline.with_engine(engine).map({"x": range(8)}, map_over="x")
+    assert cancelled == []
+    # Every chunk ran and was waited for: 7 chunks of 0.1 s on 2 workers.
+    assert time.monotonic() - started >= 0.3
+    assert cluster.submit(time.sleep, 0.5).cancel()  # other calls still cancel

@@ -67,9 +67,10 @@ class ClusterExecutor(Executor):
 
     ``submit`` returns a ``concurrent.futures.Future`` that is never marked running:
     ``cancel()`` always succeeds until the task has finished, and cancels the task
-    (one still queued never runs). A failed call's future holds the call's own
-    exception, not the backend's wrapper of it. Backends say how a task starts,
-    how it ends, and how it is cancelled.
+    (one still queued never runs), unless the backend says a task of that function
+    is not to be cancelled. A failed call's future holds the call's own exception,
+    not the backend's wrapper of it. Backends say how a task starts, how it ends,
+    and how it is cancelled.
     """
 
     #: The backend's name, for messages.
@@ -92,6 +93,8 @@ class ClusterExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         task = self._start(fn, args, kwargs)
         future: JobFuture[T] = JobFuture()
+        if not self._cancellable(fn):  # running from the start: waited for, never cancelled
+            future.set_running_or_notify_cancel()
         with self._lock:
             self._futures.add(future)
 
@@ -147,6 +150,11 @@ class ClusterExecutor(Executor):
 
     def _cancel(self, task: Any) -> None:
         raise NotImplementedError
+
+    def _cancellable(self, fn: Callable[..., Any]) -> bool:
+        """False when a task of ``fn`` is not to be cancelled: its future is marked
+        running at once, so ``cancel()`` fails and whoever cancels waits for it."""
+        return True
 
     def _unwrap(self, error: BaseException) -> BaseException | None:
         """The exception a failed task's future holds; None when it was cancelled."""

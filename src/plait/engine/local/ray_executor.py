@@ -33,7 +33,9 @@ class RayExecutor(ClusterExecutor):
     Ray is started on the first :meth:`submit` (or map), not here. :meth:`shutdown`
     stops Ray if this executor started it. ``cancel()`` on a future cancels its
     task: one still queued never runs, a running one is interrupted
-    (``ray.cancel``).
+    (``ray.cancel``). A map's chunks are the exception: a map that fails or is left
+    early waits for the chunks it has in flight (at most two per worker), as
+    cancelling them can abort Ray's driver.
 
         >>> engine = LocalEngine(map_executor=RayExecutor(init_kwargs={"num_cpus": 4}))
     """
@@ -88,6 +90,15 @@ class RayExecutor(ClusterExecutor):
 
     def _cancel(self, task: Any) -> None:
         importlib.import_module("ray").cancel(task)
+
+    def _cancellable(self, fn: Callable[..., Any]) -> bool:
+        # A map's chunks are not cancelled: a failed or abandoned map waits for those in
+        # flight (at most two per worker; a running one would finish anyway). Ray's driver
+        # aborts when a task is cancelled while its reply is being taken in, a race in its
+        # task manager ("Tried to complete task that was not pending", Ray 2.60; see
+        # ray-project/ray#54798 for another path of it): a map of short chunks cancelled
+        # after a failure hit it within seconds. A node's call, long as a rule, still is.
+        return fn is not run_shipped_chunk
 
     def _unwrap(self, error: BaseException) -> BaseException | None:
         exceptions = importlib.import_module("ray.exceptions")
