@@ -34,8 +34,8 @@ class RayExecutor(ClusterExecutor):
     stops Ray if this executor started it. ``cancel()`` on a future cancels its
     task: one still queued never runs, a running one is interrupted
     (``ray.cancel``). A map's chunks are the exception: a map that fails or is left
-    early waits for the chunks it has in flight (at most two per worker), as
-    cancelling them can abort Ray's driver.
+    early waits for the chunks it has in flight (two per worker, four in a small
+    map), as cancelling them can abort Ray's driver.
 
         >>> engine = LocalEngine(map_executor=RayExecutor(init_kwargs={"num_cpus": 4}))
     """
@@ -93,11 +93,12 @@ class RayExecutor(ClusterExecutor):
 
     def _cancellable(self, fn: Callable[..., Any]) -> bool:
         # A map's chunks are not cancelled: a failed or abandoned map waits for those in
-        # flight (at most two per worker; a running one would finish anyway). Ray's driver
-        # aborts when a task is cancelled while its reply is being taken in, a race in its
-        # task manager ("Tried to complete task that was not pending", Ray 2.60; see
-        # ray-project/ray#54798 for another path of it): a map of short chunks cancelled
-        # after a failure hit it within seconds. A node's call, long as a rule, still is.
+        # flight (two per worker, four in a small map; a running one would finish
+        # anyway). Ray's driver aborts when a task is cancelled while its reply is being
+        # taken in, a race in its task manager ("Tried to complete task that was not
+        # pending", Ray 2.60; ray-project/ray#54798 fixed another path of it): a map of
+        # short chunks cancelled after a failure hit it within seconds. A node's call,
+        # long as a rule, still is cancelled.
         return fn is not run_shipped_chunk
 
     def _unwrap(self, error: BaseException) -> BaseException | None:
