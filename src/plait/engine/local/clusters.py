@@ -28,11 +28,10 @@ import concurrent.futures
 import contextlib
 import inspect
 import math
-import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, InvalidStateError
 from concurrent.futures import Future as JobFuture
 from functools import partial
@@ -299,28 +298,8 @@ def run_shipped_chunk(
             while len(_RUNNERS) > _KEEP:
                 _RUNNERS.popitem(last=False)
     start = perf_counter()  # the items' time, not the runner's first load
-    with _uninterrupted():
-        reply = run_sent(runner, first, sent, stop_on_error)
+    reply = run_sent(runner, first, sent, stop_on_error)
     return reply, perf_counter() - start
-
-
-@contextlib.contextmanager
-def _uninterrupted() -> Iterator[None]:
-    """A running chunk finishes, as in a process pool, even when its map is cancelled.
-
-    Ray cancels a running task by interrupting the worker's main thread (a
-    ``KeyboardInterrupt``, through the SIGINT handler). Raised inside plait's
-    scheduler it would leave this worker's event loop half stopped for the next
-    chunk; the chunk's items are short, and their results are discarded.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --- Dask ------------------------------------------------------------------------------

@@ -93,12 +93,11 @@ class RayExecutor(ClusterExecutor):
 
     def _cancellable(self, fn: Callable[..., Any]) -> bool:
         # A map's chunks are not cancelled: a failed or abandoned map waits for those in
-        # flight (two per worker, four in a small map; a running one would finish
-        # anyway). Ray's driver aborts when a task is cancelled while its reply is being
-        # taken in, a race in its task manager ("Tried to complete task that was not
-        # pending", Ray 2.60; ray-project/ray#54798 fixed another path of it): a map of
-        # short chunks cancelled after a failure hit it within seconds. A node's call,
-        # long as a rule, still is cancelled.
+        # flight (two per worker, four in a small map). Ray's driver aborts when a task
+        # is cancelled while its reply is being taken in, a race in its task manager
+        # ("Tried to complete task that was not pending", Ray 2.60; ray-project/ray#54798
+        # fixed another path of it): a map of short chunks cancelled after a failure hit
+        # it within seconds. A node's call, long as a rule, still is cancelled.
         return fn is not run_shipped_chunk
 
     def _unwrap(self, error: BaseException) -> BaseException | None:
